@@ -1,0 +1,647 @@
+#!/usr/bin/env python3
+"""The vmigrate lab: two hypervisors, an NFS host and a salt master on one machine.
+
+Every lab address lives in network namespaces made here: a control namespace ``<name>-ctl``
+holds the bridge and the salt master; each host (``host1``, ``host2``, ``nfs1``) is a network
+namespace joined to the bridge by a veth, plus a mount and UTS namespace of its own kept alive by
+a holder process, with its own hostname, a private ``/run`` and a private copy of ``/etc``
+(libvirt config, hosts, fstab, exports), ``/var/lib/libvirt``, ``/var/log/libvirt``,
+``/var/cache/libvirt`` and ``/var/lib/nfs``. Nothing of the real machine's /etc, /run or
+libvirt is touched, and the root namespace gets no address.
+
+This file is both a library (the integration tests' fixtures use :class:`Lab`) and the CLI
+behind ``make lab-up``, ``make lab-down`` and ``make demo``.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+CACHE = REPO / "lab" / "cache"
+GUEST_SRC = REPO / "lab" / "guest"
+HYPERVISORS = ("host1", "host2")
+NFS_HOST = "nfs1"
+HOST_OCTET = {"host1": 11, "host2": 12, "nfs1": 20}
+# Guest: 128 MiB, a workload that keeps rewriting (and checking) this many MiB.
+GUEST_MEMORY_MIB = 128
+GUEST_WORKSET_MIB = 16
+LIBVIRT_DIRS = ("var/lib/libvirt", "var/log/libvirt", "var/cache/libvirt")
+
+
+class LabError(RuntimeError):
+    """A lab step failed; the message says which and why."""
+
+
+def run(argv, check=True, capture=False, **kwargs):
+    proc = subprocess.run(
+        [str(a) for a in argv],
+        check=False,
+        text=True,
+        stdout=subprocess.PIPE if capture else None,
+        stderr=subprocess.PIPE if capture else None,
+        **kwargs,
+    )
+    if check and proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout or "").strip() if capture else ""
+        raise LabError(f"command failed ({proc.returncode}): {' '.join(map(str, argv))} {detail}")
+    return proc
+
+
+def wait_for(what, predicate, timeout=60.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise LabError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Lab:
+    """One lab instance. ``name`` prefixes every namespace; ``net`` is the /24 inside them."""
+
+    def __init__(self, name="vmlab", net="10.77.0", root=None):
+        if not re.fullmatch(r"[a-z][a-z0-9]{1,9}", name):
+            raise LabError(f"lab name {name!r}: 2-10 lowercase letters/digits")
+        self.name = name
+        self.net = net
+        self.root = pathlib.Path(root or f"/var/lib/vmigrate-lab/{name}")
+        self.ctl_ns = f"{name}-ctl"
+        self.ctl_addr = f"{net}.1"
+        # Shared storage: nfs1 exports EXPORT_DIR; every hypervisor mounts it at MOUNTPOINT.
+        self.export_dir = self.root / "nfs1-export" / "vmimages"
+        self.mountpoint = self.root / "vmimages"
+        self.salt_dir = self.root / "salt"
+
+    # ---- addressing and entering hosts -------------------------------------------------------
+    def addr(self, host):
+        return f"{self.net}.{HOST_OCTET[host]}"
+
+    def host_dir(self, host):
+        return self.root / "hosts" / host
+
+    def holder_pid(self, host):
+        try:
+            pid = int((self.host_dir(host) / "holder.pid").read_text())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return pid
+
+    def host_argv(self, host, argv):
+        """The command line that runs ``argv`` inside ``host``'s namespaces."""
+        pid = self.holder_pid(host)
+        if pid is None:
+            raise LabError(f"lab host {host} is not up (run: make lab-up)")
+        return ["nsenter", "-t", str(pid), "-m", "-u", "-n", "--", *map(str, argv)]
+
+    def ctl_argv(self, argv):
+        return ["ip", "netns", "exec", self.ctl_ns, *map(str, argv)]
+
+    def host_run(self, host, argv, **kwargs):
+        return run(self.host_argv(host, argv), **kwargs)
+
+    def host_path(self, host, path):
+        """``path`` as ``host`` sees it, reachable from outside through /proc/<holder>/root."""
+        return pathlib.Path(f"/proc/{self.holder_pid(host)}/root") / str(path).lstrip("/")
+
+    def is_mounted(self, host, path):
+        """Whether ``path`` is a mount point in ``host``'s mount namespace."""
+        mountinfo = pathlib.Path(f"/proc/{self.holder_pid(host)}/mountinfo").read_text()
+        return any(line.split()[4] == str(path) for line in mountinfo.splitlines())
+
+    def libvirt_uri(self, host):
+        """A libvirt URI for ``host``'s libvirtd usable from any namespace (its unix socket)."""
+        sock = self.host_path(host, "/run/libvirt/libvirt-sock")
+        return f"qemu:///system?socket={sock}"
+
+    # ---- network ------------------------------------------------------------------------------
+    def _netns_exists(self, ns):
+        return (pathlib.Path("/run/netns") / ns).exists()
+
+    def network_up(self):
+        if not self._netns_exists(self.ctl_ns):
+            run(["ip", "netns", "add", self.ctl_ns])
+            ipc = ["ip", "-n", self.ctl_ns]
+            run([*ipc, "link", "set", "lo", "up"])
+            run([*ipc, "link", "add", "br0", "type", "bridge"])
+            run([*ipc, "addr", "add", f"{self.ctl_addr}/24", "dev", "br0"])
+            run([*ipc, "link", "set", "br0", "up"])
+        for host in HOST_OCTET:
+            ns = f"{self.name}-{host}"
+            if self._netns_exists(ns):
+                continue
+            run(["ip", "netns", "add", ns])
+            ipc, iph = ["ip", "-n", self.ctl_ns], ["ip", "-n", ns]
+            run([*ipc, "link", "add", f"v-{host}", "type", "veth", "peer", "name", "eth0", "netns", ns])
+            run([*ipc, "link", "set", f"v-{host}", "master", "br0", "up"])
+            run([*iph, "link", "set", "lo", "up"])
+            run([*iph, "addr", "add", f"{self.addr(host)}/24", "dev", "eth0"])
+            run([*iph, "link", "set", "eth0", "up"])
+
+    # ---- hosts --------------------------------------------------------------------------------
+    def _prepare_host_dirs(self, host):
+        hdir = self.host_dir(host)
+        etc = hdir / "etc"
+        if not etc.exists():
+            tmp = hdir / "etc.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            hdir.mkdir(parents=True, exist_ok=True)
+            run(["cp", "-a", "/etc", tmp])
+            tmp.rename(etc)
+        (etc / "hostname").write_text(f"{host}\n")
+        hosts = [f"127.0.0.1\tlocalhost\n", f"{self.ctl_addr}\tsalt {self.name}-master\n"]
+        hosts += [f"{self.addr(h)}\t{h}\n" for h in HOST_OCTET]
+        (etc / "hosts").write_text("".join(hosts))
+        # A host starts with no NFS mounts or exports of ours: states under test create them.
+        (etc / "fstab").write_text("# lab host fstab\n")
+        if host == NFS_HOST:
+            (etc / "exports").write_text("# /etc/exports: the access control list for NFS\n")
+            (etc / "exports.d").mkdir(exist_ok=True)
+            for f in (etc / "exports.d").iterdir():
+                f.unlink()
+            (hdir / "var/lib/nfs").mkdir(parents=True, exist_ok=True)
+        for d in LIBVIRT_DIRS:
+            (hdir / d).mkdir(parents=True, exist_ok=True)
+        if host in HYPERVISORS:
+            self._configure_libvirt(host)
+
+    def _configure_libvirt(self, host):
+        hdir = self.host_dir(host)
+        etc_libvirt = hdir / "etc" / "libvirt"
+        shutil.rmtree(etc_libvirt, ignore_errors=True)
+        run(["cp", "-a", "/etc/libvirt", etc_libvirt])
+        # Fresh domain state each lab-up; keep the QEMU capabilities cache (~8 s per cold probe).
+        shutil.rmtree(hdir / "var/lib/libvirt", ignore_errors=True)
+        (hdir / "var/lib/libvirt").mkdir(parents=True)
+        for f in (hdir / "var/log/libvirt").glob("**/*.log"):
+            f.unlink()
+        autostart = etc_libvirt / "qemu" / "networks" / "autostart"
+        shutil.rmtree(autostart, ignore_errors=True)
+        host_uuid = uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.name}.{host}.vmigrate-lab")
+        (etc_libvirt / "libvirtd.conf").write_text(
+            "# lab only: unauthenticated TCP inside the lab's namespaces\n"
+            "listen_tls = 0\n"
+            "listen_tcp = 1\n"
+            f'listen_addr = "{self.addr(host)}"\n'
+            'auth_tcp = "none"\n'
+            'auth_unix_rw = "none"\n'
+            'auth_unix_ro = "none"\n'
+            f'host_uuid = "{host_uuid}"\n'
+            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+        )
+        (etc_libvirt / "qemu.conf").write_text(
+            'user = "root"\n'
+            'group = "root"\n'
+            'security_driver = "none"\n'
+            "cgroup_controllers = [ ]\n"
+            "namespaces = [ ]\n"
+            'stdio_handler = "file"\n'
+            "remember_owner = 0\n"
+            f'shared_filesystems = [ "{self.mountpoint}" ]\n'
+        )
+
+    def _start_holder(self, host):
+        if self.holder_pid(host):
+            return
+        hdir = self.host_dir(host)
+        binds = [(hdir / "etc", "/etc")]
+        binds += [(hdir / d, f"/{d}") for d in LIBVIRT_DIRS]
+        if host == NFS_HOST:
+            binds.append((hdir / "var/lib/nfs", "/var/lib/nfs"))
+        ready = hdir / "holder.ready"
+        ready.unlink(missing_ok=True)
+        script = ["set -e", f"hostname {host}", "mount -t tmpfs -o mode=755 tmpfs /run",
+                  "mkdir -p /run/lock"]
+        script += [f"mount --bind '{src}' '{dst}'" for src, dst in binds]
+        script += [f"echo ready > '{ready}'", "exec sleep infinity"]
+        log = open(hdir / "holder.log", "w")
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", f"{self.name}-{host}", "unshare", "--mount", "--uts",
+             "--propagation", "private", "sh", "-c", "\n".join(script)],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        (hdir / "holder.pid").write_text(str(proc.pid))
+        wait_for(f"{host} namespaces", lambda: ready.exists() or proc.poll() is not None, 10)
+        if proc.poll() is not None:
+            raise LabError(f"{host} holder exited: {(hdir / 'holder.log').read_text()}")
+
+    def libvirtd_up(self, host):
+        sock = self.host_path(host, "/run/libvirt/libvirt-sock")
+        if not sock.exists():
+            self.host_run(host, ["libvirtd", "--listen", "-d"])
+            wait_for(f"libvirtd on {host}", sock.exists, 20)
+        return sock
+
+    def hosts_up(self):
+        for host in HOST_OCTET:
+            self._prepare_host_dirs(host)
+            self._start_holder(host)
+        for host in HYPERVISORS:
+            self.libvirtd_up(host)
+
+    def wait_hypervisors_ready(self, timeout=120):
+        """Wait until each libvirtd answers capabilities (the first QEMU probe takes seconds)."""
+        import libvirt  # pylint: disable=import-outside-toplevel
+
+        for host in HYPERVISORS:
+            def ready(host=host):
+                try:
+                    conn = libvirt.open(self.libvirt_uri(host))
+                except libvirt.libvirtError:
+                    return False
+                try:
+                    return bool(conn.getCapabilities())
+                finally:
+                    conn.close()
+
+            wait_for(f"libvirtd capabilities on {host}", ready, timeout, 0.3)
+
+    # ---- guest --------------------------------------------------------------------------------
+    def guest_artifacts(self):
+        """Build (once) the guest initramfs: busybox + memtick + virtio modules. Returns paths."""
+        kernel = CACHE / "vmlinuz"
+        initrd = CACHE / "initrd.cpio"
+        if not kernel.exists():
+            raise LabError(f"guest kernel missing: {kernel} (run: make install)")
+        sources = [GUEST_SRC / "init", GUEST_SRC / "memtick.c", pathlib.Path(__file__)]
+        if not initrd.exists() or initrd.stat().st_mtime < max(p.stat().st_mtime for p in sources):
+            memtick = CACHE / "memtick"
+            run(["gcc", "-O2", "-static", "-o", memtick, GUEST_SRC / "memtick.c"])
+            entries = [("dir", "bin"), ("dir", "proc"), ("dir", "sys"), ("dir", "dev"),
+                       ("dir", "lib"), ("dir", "lib/modules"), ("chr", "dev/console", 5, 1),
+                       ("file", "init", (GUEST_SRC / "init").read_bytes(), 0o755),
+                       ("file", "bin/busybox", pathlib.Path("/bin/busybox").read_bytes(), 0o755),
+                       ("file", "bin/memtick", memtick.read_bytes(), 0o755),
+                       ("link", "bin/sh", "busybox")]
+            for ko in sorted((CACHE / "modules").glob("*.ko")):
+                entries.append(("file", f"lib/modules/{ko.name}", ko.read_bytes(), 0o644))
+            tmp = initrd.with_suffix(".tmp")
+            tmp.write_bytes(newc_archive(entries))
+            tmp.rename(initrd)
+        return kernel, initrd
+
+    def guest_xml(self, name="vdisk"):
+        shared = self.mountpoint
+        return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>{GUEST_MEMORY_MIB}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{shared}/{name}.vmlinuz</kernel>
+    <initrd>{shared}/{name}.initrd</initrd>
+    <cmdline>console=ttyS0 quiet memtick_mib={GUEST_WORKSET_MIB}</cmdline>
+  </os>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='{shared}/{name}.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'>
+      <source path='{shared}/{name}.console.log' append='on'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+    def console_log(self, name="vdisk"):
+        """The guest's console log on the shared storage (read through the NFS host's export)."""
+        return self.export_dir / f"{name}.console.log"
+
+    def create_guest(self, host="host1", name="vdisk", start=True):
+        """Put the guest's files on shared storage (through ``host``'s mount) and define it there."""
+        import libvirt  # pylint: disable=import-outside-toplevel
+
+        kernel, initrd = self.guest_artifacts()
+        shared = self.host_path(host, self.mountpoint)
+        if not self.is_mounted(host, self.mountpoint):
+            raise LabError(f"{self.mountpoint} is not mounted on {host}: apply nfs.client first")
+        shutil.copyfile(kernel, shared / f"{name}.vmlinuz")
+        shutil.copyfile(initrd, shared / f"{name}.initrd")
+        disk = shared / f"{name}.qcow2"
+        if not disk.exists():
+            run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"])
+        (shared / f"{name}.console.log").write_text("")
+        conn = libvirt.open(self.libvirt_uri(host))
+        try:
+            dom = conn.defineXML(self.guest_xml(name))
+            if start:
+                dom.create()
+        finally:
+            conn.close()
+
+    def remove_guest_everywhere(self, name="vdisk"):
+        """Destroy and undefine ``name`` on every hypervisor (lab reset, never used by vmigrate)."""
+        import libvirt  # pylint: disable=import-outside-toplevel
+
+        for host in HYPERVISORS:
+            if not self.holder_pid(host):
+                continue
+            conn = libvirt.open(self.libvirt_uri(host))
+            try:
+                dom = conn.lookupByName(name)
+            except libvirt.libvirtError:
+                conn.close()
+                continue
+            try:
+                if dom.isActive():
+                    dom.destroy()
+                if dom.isPersistent():
+                    dom.undefine()
+            finally:
+                conn.close()
+
+    def counter_lines(self, name="vdisk"):
+        """Parsed ``memtick n=.. bad=..`` lines of the guest console: a list of (n, bad)."""
+        try:
+            text = self.console_log(name).read_text(errors="replace")
+        except OSError:
+            return []
+        return [(int(m[1]), int(m[2])) for m in re.finditer(r"memtick n=(\d+) bad=(\d+)", text)]
+
+    def wait_counter(self, name="vdisk", above=0, timeout=60):
+        """Wait until the guest printed a counter line past ``above``; return the last (n, bad)."""
+        def seen():
+            lines = self.counter_lines(name)
+            return lines[-1] if lines and lines[-1][0] > above else None
+
+        return wait_for(f"guest {name} counter > {above}", seen, timeout, 0.2)
+
+    # ---- salt (plain daemons, for lab-up/demo; the tests use pytest-salt-factories) -----------
+    def pillar(self):
+        """The lab's pillar: hypervisors, transport, shared storage. Lab-only switches explicit."""
+        return lab_pillar(self)
+
+    def salt_up(self):
+        etc = self.salt_dir / "etc"
+        pillar_dir = self.salt_dir / "pillar"
+        etc.mkdir(parents=True, exist_ok=True)
+        pillar_dir.mkdir(parents=True, exist_ok=True)
+        (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - vmigrate\n")
+        (pillar_dir / "vmigrate.sls").write_text(json.dumps(self.pillar(), indent=2))
+        (etc / "master").write_text(json.dumps(master_config(self, self.salt_dir / "master",
+                                                             pillar_dir), indent=2))
+        if not self._pid_alive(self.salt_dir / "master" / "run" / "salt-master.pid"):
+            run(self.ctl_argv([VENV_BIN / "salt-master", "-c", etc, "-d"]))
+        for host in (*HYPERVISORS, NFS_HOST):
+            mdir = self.salt_dir / host
+            mdir.mkdir(parents=True, exist_ok=True)
+            (mdir / "minion").write_text(json.dumps(minion_config(self, host, mdir), indent=2))
+            if not self._pid_alive(mdir / "run" / "salt-minion.pid"):
+                self.host_run(host, [VENV_BIN / "salt-minion", "-c", mdir, "-d"])
+        want = {*HYPERVISORS, NFS_HOST}
+
+        def answered():
+            out = run(self.salt_cli("salt", "*", "test.ping", "--out=json", "--static",
+                                    "--timeout=5"), check=False, capture=True)
+            try:
+                return want <= set(json.loads(out.stdout or "{}"))
+            except json.JSONDecodeError:
+                return False
+
+        wait_for("salt minions to answer", answered, 90, 1)
+        run(self.salt_cli("salt-run", "saltutil.sync_all", "--out=json"))
+        run(self.salt_cli("salt", "*", "saltutil.sync_all", "--out=json"))
+
+    @staticmethod
+    def _pid_alive(pidfile):
+        try:
+            os.kill(int(pathlib.Path(pidfile).read_text()), 0)
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def salt_cli(self, cli, *args):
+        return self.ctl_argv([VENV_BIN / cli, "-c", self.salt_dir / "etc", *args])
+
+    # ---- the whole lab ------------------------------------------------------------------------
+    def up(self, with_salt=True):
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.network_up()
+        self.hosts_up()
+        self.wait_hypervisors_ready()
+        if with_salt:
+            self.salt_up()
+
+    def down(self):
+        """Remove every process, mount and namespace this lab made. Keeps caches on disk."""
+        for host in HOST_OCTET:
+            pid = self.holder_pid(host)
+            if pid is None:
+                continue
+            # Everything started inside this host shares the holder's mount namespace.
+            mntns = os.readlink(f"/proc/{pid}/ns/mnt")
+            for _ in range(50):
+                victims = [p for p in _pids() if p != pid and _mntns(p) == mntns]
+                if not victims:
+                    break
+                for p in victims:
+                    with contextlib.suppress(OSError):
+                        os.kill(p, signal.SIGTERM if _ < 20 else signal.SIGKILL)
+                time.sleep(0.1)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        master_pid = self.salt_dir / "master" / "run" / "salt-master.pid"
+        if self._pid_alive(master_pid):
+            pid = int(master_pid.read_text())
+            with contextlib.suppress(OSError):
+                os.killpg(os.getpgid(pid), signal.SIGTERM)
+            wait_for("salt-master to stop", lambda: not self._pid_alive(master_pid), 20)
+        # Anything else still inside the control namespace (a test session's leftovers).
+        ctl = pathlib.Path("/run/netns") / self.ctl_ns
+        if ctl.exists():
+            ino = os.stat(ctl).st_ino
+            for p in _pids():
+                with contextlib.suppress(OSError):
+                    if os.stat(f"/proc/{p}/ns/net").st_ino == ino and p != os.getpid():
+                        os.kill(p, signal.SIGKILL)
+        for host in HOST_OCTET:
+            run(["ip", "netns", "delete", f"{self.name}-{host}"], check=False, capture=True)
+        run(["ip", "netns", "delete", self.ctl_ns], check=False, capture=True)
+
+
+def _pids():
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def _mntns(pid):
+    try:
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    except OSError:
+        return None
+
+
+def newc_archive(entries):
+    """A cpio ``newc`` archive (what the kernel unpacks as an initramfs), built in Python."""
+    out = bytearray()
+    ino = 1
+
+    def add(name, mode, data=b"", rdev=(0, 0)):
+        nonlocal ino
+        namez = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(namez), 0))
+        ino += 1
+        out.extend(hdr.encode() + namez)
+        out.extend(b"\0" * (-len(out) % 4))
+        out.extend(data)
+        out.extend(b"\0" * (-len(out) % 4))
+
+    for entry in entries:
+        kind, name = entry[0], entry[1]
+        if kind == "dir":
+            add(name, 0o040755)
+        elif kind == "chr":
+            add(name, 0o020600, rdev=(entry[2], entry[3]))
+        elif kind == "file":
+            add(name, 0o100000 | entry[3], entry[2])
+        elif kind == "link":
+            add(name, 0o120777, entry[2].encode())
+    add("TRAILER!!!", 0)
+    return bytes(out)
+
+
+def lab_pillar(lab):
+    """Pillar for the lab. Production defaults stay safe; the lab states its exceptions."""
+    hypervisors = {h: {"address": lab.addr(h)} for h in HYPERVISORS}
+    return {
+        "vmigrate": {
+            "hypervisors": hypervisors,
+            # Lab only: libvirtd listens on unauthenticated TCP inside the lab namespaces.
+            "transport": "tcp",
+            "allow_insecure_transport": True,
+            "nfs": {
+                "server": {
+                    "exports": [{
+                        "path": str(lab.export_dir),
+                        "clients": [{"host": f"{lab.net}.0/24",
+                                     "options": {"rw": True}}],
+                    }],
+                },
+                "client": {
+                    "mounts": [{
+                        "name": str(lab.mountpoint),
+                        # Lab only: this kernel has no NFS client; a bind mount of the
+                        # NFS host's export directory stands in for the NFS mount.
+                        "device": str(lab.export_dir),
+                        "fstype": "none",
+                        "opts": ["bind"],
+                    }],
+                },
+            },
+        }
+    }
+
+
+def master_config(lab, root_dir, pillar_dir):
+    return {
+        "id": f"{lab.name}-master",
+        "root_dir": str(root_dir),
+        "interface": lab.ctl_addr,
+        "user": "root",
+        "auto_accept": True,
+        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "pillar_roots": {"base": [str(pillar_dir)]},
+        "log_level_logfile": "info",
+        "vmigrate": {"hypervisors_target": "host*"},
+    }
+
+
+def minion_config(lab, host, root_dir):
+    return {
+        "id": host,
+        "root_dir": str(root_dir),
+        "master": lab.ctl_addr,
+        "user": "root",
+        "log_level_logfile": "info",
+        "acceptance_wait_time": 1,
+    }
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+def _lab_from_env():
+    return Lab(os.environ.get("VMLAB_NAME", "vmlab"), os.environ.get("VMLAB_NET", "10.77.0"))
+
+
+def cmd_up(lab, _args):
+    t0 = time.monotonic()
+    lab.down()
+    lab.up()
+    t_lab = time.monotonic() - t0
+    setup_storage_and_guest(lab)
+    print(f"lab up in {t_lab:.1f}s (+ storage and guest in {time.monotonic() - t0 - t_lab:.1f}s):"
+          f" vdisk runs on host1; try: lab/bin/salt-run vmigrate.locate vdisk")
+
+
+def setup_storage_and_guest(lab):
+    """Shared storage through the project's own states, then the guest on host1."""
+    run(lab.salt_cli("salt", NFS_HOST, "state.apply", "nfs.server", "--out=json",
+                     "--state-verbose=False"))
+    run(lab.salt_cli("salt", "host*", "state.apply", "nfs.client", "--out=json"))
+    lab.remove_guest_everywhere()
+    lab.create_guest("host1")
+    lab.wait_counter(timeout=60)
+
+
+def cmd_down(lab, _args):
+    lab.down()
+    print("lab down")
+
+
+def cmd_exec(lab, args):
+    argv = lab.ctl_argv(args.argv) if args.host == "ctl" else lab.host_argv(args.host, args.argv)
+    os.execvp(argv[0], argv)
+
+
+def cmd_salt(lab, args):
+    argv = lab.salt_cli(args.cli, *args.argv)
+    os.execvp(argv[0], argv)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="bring the lab up (vdisk running on host1)")
+    sub.add_parser("down", help="remove the lab's processes, mounts and namespaces")
+    p = sub.add_parser("exec", help="run a command inside a lab host (or ctl)")
+    p.add_argument("host")
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    p = sub.add_parser("salt", help="run a salt CLI against the lab master")
+    p.add_argument("cli", choices=["salt", "salt-run", "salt-key", "salt-call"])
+    p.add_argument("argv", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    lab = _lab_from_env()
+    try:
+        {"up": cmd_up, "down": cmd_down, "exec": cmd_exec, "salt": cmd_salt}[args.cmd](lab, args)
+    except LabError as err:
+        print(f"lab: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
