@@ -44,6 +44,14 @@ class LabError(RuntimeError):
     """A lab step failed; the message says which and why."""
 
 
+def _quiet_libvirt():
+    """libvirt-python prints every error to stderr unless a handler is registered."""
+    import libvirt  # pylint: disable=import-outside-toplevel
+
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
 def run(argv, check=True, capture=False, **kwargs):
     proc = subprocess.run(
         [str(a) for a in argv],
@@ -98,11 +106,7 @@ class Lab:
             pid = int((self.host_dir(host) / "holder.pid").read_text())
         except (OSError, ValueError):
             return None
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return None
-        return pid
+        return pid if _alive(pid) else None
 
     def host_argv(self, host, argv):
         """The command line that runs ``argv`` inside ``host``'s namespaces."""
@@ -258,7 +262,7 @@ class Lab:
 
     def wait_hypervisors_ready(self, timeout=120):
         """Wait until each libvirtd answers capabilities (the first QEMU probe takes seconds)."""
-        import libvirt  # pylint: disable=import-outside-toplevel
+        libvirt = _quiet_libvirt()
 
         for host in HYPERVISORS:
             def ready(host=host):
@@ -334,7 +338,7 @@ class Lab:
 
     def create_guest(self, host="host1", name="vdisk", start=True):
         """Put the guest's files on shared storage (through ``host``'s mount) and define it there."""
-        import libvirt  # pylint: disable=import-outside-toplevel
+        libvirt = _quiet_libvirt()
 
         kernel, initrd = self.guest_artifacts()
         shared = self.host_path(host, self.mountpoint)
@@ -356,7 +360,7 @@ class Lab:
 
     def remove_guest_everywhere(self, name="vdisk"):
         """Destroy and undefine ``name`` on every hypervisor (lab reset, never used by vmigrate)."""
-        import libvirt  # pylint: disable=import-outside-toplevel
+        libvirt = _quiet_libvirt()
 
         for host in HYPERVISORS:
             if not self.holder_pid(host):
@@ -424,8 +428,8 @@ class Lab:
                 return False
 
         wait_for("salt minions to answer", answered, 90, 1)
-        run(self.salt_cli("salt-run", "saltutil.sync_all", "--out=json"))
-        run(self.salt_cli("salt", "*", "saltutil.sync_all", "--out=json"))
+        run(self.salt_cli("salt-run", "saltutil.sync_all", "--out=json"), capture=True)
+        run(self.salt_cli("salt", "*", "saltutil.sync_all", "--out=json"), capture=True)
 
     @staticmethod
     def _pid_alive(pidfile):
@@ -465,6 +469,8 @@ class Lab:
                 time.sleep(0.1)
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+            wait_for(f"{host} holder to exit", lambda pid=pid: not _alive(pid), 10)
+            (self.host_dir(host) / "holder.pid").unlink(missing_ok=True)
         master_pid = self.salt_dir / "master" / "run" / "salt-master.pid"
         if self._pid_alive(master_pid):
             pid = int(master_pid.read_text())
@@ -482,6 +488,15 @@ class Lab:
         for host in HOST_OCTET:
             run(["ip", "netns", "delete", f"{self.name}-{host}"], check=False, capture=True)
         run(["ip", "netns", "delete", self.ctl_ns], check=False, capture=True)
+
+
+def _alive(pid):
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def _pids():
@@ -536,6 +551,8 @@ def lab_pillar(lab):
             "allow_insecure_transport": True,
             "nfs": {
                 "server": {
+                    # Lab only: no init system and no kernel nfsd; exportfs still validates.
+                    "manage_service": False,
                     "exports": [{
                         "path": str(lab.export_dir),
                         "clients": [{"host": f"{lab.net}.0/24",
@@ -599,9 +616,8 @@ def cmd_up(lab, _args):
 
 def setup_storage_and_guest(lab):
     """Shared storage through the project's own states, then the guest on host1."""
-    run(lab.salt_cli("salt", NFS_HOST, "state.apply", "nfs.server", "--out=json",
-                     "--state-verbose=False"))
-    run(lab.salt_cli("salt", "host*", "state.apply", "nfs.client", "--out=json"))
+    for tgt, sls in ((NFS_HOST, "nfs.server"), ("host*", "nfs.client")):
+        run(lab.salt_cli("salt", tgt, "state.apply", sls, "--out=json"), capture=True)
     lab.remove_guest_everywhere()
     lab.create_guest("host1")
     lab.wait_counter(timeout=60)

@@ -1,0 +1,535 @@
+"""
+Shared storage for vmigrate: typed, validated NFS exports and mounts.
+
+The exports file is rendered from typed pillar data, never from raw strings: every path,
+client and option is checked against an allowlist before anything is written, so a newline,
+``#``, quote or space in a pillar value is an error naming the entry, not a new export line.
+
+Safe by default: ``sync``, ``root_squash``, ``no_subtree_check``, ``secure``. ``no_root_squash``,
+``insecure``, ``async`` and the ``*`` client need an explicit switch in
+``vmigrate:nfs:server:allow_unsafe`` (``soft`` and ``nolock`` mounts in
+``vmigrate:nfs:client:allow_unsafe``), and the state comment then carries a warning.
+
+CLI Example:
+
+.. code-block:: bash
+
+    salt nfs1 vmigrate_nfs.render
+    salt nfs1 vmigrate_nfs.exportfs
+"""
+
+import ipaddress
+import logging
+import os
+import re
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+__virtualname__ = "vmigrate_nfs"
+
+DEFAULT_EXPORTS_FILE = "/etc/exports.d/vmigrate.exports"
+BEGIN_MARK = "# BEGIN vmigrate: managed by salt (vmigrate_nfs.exports), do not edit"
+END_MARK = "# END vmigrate"
+
+# exports(5) flags, grouped with their opposites. The first of each group present in
+# DEFAULT_FLAGS is the default; the unsafe ones need allow_unsafe.
+FLAG_GROUPS = (
+    ("rw", "ro"),
+    ("sync", "async"),
+    ("root_squash", "no_root_squash"),
+    ("no_all_squash", "all_squash"),
+    ("no_subtree_check", "subtree_check"),
+    ("secure", "insecure"),
+    ("wdelay", "no_wdelay"),
+    ("hide", "nohide"),
+    ("secure_locks", "insecure_locks"),
+    ("crossmnt",),
+    ("no_acl", "acl"),
+)
+DEFAULT_FLAGS = ("rw", "sync", "root_squash", "no_subtree_check", "secure")
+FLAG_OPPOSITE = {
+    flag: tuple(f for f in group if f != flag) for group in FLAG_GROUPS for flag in group
+}
+UNSAFE_FLAGS = {
+    "no_root_squash": "root on every client is root on the export (the hand recipe's hole)",
+    "insecure": "clients may connect from unprivileged ports",
+    "async": "the server acknowledges writes before they reach disk: a crash loses VM data",
+}
+ANY_CLIENT = "any_client"
+UNSAFE_SWITCHES = (*UNSAFE_FLAGS, ANY_CLIENT)
+SEC_FLAVORS = ("sys", "krb5", "krb5i", "krb5p")
+MAX_ID = 4294967295
+
+_PATH_RE = re.compile(r"^/[A-Za-z0-9._+@:=/-]*$")
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+_NETGROUP_RE = re.compile(r"^@[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+_UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
+                      r"[0-9a-fA-F]{12}$")
+# Mount options: a word, optionally =value; nothing that could split or escape an fstab field.
+_MOUNT_OPT_RE = re.compile(r"^[a-z][a-z0-9_]*(=[A-Za-z0-9_.:/+@-]{1,128})?$")
+_DEVICE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):/[A-Za-z0-9._+@:=/-]*$")
+MOUNT_FSTYPES = ("nfs", "nfs4", "none")
+UNSAFE_MOUNT_OPTS = {
+    "soft": "a soft mount returns I/O errors to QEMU on a server hiccup: guests see disk errors",
+    "nolock": "no NFS locking: two hosts can open one image",
+}
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def _reject(where, rule):
+    raise SaltInvocationError(f"{where}: {rule}")
+
+
+# ---- pure validation and rendering (no Salt dunders; unit- and fuzz-tested) -----------------
+def check_path(path, where):
+    """An absolute, normalised path of plain characters (no whitespace, quotes, #, \\, ..)."""
+    if not isinstance(path, str):
+        _reject(where, f"path must be a string, got {type(path).__name__}")
+    if not path.startswith("/"):
+        _reject(where, f"path {path!r} must be absolute")
+    if not _PATH_RE.match(path):
+        _reject(where, f"path {path!r} may only contain letters, digits and . _ + @ : = / -")
+    parts = path.split("/")[1:]
+    if path != "/" and (path.endswith("/") or "" in parts):
+        _reject(where, f"path {path!r} must be normalised (no empty components, no trailing /)")
+    if any(p in (".", "..") for p in parts):
+        _reject(where, f"path {path!r} must not contain . or .. components")
+    return path
+
+
+def check_client_host(host, where, allow):
+    """A client: IP, CIDR, FQDN/host name, @netgroup; ``*`` only with allow ``any_client``."""
+    if not isinstance(host, str) or not host:
+        _reject(where, f"client host must be a non-empty string, got {host!r}")
+    if host == "*":
+        if ANY_CLIENT not in allow:
+            _reject(where, "client '*' exports to every host on every network: list the "
+                           "hypervisors' subnet, or set allow_unsafe: [any_client]")
+        return host
+    if _NETGROUP_RE.match(host):
+        return host
+    try:
+        if "/" in host:
+            return str(ipaddress.ip_network(host, strict=False))
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if "/" not in host and not host.replace(".", "").isdigit() and _HOSTNAME_RE.match(host):
+        return host.lower()
+    _reject(where, f"client host {host!r} is not an IP address, CIDR network, host name or "
+                   "@netgroup (wildcards other than a lone '*' are not accepted)")
+    return None  # not reached
+
+
+def _check_id(value, where, key):
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_ID:
+        _reject(where, f"{key} must be an integer from 0 to {MAX_ID}, got {value!r}")
+    return str(value)
+
+
+def _check_fsid(value, where):
+    if value == "root" or (isinstance(value, int) and not isinstance(value, bool)
+                           and 0 <= value <= MAX_ID):
+        return str(value)
+    if isinstance(value, str) and _UUID_RE.match(value):
+        return value.lower()
+    _reject(where, f"fsid must be an integer, 'root' or a UUID, got {value!r}")
+    return None  # not reached
+
+
+def _check_sec(value, where):
+    flavors = value if isinstance(value, list) else [value]
+    if not flavors or any(f not in SEC_FLAVORS for f in flavors) or len(set(flavors)) != len(
+            flavors):
+        _reject(where, f"sec must be one or a list of {', '.join(SEC_FLAVORS)}, got {value!r}")
+    return ":".join(flavors)
+
+
+VALUE_OPTIONS = {
+    "anonuid": lambda v, w: _check_id(v, w, "anonuid"),
+    "anongid": lambda v, w: _check_id(v, w, "anongid"),
+    "fsid": _check_fsid,
+    "sec": _check_sec,
+}
+
+
+def check_options(options, where, allow):
+    """Typed export options -> (canonical option list, warnings). Defaults filled in."""
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        _reject(where, f"options must be a mapping like {{rw: true, anonuid: 64055}}, "
+                       f"got {type(options).__name__}")
+    flags, values, warnings = [], [], []
+    for key, value in options.items():
+        if key in FLAG_OPPOSITE:
+            if value is not True:
+                opposite = " or ".join(FLAG_OPPOSITE[key]) or "nothing"
+                _reject(where, f"flag {key!r} takes true (to turn it off, set {opposite}), "
+                               f"got {value!r}")
+            if key in UNSAFE_FLAGS:
+                if key not in allow:
+                    _reject(where, f"{key} is unsafe ({UNSAFE_FLAGS[key]}): set "
+                                   f"allow_unsafe: [{key}] to permit it")
+                warnings.append(f"{where}: {key}: {UNSAFE_FLAGS[key]}")
+            flags.append(key)
+        elif key in VALUE_OPTIONS:
+            values.append(f"{key}={VALUE_OPTIONS[key](value, where)}")
+        else:
+            _reject(where, f"unknown option {key!r} (allowed: "
+                           f"{', '.join(sorted([*FLAG_OPPOSITE, *VALUE_OPTIONS]))})")
+    for flag in flags:
+        clash = [f for f in FLAG_OPPOSITE[flag] if f in flags]
+        if clash:
+            _reject(where, f"options {flag} and {clash[0]} contradict each other")
+    for default in DEFAULT_FLAGS:
+        if default not in flags and not any(f in flags for f in FLAG_OPPOSITE[default]):
+            flags.append(default)
+    order = {f: i for i, f in enumerate(f for g in FLAG_GROUPS for f in g)}
+    flags.sort(key=order.__getitem__)
+    return flags + sorted(values), warnings
+
+
+def validate_exports(exports, allow_unsafe=()):
+    """
+    Check typed exports and return them canonical: a list of dicts ``path``, ``clients``
+    (each ``host`` and ``options``, the list of rendered options), plus ``warnings``.
+
+    Raises SaltInvocationError naming the entry and the rule it breaks.
+    """
+    allow = _check_allow(allow_unsafe, UNSAFE_SWITCHES, "vmigrate:nfs:server:allow_unsafe")
+    if not isinstance(exports, list):
+        _reject("vmigrate:nfs:server:exports", "must be a list of {path, clients}")
+    result, warnings, seen = [], [], set()
+    for i, export in enumerate(exports):
+        where = f"vmigrate:nfs:server:exports[{i}]"
+        if not isinstance(export, dict):
+            _reject(where, "each export must be a mapping with path and clients")
+        unknown = set(export) - {"path", "clients", "user", "group", "mode"}
+        if unknown:
+            _reject(where, f"unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                           "(allowed: path, clients, user, group, mode)")
+        path = check_path(export.get("path"), where)
+        where = f"{where} ({path})"
+        if path in seen:
+            _reject(where, "path is exported twice: merge the clients into one entry")
+        seen.add(path)
+        owner = check_owner(export, where)
+        clients = export.get("clients")
+        if not isinstance(clients, list) or not clients:
+            _reject(where, "clients must be a non-empty list of {host, options}")
+        canon, hosts = [], set()
+        for j, client in enumerate(clients):
+            cwhere = f"{where} clients[{j}]"
+            if not isinstance(client, dict) or set(client) - {"host", "options"}:
+                _reject(cwhere, "each client must be a mapping with host and options")
+            host = check_client_host(client.get("host"), cwhere, allow)
+            if host in hosts:
+                _reject(cwhere, f"client {host} is listed twice for this path")
+            hosts.add(host)
+            if host == "*":
+                warnings.append(f"{cwhere}: client '*': exported to every host")
+            opts, warns = check_options(client.get("options"), cwhere, allow)
+            warnings.extend(warns)
+            canon.append({"host": host, "options": opts})
+        result.append({"path": path, "clients": canon, **owner})
+    return {"exports": result, "warnings": warnings}
+
+
+def check_owner(entry, where):
+    """Optional ``user``/``group`` (name or id) and ``mode`` (octal string) of a directory."""
+    out = {}
+    for key in ("user", "group"):
+        value = entry.get(key)
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
+            out[key] = value
+        elif isinstance(value, str) and re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+            out[key] = value
+        else:
+            _reject(where, f"{key} must be a user/group name or numeric id, got {value!r}")
+    mode = entry.get("mode")
+    if mode is not None:
+        if not isinstance(mode, str) or not re.match(r"^0?[0-7]{3}$", mode):
+            _reject(where, f"mode must be an octal string like '0770', got {mode!r}")
+        out["mode"] = mode.rjust(4, "0")
+    return out
+
+
+def _check_allow(allow, known, where):
+    if allow is None:
+        return set()
+    if not isinstance(allow, (list, tuple)) or any(a not in known for a in allow):
+        _reject(where, f"must be a list of: {', '.join(known)}; got {allow!r}")
+    return set(allow)
+
+
+def render_lines(exports):
+    """Export lines for canonical exports (from validate_exports)."""
+    return [
+        export["path"] + " " + " ".join(
+            f"{c['host']}({','.join(c['options'])})" for c in export["clients"])
+        for export in exports
+    ]
+
+
+def render_file(exports, current, exports_file):
+    """
+    The exports file's new content. Our own file (``/etc/exports.d/*.exports``) holds only our
+    lines; in ``/etc/exports`` our lines live between markers and every other line is kept.
+    """
+    ours = [BEGIN_MARK, *render_lines(exports), END_MARK]
+    if exports_file != "/etc/exports":
+        return "\n".join(ours) + "\n"
+    lines = (current or "").splitlines()
+    if BEGIN_MARK in lines and END_MARK in lines[lines.index(BEGIN_MARK):]:
+        start = lines.index(BEGIN_MARK)
+        end = lines.index(END_MARK, start)
+        new = lines[:start] + ours + lines[end + 1:]
+    else:
+        new = lines + ours
+    return "\n".join(new) + "\n"
+
+
+def check_exports_file(path):
+    """The file must be /etc/exports or /etc/exports.d/<name>.exports (exportfs reads those)."""
+    if path == "/etc/exports":
+        return path
+    check_path(path, "vmigrate:nfs:server:exports_file")
+    if not re.match(r"^/etc/exports\.d/[A-Za-z0-9_.-]+\.exports$", path):
+        _reject("vmigrate:nfs:server:exports_file",
+                f"{path!r}: use /etc/exports or /etc/exports.d/<name>.exports")
+    return path
+
+
+def validate_mount(mount, allow_unsafe=(), index=0):
+    """
+    Check one typed client mount and return the arguments for ``mount.mounted``: ``name``,
+    ``device``, ``fstype``, ``opts`` (``hard`` added to NFS mounts unless ``soft`` is allowed),
+    ``persist``; plus ``warnings``.
+    """
+    where = f"vmigrate:nfs:client:mounts[{index}]"
+    allow = _check_allow(allow_unsafe, tuple(UNSAFE_MOUNT_OPTS),
+                         "vmigrate:nfs:client:allow_unsafe")
+    if not isinstance(mount, dict):
+        _reject(where, "each mount must be a mapping with name, device, fstype, opts")
+    unknown = set(mount) - {"name", "device", "fstype", "opts"}
+    if unknown:
+        _reject(where, f"unknown key(s) {', '.join(sorted(map(str, unknown)))} "
+                       "(allowed: name, device, fstype, opts)")
+    name = check_path(mount.get("name"), where)
+    where = f"{where} ({name})"
+    fstype = mount.get("fstype", "nfs")
+    if fstype not in MOUNT_FSTYPES:
+        _reject(where, f"fstype {fstype!r}: must be one of {', '.join(MOUNT_FSTYPES)}")
+    opts = mount.get("opts", [])
+    if not isinstance(opts, list) or any(not isinstance(o, str) or not _MOUNT_OPT_RE.match(o)
+                                         for o in opts):
+        _reject(where, f"opts must be a list of plain options like hard or vers=4.2, "
+                       f"got {opts!r}")
+    device = mount.get("device")
+    warnings = []
+    if fstype == "none":
+        # A bind mount (the lab's stand-in for NFS, where the kernel has no NFS client).
+        check_path(device, f"{where} device")
+        if opts != ["bind"]:
+            _reject(where, "fstype none is only for bind mounts: opts must be [bind]")
+    else:
+        if not isinstance(device, str) or not _DEVICE_RE.match(device):
+            _reject(where, f"device {device!r} must be server:/absolute/path")
+        check_path("/" + device.split(":/", 1)[1], f"{where} device")
+        for opt in opts:
+            key = opt.split("=", 1)[0]
+            if key in UNSAFE_MOUNT_OPTS:
+                if key not in allow:
+                    _reject(where, f"{key} is unsafe ({UNSAFE_MOUNT_OPTS[key]}): set "
+                                   f"vmigrate:nfs:client:allow_unsafe: [{key}] to permit it")
+                warnings.append(f"{where}: {key}: {UNSAFE_MOUNT_OPTS[key]}")
+        if "soft" not in opts and "hard" not in opts:
+            opts = ["hard", *opts]
+    if len(set(opts)) != len(opts):
+        _reject(where, f"opts lists an option twice: {opts!r}")
+    args = {"name": name, "device": device, "fstype": fstype, "opts": opts, "persist": True,
+            "warnings": warnings}
+    if fstype == "none":
+        # Keep fstab as written: by default mount.mounted copies the live superblock options
+        # of a bind mount into fstab and then reports a change on every run.
+        args["bind_mount_copy_active_opts"] = False
+    return args
+
+
+# ---- module functions ------------------------------------------------------------------------
+def _server_pillar():
+    return __salt__["config.get"]("vmigrate:nfs:server", {}) or {}
+
+
+def render(exports=None, allow_unsafe=None, exports_file=None):
+    """
+    Validate and render the exports file from pillar ``vmigrate:nfs:server`` (or arguments).
+
+    Returns a dict: ``exports_file``, ``content`` (the file as it would be written),
+    ``exports`` (canonical) and ``warnings``. Writes nothing.
+
+    :param exports: list of ``{path, clients: [{host, options}]}`` (default: pillar)
+    :param allow_unsafe: unsafe switches to permit (default: pillar)
+    :param exports_file: the file to render (default: pillar, else
+        ``/etc/exports.d/vmigrate.exports``)
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt nfs1 vmigrate_nfs.render
+    """
+    server = _server_pillar()
+    exports = server.get("exports", []) if exports is None else exports
+    allow_unsafe = server.get("allow_unsafe", []) if allow_unsafe is None else allow_unsafe
+    exports_file = check_exports_file(
+        exports_file or server.get("exports_file") or DEFAULT_EXPORTS_FILE)
+    checked = validate_exports(exports, allow_unsafe)
+    current = None
+    if exports_file == "/etc/exports" and __salt__["file.file_exists"](exports_file):
+        current = __salt__["file.read"](exports_file)
+    return {
+        "exports_file": exports_file,
+        "content": render_file(checked["exports"], current, exports_file),
+        "exports": checked["exports"],
+        "warnings": checked["warnings"],
+    }
+
+
+def exportfs():
+    """
+    Apply the exports with ``exportfs -ra``. Any warning or error exportfs prints fails.
+
+    Returns a dict: ``retcode``, ``output``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt nfs1 vmigrate_nfs.exportfs
+    """
+    res = __salt__["cmd.run_all"](["exportfs", "-ra"], python_shell=False)
+    output = "\n".join(x for x in (res.get("stdout"), res.get("stderr")) if x).strip()
+    if res["retcode"] != 0 or res.get("stderr", "").strip():
+        raise CommandExecutionError(
+            f"exportfs -ra rejected the exports (exit {res['retcode']}): {output}"
+        )
+    return {"retcode": res["retcode"], "output": output}
+
+
+def write_exports(exports_file, content):
+    """
+    Write ``content`` to ``exports_file`` atomically and apply it with ``exportfs -ra``. If
+    exportfs rejects it, the previous file (or its absence) is restored and exportfs re-run,
+    so a failed apply leaves the exports as they were.
+
+    Returns a dict: ``exports_file``, ``changed``, ``output`` (what exportfs printed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt nfs1 vmigrate_nfs.write_exports /etc/exports.d/vmigrate.exports "$(cat f)"
+    """
+    check_exports_file(exports_file)
+    old = None
+    if os.path.exists(exports_file):
+        with open(exports_file, encoding="utf-8") as fh:
+            old = fh.read()
+    if old == content:
+        return {"exports_file": exports_file, "changed": False, "output": ""}
+    os.makedirs(os.path.dirname(exports_file), mode=0o755, exist_ok=True)
+    _atomic_write(exports_file, content)
+    try:
+        out = exportfs()
+    except CommandExecutionError as err:
+        if old is None:
+            os.unlink(exports_file)
+        else:
+            _atomic_write(exports_file, old)
+        try:
+            exportfs()
+        except CommandExecutionError as again:
+            log.error("vmigrate_nfs: exports restored but exportfs still fails: %s", again)
+        raise CommandExecutionError(f"{err}; {exports_file} was restored") from err
+    return {"exports_file": exports_file, "changed": True, "output": out["output"]}
+
+
+def _atomic_write(path, content):
+    tmp = f"{path}.vmigrate-tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(content)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def remove_exports(exports_file=None):
+    """
+    Remove vmigrate's exports: delete our own file, or our marked block from /etc/exports
+    (other lines stay), then ``exportfs -ra``.
+
+    Returns a dict: ``exports_file``, ``changed``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt nfs1 vmigrate_nfs.remove_exports
+    """
+    exports_file = check_exports_file(
+        exports_file or _server_pillar().get("exports_file") or DEFAULT_EXPORTS_FILE)
+    new = removed_content(exports_file)
+    if new is False:
+        return {"exports_file": exports_file, "changed": False}
+    if new is None:
+        os.unlink(exports_file)
+    else:
+        _atomic_write(exports_file, new)
+    exportfs()
+    return {"exports_file": exports_file, "changed": True}
+
+
+def removed_content(exports_file):
+    """What the exports file becomes without our exports: None (delete), False (no change)."""
+    if not os.path.exists(exports_file):
+        return False
+    if exports_file != "/etc/exports":
+        return None
+    with open(exports_file, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    if BEGIN_MARK not in lines:
+        return False
+    start = lines.index(BEGIN_MARK)
+    end = lines.index(END_MARK, start) if END_MARK in lines[start:] else len(lines) - 1
+    return "\n".join(lines[:start] + lines[end + 1:]) + "\n"
+
+
+def mount_args(mount, allow_unsafe=None, index=0):
+    """
+    Validate one client mount (see pillar ``vmigrate:nfs:client:mounts``) and return the
+    arguments for ``mount.mounted`` plus ``warnings``. Raises SaltInvocationError naming the
+    entry and the rule it breaks.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt host1 vmigrate_nfs.mount_args '{name: /srv/vm, device: "nfs1:/srv/vm"}'
+    """
+    if allow_unsafe is None:
+        allow_unsafe = (__salt__["config.get"]("vmigrate:nfs:client", {}) or {}).get(
+            "allow_unsafe", [])
+    return validate_mount(mount, allow_unsafe, index)

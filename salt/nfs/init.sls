@@ -1,0 +1,3 @@
+include:
+  - nfs.server
+  - nfs.client
