@@ -162,6 +162,9 @@ def _ensure_event_loop():
 
     if _EVENT_LOOP["pid"] == os.getpid():
         return
+    # Errors reach callers as exceptions (translated by _libvirt_error); without a handler
+    # libvirt-python would also print each one to the minion's stderr.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     libvirt.virEventRegisterDefaultImpl()
 
     def loop():
