@@ -451,8 +451,12 @@ class Lab:
         if with_salt:
             self.salt_up()
 
-    def down(self):
-        """Remove every process, mount and namespace this lab made. Keeps caches on disk."""
+    def down(self, ctl=True):
+        """Remove every process, mount and namespace this lab made. Keeps caches on disk.
+
+        ``ctl=False`` leaves the control namespace and what runs in it (a test session that
+        lives there removes it itself when it ends).
+        """
         for host in HOST_OCTET:
             pid = self.holder_pid(host)
             if pid is None:
@@ -477,16 +481,18 @@ class Lab:
             with contextlib.suppress(OSError):
                 os.killpg(os.getpgid(pid), signal.SIGTERM)
             wait_for("salt-master to stop", lambda: not self._pid_alive(master_pid), 20)
+        for host in HOST_OCTET:
+            run(["ip", "netns", "delete", f"{self.name}-{host}"], check=False, capture=True)
+        if not ctl:
+            return
         # Anything else still inside the control namespace (a test session's leftovers).
-        ctl = pathlib.Path("/run/netns") / self.ctl_ns
-        if ctl.exists():
-            ino = os.stat(ctl).st_ino
+        ctl_path = pathlib.Path("/run/netns") / self.ctl_ns
+        if ctl_path.exists():
+            ino = os.stat(ctl_path).st_ino
             for p in _pids():
                 with contextlib.suppress(OSError):
                     if os.stat(f"/proc/{p}/ns/net").st_ino == ino and p != os.getpid():
                         os.kill(p, signal.SIGKILL)
-        for host in HOST_OCTET:
-            run(["ip", "netns", "delete", f"{self.name}-{host}"], check=False, capture=True)
         run(["ip", "netns", "delete", self.ctl_ns], check=False, capture=True)
 
 
@@ -643,6 +649,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="cmd", required=True)
     sub.add_parser("up", help="bring the lab up (vdisk running on host1)")
     sub.add_parser("down", help="remove the lab's processes, mounts and namespaces")
+    sub.add_parser("net-up", help="create the lab's namespaces only (make test enters ctl)")
     p = sub.add_parser("exec", help="run a command inside a lab host (or ctl)")
     p.add_argument("host")
     p.add_argument("argv", nargs=argparse.REMAINDER)
@@ -652,7 +659,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     lab = _lab_from_env()
     try:
-        {"up": cmd_up, "down": cmd_down, "exec": cmd_exec, "salt": cmd_salt}[args.cmd](lab, args)
+        {"up": cmd_up, "down": cmd_down, "exec": cmd_exec, "salt": cmd_salt,
+         "net-up": lambda lab, _a: lab.network_up()}[args.cmd](lab, args)
     except LabError as err:
         print(f"lab: {err}", file=sys.stderr)
         return 1

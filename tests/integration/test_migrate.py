@@ -1,0 +1,114 @@
+"""Live and offline migration through `salt-run state.orch migrate` on real daemons."""
+import json
+
+import vmlab
+
+
+def _orch(salt_run_cli, **pillar):
+    return salt_run_cli.run("state.orch", "migrate", f"pillar={json.dumps(pillar)}")
+
+
+def _runner_return(ret):
+    """The vmigrate.migrate runner's return inside a state.orch result."""
+    data = ret.data
+    states = data.get("data", data)
+    states = next(iter(states.values())) if len(states) == 1 else states
+    state = next(iter(states.values()))
+    return state["changes"]["return"]
+
+
+def _assert_counter_continuous(lab, since):
+    lines = lab.counter_lines()
+    numbers = [n for n, _ in lines]
+    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), numbers
+    assert all(bad == 0 for _, bad in lines), lines[-5:]
+    assert numbers[-1] > since
+
+
+def test_live_migration_round_trip_keeps_guest_running(vdisk_on_host1, lab, salt_run_cli):
+    for source, dest in (("host1", "host2"), ("host2", "host1")):
+        before = lab.wait_counter()
+        ret = _orch(salt_run_cli, vm="vdisk", dest=dest)
+        assert ret.returncode == 0, ret
+        result = _runner_return(ret)
+        assert result["result"] is True
+        assert result["source"] == source and result["dest"] == dest
+        assert result["downtime_ms"] is not None and 0 <= result["downtime_ms"] < 5000
+        assert result["elapsed"] > 0 and result["bytes"] > 0 and result["iterations"] >= 1
+        assert result["after"]["running"] == [dest] and result["after"]["defined"] == [dest]
+        where = salt_run_cli.run("vmigrate.locate", "vdisk").data
+        assert where["running"] == [dest] and where["defined"] == [dest]
+        # The guest keeps counting on the destination, without a gap and with memory intact.
+        lab.wait_counter(above=before[0] + 3, timeout=30)
+        _assert_counter_continuous(lab, before[0])
+
+
+def test_offline_migration_moves_a_shut_off_definition(guest, lab, salt_run_cli, salt_cli):
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    conn = libvirt.open(lab.libvirt_uri("host1"))
+    try:
+        conn.defineXML(lab.guest_xml("voff"))
+    finally:
+        conn.close()
+    try:
+        ret = _orch(salt_run_cli, vm="voff", dest="host2", mode="offline")
+        assert ret.returncode == 0, ret
+        result = _runner_return(ret)
+        assert result["mode"] == "offline" and result["result"] is True
+        where = salt_run_cli.run("vmigrate.locate", "voff").data
+        assert where["defined"] == ["host2"] and where["running"] == []
+        assert where["hosts"]["host2"]["state"] == "shutoff"
+        # A live migration of a shut-off domain is refused with a hint, nothing changes.
+        ret = salt_cli.run("vmigrate.migrate", "voff", "host1", minion_tgt="host2")
+        assert ret.returncode != 0 and "use mode=offline" in str(ret.data)
+        assert salt_run_cli.run("vmigrate.locate", "voff").data["defined"] == ["host2"]
+    finally:
+        for host in vmlab.HYPERVISORS:
+            conn = libvirt.open(lab.libvirt_uri(host))
+            try:
+                conn.lookupByName("voff").undefine()
+            except libvirt.libvirtError:
+                pass
+            finally:
+                conn.close()
+
+
+def _assert_refused(ret, lab, salt_run_cli, words):
+    assert ret.returncode != 0, ret
+    result = _runner_return(ret)
+    assert result["result"] is False
+    for word in words:
+        assert word in result["comment"], result["comment"]
+    where = salt_run_cli.run("vmigrate.locate", "vdisk").data
+    assert where["running"] == ["host1"] and where["defined"] == ["host1"]
+
+
+def test_unknown_vm_is_refused(vdisk_on_host1, lab, salt_run_cli):
+    ret = _orch(salt_run_cli, vm="nosuchvm", dest="host2")
+    _assert_refused(ret, lab, salt_run_cli, ["nosuchvm", "not found on any hypervisor"])
+
+
+def test_unknown_dest_is_refused_and_vm_keeps_running(vdisk_on_host1, lab, salt_run_cli):
+    before = lab.wait_counter()
+    ret = _orch(salt_run_cli, vm="vdisk", dest="host9")
+    _assert_refused(ret, lab, salt_run_cli, ["host9", "not an available hypervisor"])
+    lab.wait_counter(above=before[0] + 1, timeout=20)
+
+
+def test_dest_equal_to_current_host_is_refused(vdisk_on_host1, lab, salt_run_cli):
+    ret = _orch(salt_run_cli, vm="vdisk", dest="host1")
+    _assert_refused(ret, lab, salt_run_cli, ["already on host1"])
+
+
+def test_bad_input_is_refused_before_anything(vdisk_on_host1, lab, salt_run_cli):
+    ret = _orch(salt_run_cli, vm="vdisk\n--unsafe", dest="host2")
+    _assert_refused(ret, lab, salt_run_cli, ["not a valid domain name"])
+    ret = _orch(salt_run_cli, vm="vdisk", dest="host2", mode="teleport")
+    _assert_refused(ret, lab, salt_run_cli, ["mode 'teleport'"])
+
+
+def test_module_refuses_offline_of_running_vm(vdisk_on_host1, salt_cli, salt_run_cli):
+    ret = salt_cli.run("vmigrate.migrate", "vdisk", "host2", "mode=offline", minion_tgt="host1")
+    assert ret.returncode != 0
+    assert "running on host1" in str(ret.data) and "mode=live" in str(ret.data)
+    assert salt_run_cli.run("vmigrate.locate", "vdisk").data["running"] == ["host1"]

@@ -1,0 +1,86 @@
+"""nfs.server on nfs1 and nfs.client on the hypervisors, applied for real in the lab."""
+import vmlab
+
+from tests.support.labsalt import state_results
+
+
+def _changes(data):
+    return {r["__id__"]: r["changes"] for r in state_results(data) if r["changes"]}
+
+
+def test_server_renders_safe_exports_and_exportfs_accepts_them(storage, lab):
+    results = state_results(storage["server"])
+    assert all(r["result"] is True for r in results), results
+    exports = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports").read_text()
+    line = f"{lab.export_dir} {lab.net}.0/24(rw,sync,root_squash,no_subtree_check,secure)"
+    assert line in exports.splitlines()
+    # exportfs -ra really parsed it: the kernel-independent export table lists the path.
+    etab = lab.host_path(vmlab.NFS_HOST, "/var/lib/nfs/etab").read_text()
+    assert str(lab.export_dir) in etab and "root_squash" in etab
+    # The real machine's exports were never touched.
+    assert not __import__("os").path.exists("/etc/exports.d/vmigrate.exports")
+
+
+def test_server_second_apply_and_test_mode_change_nothing(storage, salt_cli, lab):
+    path = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports")
+    before = path.read_bytes()
+    for extra in ((), ("test=True",)):
+        ret = salt_cli.run("state.apply", "nfs.server", *extra, minion_tgt=vmlab.NFS_HOST)
+        assert ret.returncode == 0, ret
+        assert _changes(ret.data) == {}
+        assert all(r["result"] is True for r in state_results(ret.data))
+    assert path.read_bytes() == before
+
+
+def test_server_bad_pillar_fails_and_writes_nothing(storage, salt_cli, lab):
+    path = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports")
+    before = path.read_bytes()
+    bad = {"vmigrate": {"nfs": {"server": {"exports": [
+        {"path": str(lab.export_dir), "clients": [{"host": "10.0.0.0/8\n/ *(rw)"}]}]}}}}
+    ret = salt_cli.run("state.apply", "nfs.server", f"pillar={__import__('json').dumps(bad)}",
+                       minion_tgt=vmlab.NFS_HOST)
+    assert ret.returncode != 0
+    results = state_results(ret.data)
+    validated = [r for r in results if r["__id__"] == "vmigrate-nfs-server-exports-validated"][0]
+    assert validated["result"] is False
+    assert "clients[0]" in validated["comment"] and "not an IP address" in validated["comment"]
+    assert all(not r["changes"] for r in results)
+    assert path.read_bytes() == before
+
+
+def test_server_unsafe_option_needs_switch_and_warns(storage, salt_cli, lab):
+    path = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports")
+    before = path.read_bytes()
+    export = {"path": str(lab.export_dir),
+              "clients": [{"host": f"{lab.net}.0/24", "options": {"no_root_squash": True}}]}
+    pillar = {"vmigrate": {"nfs": {"server": {"exports": [export]}}}}
+    ret = salt_cli.run("state.apply", "nfs.server", "test=True",
+                       f"pillar={__import__('json').dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
+    assert ret.returncode != 0
+    assert "allow_unsafe: [no_root_squash]" in str(ret.data)
+    pillar["vmigrate"]["nfs"]["server"]["allow_unsafe"] = ["no_root_squash"]
+    ret = salt_cli.run("state.apply", "nfs.server", "test=True",
+                       f"pillar={__import__('json').dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
+    managed = [r for r in state_results(ret.data)
+               if r["__id__"] == "vmigrate-nfs-server-exports-managed"][0]
+    assert managed["result"] is None and "WARNING" in managed["comment"]
+    assert "no_root_squash" in managed["changes"]["diff"]
+    assert path.read_bytes() == before
+
+
+def test_clients_mount_the_same_path_and_second_apply_changes_nothing(storage, salt_cli, lab):
+    for host in vmlab.HYPERVISORS:
+        first = _changes(storage["clients"][host])
+        assert "vmigrate-nfs-client-mount-1-mounted" in first, first
+        assert lab.is_mounted(host, lab.mountpoint)
+        fstab = lab.host_path(host, "/etc/fstab").read_text()
+        assert f"{lab.export_dir}\t\t{lab.mountpoint}\tnone\tbind\t0 0" in fstab
+        for extra in ((), ("test=True",)):
+            ret = salt_cli.run("state.apply", "nfs.client", *extra, minion_tgt=host)
+            assert ret.returncode == 0, ret
+            assert _changes(ret.data) == {}, (host, extra)
+    # Both hypervisors see one storage: a file written through host1 is visible on host2.
+    marker = lab.host_path("host1", lab.mountpoint) / "shared-marker"
+    marker.write_text("host1")
+    assert (lab.host_path("host2", lab.mountpoint) / "shared-marker").read_text() == "host1"
+    marker.unlink()

@@ -1,0 +1,57 @@
+"""Salt daemons in the lab for the integration tests (pytest-salt-factories).
+
+The test session runs inside the lab's control namespace (``lab/test.sh`` re-enters it with
+``ip netns exec``), so the master and the factories' log server and event listener live there.
+Each minion is started inside its host's namespaces: :class:`LabMinion` prefixes the minion's
+command line with ``nsenter`` into the host's holder process, so ``qemu:///system``,
+``/etc/exports`` and the mounts it sees are that host's own.
+"""
+import json
+import pathlib
+
+import attr
+from saltfactories.daemons.minion import SaltMinion
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+@attr.s(kw_only=True, slots=True)
+class LabMinion(SaltMinion):
+    """A salt-minion whose process runs inside a lab host's namespaces."""
+
+    ns_prefix = attr.ib(factory=list)
+
+    def cmdline(self, *args):
+        return [*self.ns_prefix, *super().cmdline(*args)]
+
+
+def master_overrides(lab, pillar_dir):
+    return {
+        # The control namespace holds only the lab bridge and loopback.
+        "interface": "0.0.0.0",
+        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "pillar_roots": {"base": [str(pillar_dir)]},
+        "vmigrate": {"hypervisors_target": "host*"},
+        "user": "root",
+    }
+
+
+def minion_overrides(lab):
+    pytest_addr = {"host": lab.ctl_addr}
+    return {
+        "master": lab.ctl_addr,
+        "user": "root",
+        "pytest-minion": {"log": dict(pytest_addr), "returner_address": dict(pytest_addr)},
+    }
+
+
+def write_pillar(pillar_dir, pillar):
+    pillar_dir.mkdir(parents=True, exist_ok=True)
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - vmigrate\n")
+    (pillar_dir / "vmigrate.sls").write_text(json.dumps(pillar, indent=2))
+
+
+def state_results(ret):
+    """The list of state results of one minion's state.apply return (a dict of dicts)."""
+    assert isinstance(ret, dict), f"state run did not return states: {ret!r}"
+    return sorted(ret.values(), key=lambda r: r.get("__run_num__", 0))
