@@ -82,7 +82,7 @@ def _config():
 
 
 def _check_name(name):
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise SaltInvocationError(
             f"vm name {name!r} is not a valid domain name (letters, digits, _ . + : @ -)"
         )
@@ -90,7 +90,7 @@ def _check_name(name):
 
 
 def _check_host(dest):
-    if not isinstance(dest, str) or not _HOST_RE.match(dest):
+    if not isinstance(dest, str) or not _HOST_RE.fullmatch(dest):
         raise SaltInvocationError(f"dest {dest!r} is not a valid minion id")
     return dest
 
@@ -122,7 +122,7 @@ def dest_uris(dest):
     address = entry.get("address", dest)
     mig_address = entry.get("migration_address", address)
     for key, value in (("address", address), ("migration_address", mig_address)):
-        if not isinstance(value, str) or not _ADDR_RE.match(value):
+        if not isinstance(value, str) or not _ADDR_RE.fullmatch(value):
             raise SaltInvocationError(
                 f"pillar vmigrate:hypervisors:{dest}:{key} {value!r} is not a host name or address"
             )

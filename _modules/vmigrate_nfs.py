@@ -95,7 +95,7 @@ def check_path(path, where):
         _reject(where, f"path must be a string, got {type(path).__name__}")
     if not path.startswith("/"):
         _reject(where, f"path {path!r} must be absolute")
-    if not _PATH_RE.match(path):
+    if not _PATH_RE.fullmatch(path):
         _reject(where, f"path {path!r} may only contain letters, digits and . _ + @ : = / -")
     parts = path.split("/")[1:]
     if path != "/" and (path.endswith("/") or "" in parts):
@@ -114,7 +114,7 @@ def check_client_host(host, where, allow):
             _reject(where, "client '*' exports to every host on every network: list the "
                            "hypervisors' subnet, or set allow_unsafe: [any_client]")
         return host
-    if _NETGROUP_RE.match(host):
+    if _NETGROUP_RE.fullmatch(host):
         return host
     try:
         if "/" in host:
@@ -122,7 +122,7 @@ def check_client_host(host, where, allow):
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    if "/" not in host and not host.replace(".", "").isdigit() and _HOSTNAME_RE.match(host):
+    if "/" not in host and not host.replace(".", "").isdigit() and _HOSTNAME_RE.fullmatch(host):
         return host.lower()
     _reject(where, f"client host {host!r} is not an IP address, CIDR network, host name or "
                    "@netgroup (wildcards other than a lone '*' are not accepted)")
@@ -139,7 +139,7 @@ def _check_fsid(value, where):
     if value == "root" or (isinstance(value, int) and not isinstance(value, bool)
                            and 0 <= value <= MAX_ID):
         return str(value)
-    if isinstance(value, str) and _UUID_RE.match(value):
+    if isinstance(value, str) and _UUID_RE.fullmatch(value):
         return value.lower()
     _reject(where, f"fsid must be an integer, 'root' or a UUID, got {value!r}")
     return None  # not reached
@@ -253,13 +253,13 @@ def check_owner(entry, where):
             continue
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_ID:
             out[key] = value
-        elif isinstance(value, str) and re.match(r"^[a-z_][a-z0-9_-]{0,31}$", value):
+        elif isinstance(value, str) and re.fullmatch(r"^[a-z_][a-z0-9_-]{0,31}$", value):
             out[key] = value
         else:
             _reject(where, f"{key} must be a user/group name or numeric id, got {value!r}")
     mode = entry.get("mode")
     if mode is not None:
-        if not isinstance(mode, str) or not re.match(r"^0?[0-7]{3}$", mode):
+        if not isinstance(mode, str) or not re.fullmatch(r"^0?[0-7]{3}$", mode):
             _reject(where, f"mode must be an octal string like '0770', got {mode!r}")
         out["mode"] = mode.rjust(4, "0")
     return out
@@ -305,7 +305,7 @@ def check_exports_file(path):
     if path == "/etc/exports":
         return path
     check_path(path, "vmigrate:nfs:server:exports_file")
-    if not re.match(r"^/etc/exports\.d/[A-Za-z0-9_.-]+\.exports$", path):
+    if not re.fullmatch(r"^/etc/exports\.d/[A-Za-z0-9_.-]+\.exports$", path):
         _reject("vmigrate:nfs:server:exports_file",
                 f"{path!r}: use /etc/exports or /etc/exports.d/<name>.exports")
     return path
@@ -332,7 +332,7 @@ def validate_mount(mount, allow_unsafe=(), index=0):
     if fstype not in MOUNT_FSTYPES:
         _reject(where, f"fstype {fstype!r}: must be one of {', '.join(MOUNT_FSTYPES)}")
     opts = mount.get("opts", [])
-    if not isinstance(opts, list) or any(not isinstance(o, str) or not _MOUNT_OPT_RE.match(o)
+    if not isinstance(opts, list) or any(not isinstance(o, str) or not _MOUNT_OPT_RE.fullmatch(o)
                                          for o in opts):
         _reject(where, f"opts must be a list of plain options like hard or vers=4.2, "
                        f"got {opts!r}")
@@ -344,7 +344,7 @@ def validate_mount(mount, allow_unsafe=(), index=0):
         if opts != ["bind"]:
             _reject(where, "fstype none is only for bind mounts: opts must be [bind]")
     else:
-        if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
             _reject(where, f"device {device!r} must be server:/absolute/path")
         check_path("/" + device.split(":/", 1)[1], f"{where} device")
         for opt in opts:

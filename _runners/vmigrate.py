@@ -76,11 +76,11 @@ def _fire(tag, data):
 
 
 def _validate(vm, dest=None, mode="live"):
-    if not isinstance(vm, str) or not _NAME_RE.match(vm):
+    if not isinstance(vm, str) or not _NAME_RE.fullmatch(vm):
         raise SaltInvocationError(
             f"vm {vm!r} is not a valid domain name: pass pillar='{{vm: <name>, dest: <minion>}}'"
         )
-    if dest is not None and (not isinstance(dest, str) or not _HOST_RE.match(dest)):
+    if dest is not None and (not isinstance(dest, str) or not _HOST_RE.fullmatch(dest)):
         raise SaltInvocationError(f"dest {dest!r} is not a valid minion id")
     if mode not in MODES:
         raise SaltInvocationError(f"mode {mode!r}: must be one of {', '.join(MODES)}")

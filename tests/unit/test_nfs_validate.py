@@ -1,0 +1,208 @@
+"""The exports/mount validator and renderer: rules, safe defaults, and fuzzing for injection."""
+import string
+
+import pytest
+from hypothesis import given, settings, strategies as st
+from salt.exceptions import SaltInvocationError
+
+from tests.support.modload import load
+
+nfs = load("_modules", "vmigrate_nfs")
+
+
+def _export(path="/srv/vmimages", host="192.0.2.0/24", **options):
+    return {"path": path, "clients": [{"host": host, "options": options or {"rw": True}}]}
+
+
+def test_safe_defaults_are_filled_in():
+    out = nfs.validate_exports([_export()])
+    assert nfs.render_lines(out["exports"]) == [
+        "/srv/vmimages 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure)"]
+    assert out["warnings"] == []
+
+
+def test_typed_values_render_canonically():
+    out = nfs.validate_exports([_export(anonuid=64055, anongid=64055, sec=["krb5p", "krb5i"],
+                                        fsid=1, ro=True)])
+    assert nfs.render_lines(out["exports"]) == [
+        "/srv/vmimages 192.0.2.0/24(ro,sync,root_squash,no_subtree_check,secure,anongid=64055,"
+        "anonuid=64055,fsid=1,sec=krb5p:krb5i)"]
+
+
+@pytest.mark.parametrize("host", ["192.0.2.7", "192.0.2.0/24", "2001:db8::/64", "hv1",
+                                  "hv1.example.com", "@hypervisors"])
+def test_client_host_kinds(host):
+    assert nfs.validate_exports([_export(host=host)])["exports"][0]["clients"][0]["host"]
+
+
+@pytest.mark.parametrize("flag", ["no_root_squash", "insecure", "async"])
+def test_unsafe_flags_need_the_switch_and_then_warn(flag):
+    with pytest.raises(SaltInvocationError, match=rf"allow_unsafe: \[{flag}\]"):
+        nfs.validate_exports([_export(**{flag: True})])
+    out = nfs.validate_exports([_export(**{flag: True})], allow_unsafe=[flag])
+    assert flag in out["exports"][0]["clients"][0]["options"]
+    assert any(flag in w for w in out["warnings"])
+
+
+def test_the_hand_recipe_line_needs_every_override():
+    recipe = [{"path": "/home/images",
+               "clients": [{"host": "*", "options": {"rw": True, "no_root_squash": True}}]}]
+    for allow in ([], ["no_root_squash"], ["any_client"]):
+        with pytest.raises(SaltInvocationError):
+            nfs.validate_exports(recipe, allow_unsafe=allow)
+    out = nfs.validate_exports(recipe, allow_unsafe=["no_root_squash", "any_client"])
+    assert nfs.render_lines(out["exports"]) == [
+        "/home/images *(rw,sync,no_root_squash,no_subtree_check,secure)"]
+    assert len(out["warnings"]) == 2
+
+
+@pytest.mark.parametrize("exports, words", [
+    ([_export(path="srv/vm")], "must be absolute"),
+    ([_export(path="/srv/../etc")], ". or .. components"),
+    ([_export(path="/srv/vm/")], "normalised"),
+    ([_export(path="/srv/my vm")], "may only contain"),
+    ([_export(host="10.0.0.0/33")], "not an IP address"),
+    ([_export(host="*.example.com")], "wildcards"),
+    ([_export(rw=True, ro=True)], "contradict"),
+    ([_export(rw=False)], "takes true"),
+    ([_export(anonuid=-1)], "anonuid must be an integer"),
+    ([_export(anonuid=True)], "anonuid must be an integer"),
+    ([_export(sec="krb6")], "sec must be"),
+    ([_export(fsid="x")], "fsid must be"),
+    ([_export(bogus=True)], "unknown option 'bogus'"),
+    ([_export(), _export()], "exported twice"),
+    ([{"path": "/srv/vm", "clients": []}], "non-empty list"),
+    ([{"path": "/srv/vm", "clients": [{"host": "h", "options": "rw"}]}], "must be a mapping"),
+    ([{"path": "/srv/vm", "clients": [{"host": "h"}], "mode": "777x"}], "mode must be"),
+    ("/srv/vm", "must be a list"),
+])
+def test_bad_entries_name_the_entry_and_the_rule(exports, words):
+    with pytest.raises(SaltInvocationError) as err:
+        nfs.validate_exports(exports)
+    assert words in str(err.value)
+    assert "vmigrate:nfs:server:exports" in str(err.value)
+
+
+def test_etc_exports_keeps_foreign_lines_and_replaces_only_our_block():
+    out = nfs.validate_exports([_export()])["exports"]
+    current = "/data 10.9.9.9(ro)\n# a comment\n"
+    first = nfs.render_file(out, current, "/etc/exports")
+    assert first.startswith(current) and nfs.BEGIN_MARK in first
+    again = nfs.render_file(out, first, "/etc/exports")
+    assert again == first
+    other = nfs.validate_exports([_export(path="/srv/other")])["exports"]
+    changed = nfs.render_file(other, first + "/tail 10.1.1.1(ro)\n", "/etc/exports")
+    assert "/data 10.9.9.9(ro)" in changed and "/tail 10.1.1.1(ro)" in changed
+    assert "/srv/vmimages" not in changed and "/srv/other" in changed
+
+
+@pytest.mark.parametrize("path, ok", [("/etc/exports", True), ("/etc/exports.d/v.exports", True),
+                                      ("/etc/exports.d/v.conf", False), ("/tmp/x.exports", False)])
+def test_exports_file_location(path, ok):
+    if ok:
+        assert nfs.check_exports_file(path) == path
+    else:
+        with pytest.raises(SaltInvocationError):
+            nfs.check_exports_file(path)
+
+
+def test_mount_defaults_hard_and_refuses_unsafe_options():
+    args = nfs.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["vers=4.2"]})
+    assert args["opts"] == ["hard", "vers=4.2"] and args["persist"] is True
+    for opt in ("nolock", "soft"):
+        with pytest.raises(SaltInvocationError, match=opt):
+            nfs.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": [opt]})
+        args = nfs.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": [opt]},
+                                  allow_unsafe=[opt])
+        assert args["warnings"]
+
+
+@pytest.mark.parametrize("mount, words", [
+    ({"name": "/srv/vm", "device": "nfs1:srv"}, "server:/absolute/path"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["rw,nolock"]}, "plain options"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "fstype": "ext4"}, "fstype"),
+    ({"name": "/srv/vm", "device": "/x", "fstype": "none", "opts": ["rw"]}, "bind"),
+    ({"name": "relative", "device": "nfs1:/srv/vm"}, "absolute"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["hard", "hard"]}, "twice"),
+])
+def test_bad_mounts_are_refused(mount, words):
+    with pytest.raises(SaltInvocationError, match=words):
+        nfs.validate_mount(mount)
+
+
+# ---- fuzzing: hostile pillar values never become extra export lines --------------------------
+HOSTILE = st.text(alphabet=st.sampled_from(
+    list(string.printable) + ["\x00", "\x1b", "\u2028", "\u0085", "é", "路", "\ufeff", "\\"]),
+    max_size=40)
+# Almost valid: a valid value with something hostile after it (a trailing "\n" once slipped
+# through a `$`-anchored regex) or before it.
+SEEDS = ["/srv/vm", "10.0.0.0/8", "192.0.2.1", "hv1", "@ng", "vers=4.2", "nfs1:/srv/vm", "krb5",
+         "64055", "root"]
+NEAR = st.one_of(st.builds(lambda a, b: a + b, st.sampled_from(SEEDS), HOSTILE),
+                 st.builds(lambda a, b: a + b, HOSTILE, st.sampled_from(SEEDS)))
+HOSTILE = st.one_of(HOSTILE, NEAR)
+VALUES = st.one_of(HOSTILE, st.integers(-5, 2**33), st.booleans(), st.none(),
+                   st.lists(HOSTILE, max_size=3))
+
+
+def _assert_well_formed(exports, text):
+    lines = text.splitlines()
+    assert lines[0] == nfs.BEGIN_MARK and lines[-1] == nfs.END_MARK
+    body = lines[1:-1]
+    assert len(body) == len(exports), "an entry produced more or fewer lines than one"
+    for export, line in zip(exports, body):
+        assert line.startswith(export["path"] + " ")
+        assert "#" not in line and "\r" not in line and "\x00" not in line
+        assert all(ch.isprintable() and ord(ch) < 128 for ch in line)
+        # Each client is host(options) with no space inside the parentheses.
+        clients = line.split(" ")[1:]
+        assert len(clients) == len(export["clients"])
+        for client in clients:
+            assert client.count("(") == 1 and client.endswith(")")
+
+
+@settings(max_examples=400, deadline=None)
+@given(path=st.one_of(HOSTILE, st.just("/srv/vm")), host=st.one_of(HOSTILE, st.just("10.0.0.0/8")),
+       key=st.one_of(st.sampled_from(sorted([*nfs.FLAG_OPPOSITE, *nfs.VALUE_OPTIONS])), HOSTILE),
+       value=VALUES)
+def test_fuzz_single_export(path, host, key, value):
+    exports = [{"path": path, "clients": [{"host": host, "options": {key: value}}]}]
+    try:
+        out = nfs.validate_exports(exports)
+    except SaltInvocationError as err:
+        assert "vmigrate:nfs:server:exports[0]" in str(err) or "allow_unsafe" in str(err)
+        return
+    _assert_well_formed(out["exports"], nfs.render_file(out["exports"], None, "/x.exports"))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "path": st.one_of(HOSTILE, st.from_regex(r"/[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,2}", fullmatch=True)),
+    "clients": st.lists(st.fixed_dictionaries({
+        "host": st.one_of(HOSTILE, st.sampled_from(["10.0.0.0/8", "hv1", "@ng", "*", "::1"])),
+        "options": st.dictionaries(st.sampled_from(["rw", "ro", "sync", "anonuid", "sec", "fsid"]),
+                                   VALUES, max_size=3)}), min_size=1, max_size=3)}),
+    min_size=1, max_size=4))
+def test_fuzz_many_exports_into_etc_exports(exports):
+    current = "/data 10.9.9.9(ro)\n"
+    try:
+        out = nfs.validate_exports(exports)
+    except SaltInvocationError:
+        return
+    text = nfs.render_file(out["exports"], current, "/etc/exports")
+    assert text.startswith(current)
+    _assert_well_formed(out["exports"], text[len(current):])
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.one_of(HOSTILE, st.just("/srv/vm")),
+       device=st.one_of(HOSTILE, st.just("nfs1:/srv/vm")),
+       opts=st.lists(st.one_of(HOSTILE, st.sampled_from(["hard", "vers=4.2", "bind"])), max_size=3),
+       fstype=st.sampled_from(["nfs", "nfs4", "none", "ext4\n"]))
+def test_fuzz_mounts_never_carry_fstab_separators(name, device, opts, fstype):
+    try:
+        args = nfs.validate_mount({"name": name, "device": device, "opts": opts, "fstype": fstype})
+    except SaltInvocationError:
+        return
+    for field in (args["name"], args["device"], *args["opts"]):
+        assert not any(ch.isspace() or ch in "#,\\\"'" for ch in field), field
