@@ -2,7 +2,7 @@
 import string
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 from salt.exceptions import SaltInvocationError
 
 from tests.support.modload import load
@@ -175,6 +175,37 @@ def test_fuzz_single_export(path, host, key, value):
     _assert_well_formed(out["exports"], nfs.render_file(out["exports"], None, "/x.exports"))
 
 
+@settings(max_examples=600, deadline=None)
+@given(field=st.sampled_from(["path", "host", "key", "value", "sec", "anonuid"]), bad=HOSTILE)
+@example(field="path", bad="/srv/vm\n")
+@example(field="path", bad="/srv/vm\n/etc *(rw,no_root_squash)")
+@example(field="host", bad="10.0.0.0/8\n")
+@example(field="host", bad="hv1\n")
+@example(field="host", bad="@ng\n")
+@example(field="sec", bad="krb5\n")
+@example(field="anonuid", bad="64055\n")
+def test_fuzz_one_hostile_field_in_a_valid_export(field, bad):
+    """Everything valid but one field: the hostile value is rejected or renders harmlessly."""
+    path, host, options = "/srv/vm", "10.0.0.0/8", {"rw": True}
+    if field == "path":
+        path = bad
+    elif field == "host":
+        host = bad
+    elif field == "key":
+        options = {bad: True}
+    elif field == "value":
+        options = {"rw": bad}
+    else:
+        options = {field: bad}
+    exports = [{"path": path, "clients": [{"host": host, "options": options}]}]
+    try:
+        out = nfs.validate_exports(exports)
+    except SaltInvocationError as err:
+        assert "vmigrate:nfs:server:exports[0]" in str(err)
+        return
+    _assert_well_formed(out["exports"], nfs.render_file(out["exports"], None, "/x.exports"))
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.fixed_dictionaries({
     "path": st.one_of(HOSTILE, st.from_regex(r"/[a-z]{1,8}(/[a-z0-9._-]{1,8}){0,2}", fullmatch=True)),
@@ -192,6 +223,24 @@ def test_fuzz_many_exports_into_etc_exports(exports):
     text = nfs.render_file(out["exports"], current, "/etc/exports")
     assert text.startswith(current)
     _assert_well_formed(out["exports"], text[len(current):])
+
+
+@settings(max_examples=600, deadline=None)
+@given(field=st.sampled_from(["name", "device", "opt"]), bad=HOSTILE,
+       fstype=st.sampled_from(["nfs", "nfs4"]))
+@example(field="name", bad="/srv/vm\n", fstype="nfs")
+@example(field="device", bad="nfs1:/srv/vm\n", fstype="nfs")
+@example(field="opt", bad="vers=4.2\n", fstype="nfs")
+def test_fuzz_one_hostile_field_in_a_valid_mount(field, bad, fstype):
+    mount = {"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["vers=4.2"], "fstype": fstype}
+    mount[{"opt": "opts"}.get(field, field)] = [bad] if field == "opt" else bad
+    try:
+        args = nfs.validate_mount(mount)
+    except SaltInvocationError as err:
+        assert "vmigrate:nfs:client:mounts[0]" in str(err)
+        return
+    for value in (args["name"], args["device"], *args["opts"]):
+        assert not any(ch.isspace() or ch in "#,\\\"'" or not ch.isprintable() for ch in value)
 
 
 @settings(max_examples=300, deadline=None)
