@@ -1,0 +1,77 @@
+"""The SLS files through Salt's real loader and renderer (no daemons): map.jinja merging,
+per-os_family parameters, and thin states whose arguments come straight from pillar."""
+import json
+
+import pytest
+import salt.config
+from saltfactories.utils.functional import Loaders
+
+from tests.support.modload import REPO
+
+PILLAR = {"vmigrate": {"nfs": {
+    "server": {"exports": [{"path": "/srv/vmimages",
+                            "clients": [{"host": "192.0.2.0/24", "options": {"rw": True}}]}]},
+    "client": {"mounts": [{"name": "/srv/vmimages", "device": "nfs1:/srv/vmimages",
+                           "opts": ["vers=4.2"]}]},
+}}}
+
+
+def _loaders(tmp_path, os_family):
+    pillar_dir = tmp_path / "pillar"
+    pillar_dir.mkdir()
+    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - vmigrate\n")
+    (pillar_dir / "vmigrate.sls").write_text(json.dumps(PILLAR))
+    opts = salt.config.minion_config(None)
+    opts.update({
+        "id": "fn-minion", "root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"),
+        "file_client": "local", "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "pillar_roots": {"base": [str(pillar_dir)]},
+        "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
+    })
+    loaders = Loaders(opts)
+    # The loader's grains dict is shared by every module it loads: pretend another family.
+    loaders.grains.update({"os_family": os_family, "selinux": {"enforced": "Enforcing"}})
+    return loaders
+
+
+def _by_id(low):
+    return {chunk["__id__"]: chunk for chunk in low}
+
+
+@pytest.mark.parametrize("os_family, server_pkgs, client_pkgs, user", [
+    ("Debian", ["nfs-kernel-server"], ["nfs-common"], "libvirt-qemu"),
+    ("RedHat", ["nfs-utils"], ["nfs-utils"], "qemu"),
+])
+def test_nfs_sls_render_per_os_family(tmp_path, os_family, server_pkgs, client_pkgs, user):
+    loaders = _loaders(tmp_path, os_family)
+    try:
+        server = _by_id(loaders.modules.state.show_low_sls("nfs.server"))
+        client = _by_id(loaders.modules.state.show_low_sls("nfs.client"))
+    finally:
+        loaders.reset_state()
+    assert server["vmigrate-nfs-server-pkg-installed"]["pkgs"] == server_pkgs
+    managed = server["vmigrate-nfs-server-exports-managed"]
+    assert managed["name"] == "/etc/exports.d/vmigrate.exports"
+    assert managed["dir_defaults"]["user"] == user
+    assert managed["exports"] == PILLAR["vmigrate"]["nfs"]["server"]["exports"]
+    # Validation is required by the package state, so bad pillar stops before any change.
+    assert server["vmigrate-nfs-server-pkg-installed"]["require"] == [
+        {"vmigrate_nfs": "vmigrate-nfs-server-exports-validated"}]
+    assert client["vmigrate-nfs-client-pkg-installed"]["pkgs"] == client_pkgs
+    mount = client["vmigrate-nfs-client-mount-1-mounted"]
+    assert (mount["name"], mount["device"], mount["opts"]) == (
+        "/srv/vmimages", "nfs1:/srv/vmimages", ["vers=4.2"])
+
+
+def test_custom_module_and_state_load_through_the_real_loader(tmp_path):
+    loaders = _loaders(tmp_path, "Debian")
+    try:
+        rendered = loaders.modules.vmigrate_nfs.render()
+        assert rendered["content"].splitlines()[1] == (
+            "/srv/vmimages 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure)")
+        ret = loaders.states.vmigrate_nfs.exports_validated(
+            "x", exports=[{"path": "rel", "clients": [{"host": "h"}]}])
+        assert ret["result"] is False and "must be absolute" in ret["comment"]
+        assert "vmigrate.migrate" in loaders.modules
+    finally:
+        loaders.reset_state()
