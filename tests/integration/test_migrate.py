@@ -1,5 +1,6 @@
 """Live and offline migration through `salt-run state.orch migrate` on real daemons."""
 import json
+import time
 
 import vmlab
 
@@ -25,9 +26,11 @@ def _assert_counter_continuous(lab, since):
     assert numbers[-1] > since
 
 
-def test_live_migration_round_trip_keeps_guest_running(vdisk_on_host1, lab, salt_run_cli):
+def test_live_migration_round_trip_keeps_guest_running(vdisk_on_host1, lab, salt_run_cli,
+                                                       salt_master):
     for source, dest in (("host1", "host2"), ("host2", "host1")):
         before = lab.wait_counter()
+        started = time.time()
         ret = _orch(salt_run_cli, vm="vdisk", dest=dest)
         assert ret.returncode == 0, ret
         result = _runner_return(ret)
@@ -38,6 +41,14 @@ def test_live_migration_round_trip_keeps_guest_running(vdisk_on_host1, lab, salt
         assert result["after"]["running"] == [dest] and result["after"]["defined"] == [dest]
         where = salt_run_cli.run("vmigrate.locate", "vdisk").data
         assert where["running"] == [dest] and where["defined"] == [dest]
+        # Progress from the source minion and the result from the runner reach the master.
+        events = salt_master.event_listener.get_events(
+            [(salt_master.id, "vmigrate/vdisk/progress"), (salt_master.id, "vmigrate/vdisk/result")],
+            after_time=started)
+        tags = [e.tag for e in events]
+        assert "vmigrate/vdisk/result" in tags and "vmigrate/vdisk/progress" in tags, tags
+        final = [e.data for e in events if e.tag == "vmigrate/vdisk/result"][-1]
+        assert final["dest"] == dest and final["downtime_ms"] == result["downtime_ms"]
         # The guest keeps counting on the destination, without a gap and with memory intact.
         lab.wait_counter(above=before[0] + 3, timeout=30)
         _assert_counter_continuous(lab, before[0])
