@@ -153,6 +153,8 @@ class Lab:
                 continue
             run(["ip", "netns", "add", ns])
             ipc, iph = ["ip", "-n", self.ctl_ns], ["ip", "-n", ns]
+            # A just-deleted host namespace frees its veth asynchronously: drop a stale end.
+            run([*ipc, "link", "del", f"v-{host}"], check=False, capture=True)
             run([*ipc, "link", "add", f"v-{host}", "type", "veth", "peer", "name", "eth0", "netns", ns])
             run([*ipc, "link", "set", f"v-{host}", "master", "br0", "up"])
             run([*iph, "link", "set", "lo", "up"])

@@ -123,3 +123,33 @@ def test_module_refuses_offline_of_running_vm(vdisk_on_host1, salt_cli, salt_run
     assert ret.returncode != 0
     assert "running on host1" in str(ret.data) and "mode=live" in str(ret.data)
     assert salt_run_cli.run("vmigrate.locate", "vdisk").data["running"] == ["host1"]
+
+
+def test_timeout_aborts_and_the_guest_stays_on_the_source(vdisk_on_host1, lab, salt_run_cli):
+    before = lab.wait_counter()
+    # 1 MiB/s cannot move 128 MiB in 3 s: vmigrate aborts the job, libvirt keeps the source.
+    ret = _orch(salt_run_cli, vm="vdisk", dest="host2", bandwidth=1, timeout=3)
+    assert ret.returncode != 0, ret
+    result = _runner_return(ret)
+    assert "aborted after the 3s timeout" in result["comment"], result["comment"]
+    assert result["after"]["running"] == ["host1"] and result["after"]["defined"] == ["host1"]
+    where = salt_run_cli.run("vmigrate.locate", "vdisk").data
+    assert where["running"] == ["host1"] and where["defined"] == ["host1"]
+    lab.wait_counter(above=before[0] + 3, timeout=30)
+    _assert_counter_continuous(lab, before[0])
+
+
+def test_dest_libvirtd_down_is_refused_and_named(vdisk_on_host1, lab, salt_run_cli):
+    pid = int(lab.host_path("host2", "/run/libvirtd.pid").read_text())
+    lab.host_run("host2", ["kill", str(pid)])
+    vmlab.wait_for("host2 libvirtd to stop", lambda: not vmlab._alive(pid), 20)  # pylint: disable=protected-access
+    try:
+        ret = _orch(salt_run_cli, vm="vdisk", dest="host2")
+        assert ret.returncode != 0, ret
+        comment = _runner_return(ret)["comment"]
+        assert "host2 is not an available hypervisor" in comment
+        assert "cannot connect to libvirt" in comment
+    finally:
+        lab.libvirtd_up("host2")
+    where = salt_run_cli.run("vmigrate.locate", "vdisk").data
+    assert where["running"] == ["host1"] and where["defined"] == ["host1"]

@@ -84,3 +84,14 @@ def test_clients_mount_the_same_path_and_second_apply_changes_nothing(storage, s
     marker.write_text("host1")
     assert (lab.host_path("host2", lab.mountpoint) / "shared-marker").read_text() == "host1"
     marker.unlink()
+
+
+def test_clean_removes_our_exports_and_server_restores_them(storage, salt_cli, lab):
+    exports = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports")
+    etab = lab.host_path(vmlab.NFS_HOST, "/var/lib/nfs/etab")
+    ret = salt_cli.run("state.apply", "nfs.clean", minion_tgt=vmlab.NFS_HOST)
+    assert ret.returncode == 0, ret
+    assert not exports.exists() and str(lab.export_dir) not in etab.read_text()
+    ret = salt_cli.run("state.apply", "nfs.server", minion_tgt=vmlab.NFS_HOST)
+    assert ret.returncode == 0, ret
+    assert exports.exists() and str(lab.export_dir) in etab.read_text()

@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""Benchmark: live migration through vmigrate vs. raw `virsh migrate`, same lab, same run.
+
+Brings the demo lab up (vdisk on host1), then alternates host1 -> host2 -> host1 round trips:
+  baseline  virsh migrate --live --p2p --persistent --undefinesource (run inside the source host)
+  module    salt <source> vmigrate.migrate vdisk <dest>            (one minion job)
+  orch      salt-run state.orch migrate pillar='{vm: vdisk, dest: <dest>}'
+and prints the median wall time of each, the ratio to the baseline, and the Salt layer's cost
+in seconds (orch - baseline). BENCH_ROUNDS round trips each (default 3).
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lab"))
+import vmlab  # noqa: E402  pylint: disable=wrong-import-position
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+
+
+def main():
+    lab = vmlab.Lab()
+    lab.down()
+    lab.up()
+    vmlab.setup_storage_and_guest(lab)
+    where = {"at": "host1"}
+
+    def virsh(dest):
+        argv = lab.host_argv(where["at"], [
+            "virsh", "migrate", "vdisk", "--live", "--p2p", "--persistent", "--undefinesource",
+            f"qemu+tcp://{lab.addr(dest)}/system", "--migrateuri", f"tcp://{lab.addr(dest)}"])
+        subprocess.run(argv, check=True, capture_output=True)
+
+    def module(dest):
+        out = subprocess.run(lab.salt_cli("salt", where["at"], "vmigrate.migrate", "vdisk", dest,
+                                          "--out=json"), check=True, capture_output=True, text=True)
+        assert json.loads(out.stdout)[where["at"]]["dest"] == dest, out.stdout
+
+    def orch(dest):
+        subprocess.run(lab.salt_cli("salt-run", "state.orch", "migrate",
+                                    f"pillar={json.dumps({'vm': 'vdisk', 'dest': dest})}"),
+                       check=True, capture_output=True)
+
+    results = {}
+    for name, fn in (("virsh", virsh), ("module", module), ("orch", orch)):
+        samples = []
+        for _ in range(ROUNDS * 2):
+            dest = "host2" if where["at"] == "host1" else "host1"
+            lab.wait_counter(timeout=30)
+            t0 = time.perf_counter()
+            fn(dest)
+            samples.append(time.perf_counter() - t0)
+            where["at"] = dest
+        results[name] = statistics.median(samples)
+    lines = lab.counter_lines()
+    numbers = [n for n, _ in lines]
+    intact = numbers == list(range(numbers[0], numbers[0] + len(numbers))) and all(
+        b == 0 for _, b in lines)
+    base = results["virsh"]
+    print(f"live migration benchmark: 128 MiB TCG guest, {ROUNDS * 2} migrations each, median")
+    for name, label in (("virsh", "raw virsh migrate (baseline)"),
+                        ("module", "salt <src> vmigrate.migrate"),
+                        ("orch", "salt-run state.orch migrate")):
+        print(f"  {label:32s} {results[name]:6.2f} s   ratio {results[name] / base:5.2f}x   "
+              f"+{results[name] - base:5.2f} s")
+    print(f"  guest intact across {len(numbers)} counter lines: {intact}")
+    return 0 if intact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# make bench: benchmarks printing ratios against baselines measured in the same run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+.venv/bin/python bench/exports.py
+.venv/bin/python bench/migrate.py
