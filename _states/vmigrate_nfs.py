@@ -53,16 +53,23 @@ def _warn(ret, warnings):
     return ret
 
 
+def _render(ret, exports, allow_unsafe, exports_file):
+    """The module's validated rendering, or None with ``ret`` failed (nothing written)."""
+    try:
+        return __salt__["vmigrate_nfs.render"](exports, allow_unsafe, exports_file)
+    except SaltInvocationError as err:
+        ret.update(result=False, comment=f"invalid NFS exports, nothing written: {err}")
+        return None
+
+
 def exports_validated(name, exports=None, allow_unsafe=None, exports_file=None):
     """
     Validate the exports and change nothing: a state the others require, so that bad pillar
     fails the run before any package, directory or file is touched.
     """
     ret = _ret(name)
-    try:
-        rendered = __salt__["vmigrate_nfs.render"](exports, allow_unsafe, exports_file)
-    except SaltInvocationError as err:
-        ret.update(result=False, comment=f"invalid NFS exports: {err}")
+    rendered = _render(ret, exports, allow_unsafe, exports_file)
+    if rendered is None:
         return ret
     ret["comment"] = f"{len(rendered['exports'])} export(s) are valid"
     return _warn(ret, rendered["warnings"])
@@ -83,10 +90,8 @@ def exports(name, exports=None, allow_unsafe=None, dir_defaults=None):
     :param dir_defaults: default ``user``, ``group``, ``mode`` of export directories
     """
     ret = _ret(name)
-    try:
-        rendered = __salt__["vmigrate_nfs.render"](exports, allow_unsafe, name)
-    except SaltInvocationError as err:
-        ret.update(result=False, comment=f"invalid NFS exports, nothing written: {err}")
+    rendered = _render(ret, exports, allow_unsafe, name)
+    if rendered is None:
         return ret
     test = __opts__["test"]
     comments = []

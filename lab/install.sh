@@ -14,7 +14,7 @@ export DEBIAN_FRONTEND=noninteractive
 . /etc/os-release
 codename=${VERSION_CODENAME:-bookworm}
 pkgs_base=(pkg-config gcc make libc6-dev busybox-static iproute2 util-linux nfs-kernel-server
-           procps psmisc python3-venv git ca-certificates)
+           procps psmisc python3-venv python3-dev git ca-certificates xz-utils zstd)
 pkgs_virt=(libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils)
 
 need_apt=0
@@ -64,7 +64,13 @@ if [ ! -s "$cache/vmlinuz" ]; then
     for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci virtio/virtio_pci_modern_dev \
              virtio/virtio_pci_legacy_dev block/virtio_blk; do
       f=$(find root/lib/modules/"$kver" -name "$(basename $m).ko*" | head -1)
-      [ -n "$f" ] && cp "$f" "$cache/modules/"
+      out="$cache/modules/$(basename $m).ko"
+      case "$f" in
+        "") ;;                                   # built into this kernel
+        *.xz) xz -dc "$f" > "$out" ;;            # Debian 13 compresses modules
+        *.zst) zstd -qdc "$f" > "$out" ;;
+        *) cp "$f" "$out" ;;
+      esac
     done
     echo "$kver" > "$cache/kernel-version" )
   mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"

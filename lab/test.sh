@@ -7,7 +7,8 @@ export VMLAB_NAME=${VMLAB_NAME:-vmtest} VMLAB_NET=${VMLAB_NET:-10.78.0}
 py=.venv/bin/python
 $py lab/vmlab.py down >/dev/null
 $py lab/vmlab.py net-up || exit 1
-ip netns exec "$VMLAB_NAME-ctl" $py -m pytest tests -p no:cacheprovider "$@"
+# No path given: pytest.ini testpaths (tests/) applies.
+ip netns exec "$VMLAB_NAME-ctl" $py -m pytest -p no:cacheprovider "$@"
 rc=$?
 $py lab/vmlab.py down >/dev/null
 exit $rc
