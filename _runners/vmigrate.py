@@ -145,8 +145,10 @@ def _call(minion, fun, args, kwargs=None, timeout=QUERY_TIMEOUT):
     """Run ``fun`` on one minion. Returns (ok, value)."""
     ret = _client().cmd(minion, fun, list(args), kwarg=kwargs or {}, timeout=timeout,
                         full_return=True).get(minion)
-    if ret is None:
-        return False, f"{minion} did not answer {fun}"
+    if not ret:
+        # Salt keeps waiting while the minion reports the job running (saltutil.find_job);
+        # no return means the minion went away or never got the job.
+        return False, f"{minion} did not return from {fun}"
     if isinstance(ret, dict) and "ret" in ret:
         return ret.get("retcode", 0) == 0, ret["ret"]
     return False, ret
