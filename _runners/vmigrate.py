@@ -172,7 +172,8 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, tgt=N
     :param tgt_type: how to match ``tgt``
 
     Returns a dict: ``result``, ``comment``, ``name``, ``source``, ``dest``, ``mode`` and the
-    migration's numbers (``elapsed``, ``downtime_ms``, ``bytes``, ``iterations``), plus
+    migration's numbers (``elapsed`` of the call, ``job_ms`` of libvirt's job, ``downtime_ms``,
+    ``bytes``, ``iterations``), plus
     ``wall`` (seconds for the whole runner call) and ``located`` (where it was found).
 
     CLI Example:
@@ -221,6 +222,7 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, tgt=N
         return _fail(ret, f"migration of {vm} from {source} to {dest} failed: {out}; "
                           f"{vm} is now running on {', '.join(after['running']) or 'no host'}")
     ret.update({k: out.get(k) for k in ("elapsed", "downtime_ms", "bytes", "iterations")})
+    ret["job_ms"] = (out.get("stats") or {}).get("time_elapsed")
 
     # Verify: dest has it persistently (running for live), the source no longer has it.
     after = locate(vm, [source, dest], "list")

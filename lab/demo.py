@@ -55,6 +55,7 @@ def main():
     bad = max(b for _, b, _ in seq)
     downtime = re.search(r"downtime_ms:\s*\n\s*(\d+)", orch.stdout)
     elapsed = re.search(r"elapsed:\s*\n\s*([\d.]+)", orch.stdout)
+    job_ms = re.search(r"job_ms:\s*\n\s*(\d+)", orch.stdout)
 
     checks = {
         "state.orch exited 0": orch.returncode == 0,
@@ -66,7 +67,8 @@ def main():
     }
     print(f"== vdisk now runs on: {', '.join(where.get('running') or ['nowhere'])}"
           f" (defined on: {', '.join(where.get('defined') or ['nowhere'])})")
-    print(f"== migration job {elapsed[1] if elapsed else '?'}s, downtime "
+    print(f"== migration call {elapsed[1] if elapsed else '?'}s (libvirt job "
+          f"{job_ms[1] if job_ms else '?'} ms), downtime "
           f"{downtime[1] if downtime else '?'} ms; orchestration wall time {t_orch:.2f}s")
     print(f"== guest counter: last seen before the move (host1) n={last_host1}, first seen after"
           f" it (host2) n={first_host2}; {len(numbers)} lines n={numbers[0]}..{numbers[-1]}, "
