@@ -284,7 +284,8 @@ def _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf):
         raise SaltInvocationError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
     if dest == __opts__["id"]:
         raise SaltInvocationError(f"vm {name!r}: dest {dest} is this host already")
-    if bandwidth is not None and (not isinstance(bandwidth, int) or bandwidth <= 0):
+    if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, int)
+                                  or bandwidth <= 0):
         raise SaltInvocationError(f"bandwidth {bandwidth!r}: a positive integer, MiB/s")
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
         raise SaltInvocationError(f"timeout {timeout!r}: a positive number of seconds")

@@ -411,13 +411,13 @@ class Lab:
         (pillar_dir / "vmigrate.sls").write_text(json.dumps(self.pillar(), indent=2))
         (etc / "master").write_text(json.dumps(master_config(self, self.salt_dir / "master",
                                                              pillar_dir), indent=2))
-        if not self._pid_alive(self.salt_dir / "master" / "run" / "salt-master.pid"):
+        if not self._pid_alive(self.salt_dir / "master" / "var" / "run" / "salt-master.pid"):
             run(self.ctl_argv([VENV_BIN / "salt-master", "-c", etc, "-d"]))
         for host in (*HYPERVISORS, NFS_HOST):
             mdir = self.salt_dir / host
             mdir.mkdir(parents=True, exist_ok=True)
             (mdir / "minion").write_text(json.dumps(minion_config(self, host, mdir), indent=2))
-            if not self._pid_alive(mdir / "run" / "salt-minion.pid"):
+            if not self._pid_alive(mdir / "var" / "run" / "salt-minion.pid"):
                 self.host_run(host, [VENV_BIN / "salt-minion", "-c", mdir, "-d"])
         want = {*HYPERVISORS, NFS_HOST}
 
@@ -435,11 +435,13 @@ class Lab:
 
     @staticmethod
     def _pid_alive(pidfile):
+        """A salt daemon named by ``pidfile`` is running (not a stale file, not a reused pid)."""
         try:
-            os.kill(int(pathlib.Path(pidfile).read_text()), 0)
-            return True
+            pid = int(pathlib.Path(pidfile).read_text())
+            cmdline = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return False
+        return _alive(pid) and b"salt-" in cmdline
 
     def salt_cli(self, cli, *args):
         return self.ctl_argv([VENV_BIN / cli, "-c", self.salt_dir / "etc", *args])
@@ -477,17 +479,11 @@ class Lab:
                 os.kill(pid, signal.SIGKILL)
             wait_for(f"{host} holder to exit", lambda pid=pid: not _alive(pid), 10)
             (self.host_dir(host) / "holder.pid").unlink(missing_ok=True)
-        master_pid = self.salt_dir / "master" / "run" / "salt-master.pid"
-        if self._pid_alive(master_pid):
-            pid = int(master_pid.read_text())
-            with contextlib.suppress(OSError):
-                os.killpg(os.getpgid(pid), signal.SIGTERM)
-            wait_for("salt-master to stop", lambda: not self._pid_alive(master_pid), 20)
         for host in HOST_OCTET:
             run(["ip", "netns", "delete", f"{self.name}-{host}"], check=False, capture=True)
         if not ctl:
             return
-        # Anything else still inside the control namespace (a test session's leftovers).
+        # Everything inside the control namespace: the salt master, a test session's leftovers.
         ctl_path = pathlib.Path("/run/netns") / self.ctl_ns
         if ctl_path.exists():
             ino = os.stat(ctl_path).st_ino
