@@ -130,6 +130,19 @@ class Lab:
         mountinfo = pathlib.Path(f"/proc/{self.holder_pid(host)}/mountinfo").read_text()
         return any(line.split()[4] == str(path) for line in mountinfo.splitlines())
 
+    def host_pids(self, host, comm):
+        """Processes named ``comm`` running inside ``host`` (same mount namespace)."""
+        mntns = _mntns(self.holder_pid(host))
+        found = []
+        for pid in _pids():
+            try:
+                name = pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                continue
+            if name == comm and _mntns(pid) == mntns and _alive(pid):
+                found.append(pid)
+        return found
+
     def libvirt_uri(self, host):
         """A libvirt URI for ``host``'s libvirtd usable from any namespace (its unix socket)."""
         sock = self.host_path(host, "/run/libvirt/libvirt-sock")

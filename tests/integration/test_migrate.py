@@ -1,5 +1,8 @@
 """Live and offline migration through `salt-run state.orch migrate` on real daemons."""
 import json
+import os
+import signal
+import threading
 import time
 
 import vmlab
@@ -153,3 +156,31 @@ def test_dest_libvirtd_down_is_refused_and_named(vdisk_on_host1, lab, salt_run_c
         lab.libvirtd_up("host2")
     where = salt_run_cli.run("vmigrate.locate", "vdisk").data
     assert where["running"] == ["host1"] and where["defined"] == ["host1"]
+
+
+def test_destination_qemu_killed_mid_migration_leaves_guest_on_source(vdisk_on_host1, lab,
+                                                                      salt_run_cli):
+    before = lab.wait_counter()
+    outcome = {}
+    # Capped at 2 MiB/s the copy takes tens of seconds: time to kill the incoming QEMU.
+    worker = threading.Thread(target=lambda: outcome.update(
+        ret=_orch(salt_run_cli, vm="vdisk", dest="host2", bandwidth=2)))
+    worker.start()
+    try:
+        pids = vmlab.wait_for("the incoming QEMU on host2",
+                              lambda: lab.host_pids("host2", "qemu-system-x86"), 60, 0.1)
+        time.sleep(1)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        worker.join(120)
+    ret = outcome["ret"]
+    assert ret.returncode != 0, ret
+    result = _runner_return(ret)
+    assert "migration of vdisk from host1 to host2 failed" in result["comment"]
+    assert "libvirt error code" in result["comment"]
+    assert result["after"]["running"] == ["host1"] and result["after"]["defined"] == ["host1"]
+    where = salt_run_cli.run("vmigrate.locate", "vdisk").data
+    assert where["running"] == ["host1"] and where["defined"] == ["host1"]
+    lab.wait_counter(above=before[0] + 3, timeout=30)
+    _assert_counter_continuous(lab, before[0])
