@@ -173,8 +173,8 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, tgt=N
 
     Returns a dict: ``result``, ``comment``, ``name``, ``source``, ``dest``, ``mode`` and the
     migration's numbers (``elapsed`` of the call, ``job_ms`` of libvirt's job, ``downtime_ms``,
-    ``bytes``, ``iterations``), plus
-    ``wall`` (seconds for the whole runner call) and ``located`` (where it was found).
+    ``bytes``, ``iterations``), ``wall`` (seconds for the whole runner call), ``located``
+    (where it was found) and ``after`` (where it is now, checked on source and dest).
 
     CLI Example:
 
