@@ -25,6 +25,7 @@ CLI Example:
 """
 
 import contextlib
+import itertools
 import logging
 import re
 import threading
@@ -391,10 +392,13 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
                  uris["uri"])
         start = time.monotonic()
         thread = threading.Thread(target=worker, name=f"vmigrate-{name}", daemon=True)
+        tag = f"vmigrate/{name}/progress"
+        # A short job can finish before the first poll: a watcher always sees it start.
+        seq = itertools.count()
+        _fire(tag, _progress(name, source, dest, 0.0, {}, "started", next(seq)), conf)
         thread.start()
         aborted = False
         last = {}
-        tag = f"vmigrate/{name}/progress"
         while thread.is_alive():
             thread.join(conf["poll_interval"])
             if not thread.is_alive() or mode != "live":
@@ -409,9 +413,12 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
             with contextlib.suppress(libvirt.libvirtError):
                 last = dom.jobStats()
             if last.get("type", 0):
-                _fire(tag, _progress(name, source, dest, elapsed, last), conf)
+                _fire(tag, _progress(name, source, dest, elapsed, last, "running", next(seq)),
+                      conf)
         elapsed = time.monotonic() - start
         got_completed.wait(0.5 if mode == "live" and "error" not in outcome else 0)
+        _fire(tag, _progress(name, source, dest, elapsed, completed or last,
+                             "failed" if "error" in outcome else "completed", next(seq)), conf)
         if callback_id is not None:
             with contextlib.suppress(libvirt.libvirtError):
                 conn.domainEventDeregisterAny(callback_id)
@@ -436,10 +443,17 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
     }
 
 
-def _progress(name, source, dest, elapsed, stats):
+def _progress(name, source, dest, elapsed, stats, phase, seq):
+    """One progress event: ``phase`` started | running | completed | failed, and numbers.
+
+    Each event.send is its own connection, so events may arrive out of order: ``seq`` orders
+    the events of one migration.
+    """
     total = stats.get("memory_total") or 0
     remaining = stats.get("memory_remaining") or 0
     return {
+        "phase": phase,
+        "seq": seq,
         "name": name,
         "source": source,
         "dest": dest,

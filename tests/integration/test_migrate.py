@@ -45,11 +45,23 @@ def test_live_migration_round_trip_keeps_guest_running(vdisk_on_host1, lab, salt
         where = salt_run_cli.run("vmigrate.locate", "vdisk").data
         assert where["running"] == [dest] and where["defined"] == [dest]
         # Progress from the source minion and the result from the runner reach the master.
-        events = salt_master.event_listener.get_events(
-            [(salt_master.id, "vmigrate/vdisk/progress"), (salt_master.id, "vmigrate/vdisk/result")],
-            after_time=started)
+        def arrived():
+            events = salt_master.event_listener.get_events(
+                [(salt_master.id, "vmigrate/vdisk/progress"),
+                 (salt_master.id, "vmigrate/vdisk/result")], after_time=started)
+            tags = [e.tag for e in events]
+            done = any(e.tag.endswith("/progress") and e.data["data"]["phase"] == "completed"
+                       for e in events)
+            return events if done and "vmigrate/vdisk/result" in tags else None
+
+        events = vmlab.wait_for("progress and result events", arrived, 15, 0.2)
         tags = [e.tag for e in events]
         assert "vmigrate/vdisk/result" in tags and "vmigrate/vdisk/progress" in tags, tags
+        # A minion's event.send reaches the master as {"id": <minion>, "data": <payload>}.
+        progress = [e.data for e in events if e.tag == "vmigrate/vdisk/progress"]
+        assert all(p["id"] == source for p in progress), progress
+        phases = [p["data"]["phase"] for p in sorted(progress, key=lambda p: p["data"]["seq"])]
+        assert phases[0] == "started" and phases[-1] == "completed", phases
         final = [e.data for e in events if e.tag == "vmigrate/vdisk/result"][-1]
         assert final["dest"] == dest and final["downtime_ms"] == result["downtime_ms"]
         # The guest keeps counting on the destination, without a gap and with memory intact.
