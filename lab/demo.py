@@ -26,7 +26,7 @@ def main():
     t_guest = time.monotonic() - t1
     print(f"== lab up in {t_lab:.1f}s; shared storage + vdisk booted on host1 in {t_guest:.1f}s")
 
-    before = lab.wait_counter(timeout=30)
+    lab.wait_counter(timeout=30)  # the guest is counting on host1
     before_size = lab.console_log().stat().st_size
     cmd = ["salt-run", "state.orch", "migrate", "pillar={vm: vdisk, dest: host2}"]
     print(f"== {cmd[0]} {cmd[1]} {cmd[2]} pillar='{{vm: vdisk, dest: host2}}'")

@@ -185,7 +185,7 @@ class Lab:
             run(["cp", "-a", "/etc", tmp])
             tmp.rename(etc)
         (etc / "hostname").write_text(f"{host}\n")
-        hosts = [f"127.0.0.1\tlocalhost\n", f"{self.ctl_addr}\tsalt {self.name}-master\n"]
+        hosts = ["127.0.0.1\tlocalhost\n", f"{self.ctl_addr}\tsalt {self.name}-master\n"]
         hosts += [f"{self.addr(h)}\t{h}\n" for h in HOST_OCTET]
         (etc / "hosts").write_text("".join(hosts))
         # A host starts with no NFS mounts or exports of ours: states under test create them.

@@ -6,7 +6,6 @@ own nfs.server / nfs.client states, then the guest ``vdisk`` on host1. A missing
 fails the session with a message naming it; nothing is skipped.
 """
 import os
-import pathlib
 import shutil
 import sys
 
@@ -135,7 +134,3 @@ def vdisk_on_host1(guest, lab, salt_run_cli):
         ret = salt_run_cli.run("vmigrate.migrate", guest, "host1")
         assert ret.returncode == 0, ret
     return guest
-
-
-def pathlib_of(lab, host, path):
-    return pathlib.Path(lab.host_path(host, path))

@@ -1,4 +1,7 @@
 """nfs.server on nfs1 and nfs.client on the hypervisors, applied for real in the lab."""
+import json
+import os
+
 import vmlab
 
 from tests.support.labsalt import state_results
@@ -18,7 +21,7 @@ def test_server_renders_safe_exports_and_exportfs_accepts_them(storage, lab):
     etab = lab.host_path(vmlab.NFS_HOST, "/var/lib/nfs/etab").read_text()
     assert str(lab.export_dir) in etab and "root_squash" in etab
     # The real machine's exports were never touched.
-    assert not __import__("os").path.exists("/etc/exports.d/vmigrate.exports")
+    assert not os.path.exists("/etc/exports.d/vmigrate.exports")
 
 
 def test_server_second_apply_and_test_mode_change_nothing(storage, salt_cli, lab):
@@ -37,7 +40,7 @@ def test_server_bad_pillar_fails_and_writes_nothing(storage, salt_cli, lab):
     before = path.read_bytes()
     bad = {"vmigrate": {"nfs": {"server": {"exports": [
         {"path": str(lab.export_dir), "clients": [{"host": "10.0.0.0/8\n/ *(rw)"}]}]}}}}
-    ret = salt_cli.run("state.apply", "nfs.server", f"pillar={__import__('json').dumps(bad)}",
+    ret = salt_cli.run("state.apply", "nfs.server", f"pillar={json.dumps(bad)}",
                        minion_tgt=vmlab.NFS_HOST)
     assert ret.returncode != 0
     results = state_results(ret.data)
@@ -55,12 +58,12 @@ def test_server_unsafe_option_needs_switch_and_warns(storage, salt_cli, lab):
               "clients": [{"host": f"{lab.net}.0/24", "options": {"no_root_squash": True}}]}
     pillar = {"vmigrate": {"nfs": {"server": {"exports": [export]}}}}
     ret = salt_cli.run("state.apply", "nfs.server", "test=True",
-                       f"pillar={__import__('json').dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
+                       f"pillar={json.dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
     assert ret.returncode != 0
     assert "allow_unsafe: [no_root_squash]" in str(ret.data)
     pillar["vmigrate"]["nfs"]["server"]["allow_unsafe"] = ["no_root_squash"]
     ret = salt_cli.run("state.apply", "nfs.server", "test=True",
-                       f"pillar={__import__('json').dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
+                       f"pillar={json.dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
     managed = [r for r in state_results(ret.data)
                if r["__id__"] == "vmigrate-nfs-server-exports-managed"][0]
     assert managed["result"] is None and "WARNING" in managed["comment"]
