@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import guest
 import vmlab
 
 
@@ -40,9 +41,7 @@ def main():
                             text=True, capture_output=True, check=False)
     where = json.loads(locate.stdout or "{}")
     def counters():
-        text = lab.console_log().read_text(errors="replace")
-        return [(int(m[1]), int(m[2]), m.start()) for m in
-                re.finditer(r"memtick n=(\d+) bad=(\d+)", text)]
+        return guest.counters(lab.console_log().read_text(errors="replace"))
 
     # Two lines written by host2's QEMU (after the call returned, host1's QEMU is gone).
     seq = vmlab.wait_for("the guest counter on host2",

@@ -27,6 +27,9 @@ import sys
 import time
 import uuid
 
+import guest  # noqa: E402  (lab/ is on sys.path: script dir, or inserted by callers)
+import saltconf  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 CACHE = REPO / "lab" / "cache"
@@ -34,9 +37,6 @@ GUEST_SRC = REPO / "lab" / "guest"
 HYPERVISORS = ("host1", "host2")
 NFS_HOST = "nfs1"
 HOST_OCTET = {"host1": 11, "host2": 12, "nfs1": 20}
-# Guest: 128 MiB, a workload that keeps rewriting (and checking) this many MiB.
-GUEST_MEMORY_MIB = 128
-GUEST_WORKSET_MIB = 16
 LIBVIRT_DIRS = ("var/lib/libvirt", "var/log/libvirt", "var/cache/libvirt")
 
 
@@ -87,6 +87,7 @@ class Lab:
         self.name = name
         self.net = net
         self.root = pathlib.Path(root or f"/var/lib/vmigrate-lab/{name}")
+        self.hypervisors = HYPERVISORS
         self.ctl_ns = f"{name}-ctl"
         self.ctl_addr = f"{net}.1"
         # Shared storage: nfs1 exports EXPORT_DIR; every hypervisor mounts it at MOUNTPOINT.
@@ -294,58 +295,14 @@ class Lab:
 
     # ---- guest --------------------------------------------------------------------------------
     def guest_artifacts(self):
-        """Build (once) the guest initramfs: busybox + memtick + virtio modules. Returns paths."""
-        kernel = CACHE / "vmlinuz"
-        initrd = CACHE / "initrd.cpio"
-        if not kernel.exists():
-            raise LabError(f"guest kernel missing: {kernel} (run: make install)")
-        sources = [GUEST_SRC / "init", GUEST_SRC / "memtick.c", pathlib.Path(__file__)]
-        if not initrd.exists() or initrd.stat().st_mtime < max(p.stat().st_mtime for p in sources):
-            memtick = CACHE / "memtick"
-            run(["gcc", "-O2", "-static", "-o", memtick, GUEST_SRC / "memtick.c"])
-            entries = [("dir", "bin"), ("dir", "proc"), ("dir", "sys"), ("dir", "dev"),
-                       ("dir", "lib"), ("dir", "lib/modules"), ("chr", "dev/console", 5, 1),
-                       ("file", "init", (GUEST_SRC / "init").read_bytes(), 0o755),
-                       ("file", "bin/busybox", pathlib.Path("/bin/busybox").read_bytes(), 0o755),
-                       ("file", "bin/memtick", memtick.read_bytes(), 0o755),
-                       ("link", "bin/sh", "busybox")]
-            for ko in sorted((CACHE / "modules").glob("*.ko")):
-                entries.append(("file", f"lib/modules/{ko.name}", ko.read_bytes(), 0o644))
-            tmp = initrd.with_suffix(".tmp")
-            tmp.write_bytes(newc_archive(entries))
-            tmp.rename(initrd)
-        return kernel, initrd
+        """Build (once) the guest initramfs; returns (kernel, initrd) paths."""
+        try:
+            return guest.artifacts(CACHE, GUEST_SRC, run)
+        except FileNotFoundError as err:
+            raise LabError(str(err)) from err
 
     def guest_xml(self, name="vdisk"):
-        shared = self.mountpoint
-        return f"""<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>{GUEST_MEMORY_MIB}</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>{shared}/{name}.vmlinuz</kernel>
-    <initrd>{shared}/{name}.initrd</initrd>
-    <cmdline>console=ttyS0 quiet memtick_mib={GUEST_WORKSET_MIB}</cmdline>
-  </os>
-  <clock offset='utc'/>
-  <on_poweroff>destroy</on_poweroff>
-  <on_crash>destroy</on_crash>
-  <devices>
-    <emulator>/usr/bin/qemu-system-x86_64</emulator>
-    <disk type='file' device='disk'>
-      <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='{shared}/{name}.qcow2'/>
-      <target dev='vda' bus='virtio'/>
-    </disk>
-    <serial type='file'>
-      <source path='{shared}/{name}.console.log' append='on'/>
-      <target port='0'/>
-    </serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-"""
+        return guest.domain_xml(name, self.mountpoint)
 
     def console_log(self, name="vdisk"):
         """The guest's console log on the shared storage (read through the NFS host's export)."""
@@ -400,7 +357,7 @@ class Lab:
             text = self.console_log(name).read_text(errors="replace")
         except OSError:
             return []
-        return [(int(m[1]), int(m[2])) for m in re.finditer(r"memtick n=(\d+) bad=(\d+)", text)]
+        return [(n, bad) for n, bad, _ in guest.counters(text)]
 
     def wait_counter(self, name="vdisk", above=0, timeout=60):
         """Wait until the guest printed a counter line past ``above``; return the last (n, bad)."""
@@ -413,7 +370,7 @@ class Lab:
     # ---- salt (plain daemons, for lab-up/demo; the tests use pytest-salt-factories) -----------
     def pillar(self):
         """The lab's pillar: hypervisors, transport, shared storage. Lab-only switches explicit."""
-        return lab_pillar(self)
+        return saltconf.lab_pillar(self)
 
     def salt_up(self):
         etc = self.salt_dir / "etc"
@@ -422,14 +379,14 @@ class Lab:
         pillar_dir.mkdir(parents=True, exist_ok=True)
         (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - vmigrate\n")
         (pillar_dir / "vmigrate.sls").write_text(json.dumps(self.pillar(), indent=2))
-        (etc / "master").write_text(json.dumps(master_config(self, self.salt_dir / "master",
+        (etc / "master").write_text(json.dumps(saltconf.master_config(self, self.salt_dir / "master",
                                                              pillar_dir), indent=2))
         if not self._pid_alive(self.salt_dir / "master" / "var" / "run" / "salt-master.pid"):
             run(self.ctl_argv([VENV_BIN / "salt-master", "-c", etc, "-d"]))
         for host in (*HYPERVISORS, NFS_HOST):
             mdir = self.salt_dir / host
             mdir.mkdir(parents=True, exist_ok=True)
-            (mdir / "minion").write_text(json.dumps(minion_config(self, host, mdir), indent=2))
+            (mdir / "minion").write_text(json.dumps(saltconf.minion_config(self, host, mdir), indent=2))
             if not self._pid_alive(mdir / "var" / "run" / "salt-minion.pid"):
                 self.host_run(host, [VENV_BIN / "salt-minion", "-c", mdir, "-d"])
         want = {*HYPERVISORS, NFS_HOST}
@@ -525,95 +482,6 @@ def _mntns(pid):
         return os.readlink(f"/proc/{pid}/ns/mnt")
     except OSError:
         return None
-
-
-def newc_archive(entries):
-    """A cpio ``newc`` archive (what the kernel unpacks as an initramfs), built in Python."""
-    out = bytearray()
-    ino = 1
-
-    def add(name, mode, data=b"", rdev=(0, 0)):
-        nonlocal ino
-        namez = name.encode() + b"\0"
-        hdr = "070701" + "".join(f"{v:08x}" for v in (
-            ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(namez), 0))
-        ino += 1
-        out.extend(hdr.encode() + namez)
-        out.extend(b"\0" * (-len(out) % 4))
-        out.extend(data)
-        out.extend(b"\0" * (-len(out) % 4))
-
-    for entry in entries:
-        kind, name = entry[0], entry[1]
-        if kind == "dir":
-            add(name, 0o040755)
-        elif kind == "chr":
-            add(name, 0o020600, rdev=(entry[2], entry[3]))
-        elif kind == "file":
-            add(name, 0o100000 | entry[3], entry[2])
-        elif kind == "link":
-            add(name, 0o120777, entry[2].encode())
-    add("TRAILER!!!", 0)
-    return bytes(out)
-
-
-def lab_pillar(lab):
-    """Pillar for the lab. Production defaults stay safe; the lab states its exceptions."""
-    hypervisors = {h: {"address": lab.addr(h)} for h in HYPERVISORS}
-    return {
-        "vmigrate": {
-            "hypervisors": hypervisors,
-            # Lab only: libvirtd listens on unauthenticated TCP inside the lab namespaces.
-            "transport": "tcp",
-            "allow_insecure_transport": True,
-            "nfs": {
-                "server": {
-                    # Lab only: no init system and no kernel nfsd; exportfs still validates.
-                    "manage_service": False,
-                    "exports": [{
-                        "path": str(lab.export_dir),
-                        "clients": [{"host": f"{lab.net}.0/24",
-                                     "options": {"rw": True}}],
-                    }],
-                },
-                "client": {
-                    "mounts": [{
-                        "name": str(lab.mountpoint),
-                        # Lab only: this kernel has no NFS client; a bind mount of the
-                        # NFS host's export directory stands in for the NFS mount.
-                        "device": str(lab.export_dir),
-                        "fstype": "none",
-                        "opts": ["bind"],
-                    }],
-                },
-            },
-        }
-    }
-
-
-def master_config(lab, root_dir, pillar_dir):
-    return {
-        "id": f"{lab.name}-master",
-        "root_dir": str(root_dir),
-        "interface": lab.ctl_addr,
-        "user": "root",
-        "auto_accept": True,
-        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
-        "pillar_roots": {"base": [str(pillar_dir)]},
-        "log_level_logfile": "info",
-        "vmigrate": {"hypervisors_target": "host*"},
-    }
-
-
-def minion_config(lab, host, root_dir):
-    return {
-        "id": host,
-        "root_dir": str(root_dir),
-        "master": lab.ctl_addr,
-        "user": "root",
-        "log_level_logfile": "info",
-        "acceptance_wait_time": 1,
-    }
 
 
 # ---- CLI ------------------------------------------------------------------------------------

@@ -1,0 +1,104 @@
+"""The lab's guest: a TCG domain booting Debian's kernel with a busybox initramfs whose
+program (memtick) prints ``memtick n=<counter> bad=<corrupted pages>`` every second on the
+serial console, logged to the shared storage so both hosts append to one file."""
+import pathlib
+import re
+
+GUEST_MEMORY_MIB = 128
+# The workload keeps rewriting (and checking) this many MiB of guest memory.
+GUEST_WORKSET_MIB = 16
+_COUNTER_RE = re.compile(r"memtick n=(\d+) bad=(\d+)")
+
+
+def artifacts(cache, guest_src, run):
+    """Build (once, again when a source changes) the initramfs: busybox + memtick + virtio
+    modules. Returns (kernel, initrd) paths. ``run`` runs a command (the lab's runner)."""
+    kernel = cache / "vmlinuz"
+    initrd = cache / "initrd.cpio"
+    if not kernel.exists():
+        raise FileNotFoundError(f"guest kernel missing: {kernel} (run: make install)")
+    sources = [guest_src / "init", guest_src / "memtick.c", pathlib.Path(__file__)]
+    if initrd.exists() and initrd.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
+        return kernel, initrd
+    memtick = cache / "memtick"
+    run(["gcc", "-O2", "-static", "-o", memtick, guest_src / "memtick.c"])
+    entries = [("dir", "bin"), ("dir", "proc"), ("dir", "sys"), ("dir", "dev"),
+               ("dir", "lib"), ("dir", "lib/modules"), ("chr", "dev/console", 5, 1),
+               ("file", "init", (guest_src / "init").read_bytes(), 0o755),
+               ("file", "bin/busybox", pathlib.Path("/bin/busybox").read_bytes(), 0o755),
+               ("file", "bin/memtick", memtick.read_bytes(), 0o755),
+               ("link", "bin/sh", "busybox")]
+    for ko in sorted((cache / "modules").glob("*.ko")):
+        entries.append(("file", f"lib/modules/{ko.name}", ko.read_bytes(), 0o644))
+    tmp = initrd.with_suffix(".tmp")
+    tmp.write_bytes(newc_archive(entries))
+    tmp.rename(initrd)
+    return kernel, initrd
+
+
+def domain_xml(name, shared):
+    """The domain: direct kernel boot, qcow2 disk (cache=none) and console on ``shared``."""
+    return f"""<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>{GUEST_MEMORY_MIB}</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>{shared}/{name}.vmlinuz</kernel>
+    <initrd>{shared}/{name}.initrd</initrd>
+    <cmdline>console=ttyS0 quiet memtick_mib={GUEST_WORKSET_MIB}</cmdline>
+  </os>
+  <features><acpi/></features>
+  <clock offset='utc'/>
+  <on_poweroff>destroy</on_poweroff>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='qcow2' cache='none'/>
+      <source file='{shared}/{name}.qcow2'/>
+      <target dev='vda' bus='virtio'/>
+    </disk>
+    <serial type='file'>
+      <source path='{shared}/{name}.console.log' append='on'/>
+      <target port='0'/>
+    </serial>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"""
+
+
+def counters(text):
+    """The console's counter lines: a list of (n, bad, offset in the text)."""
+    return [(int(m[1]), int(m[2]), m.start()) for m in _COUNTER_RE.finditer(text)]
+
+
+def newc_archive(entries):
+    """A cpio ``newc`` archive (what the kernel unpacks as an initramfs), built in Python."""
+    out = bytearray()
+    ino = 1
+
+    def add(name, mode, data=b"", rdev=(0, 0)):
+        nonlocal ino
+        namez = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08x}" for v in (
+            ino, mode, 0, 0, 1, 0, len(data), 0, 0, rdev[0], rdev[1], len(namez), 0))
+        ino += 1
+        out.extend(hdr.encode() + namez)
+        out.extend(b"\0" * (-len(out) % 4))
+        out.extend(data)
+        out.extend(b"\0" * (-len(out) % 4))
+
+    for entry in entries:
+        kind, name = entry[0], entry[1]
+        if kind == "dir":
+            add(name, 0o040755)
+        elif kind == "chr":
+            add(name, 0o020600, rdev=(entry[2], entry[3]))
+        elif kind == "file":
+            add(name, 0o100000 | entry[3], entry[2])
+        elif kind == "link":
+            add(name, 0o120777, entry[2].encode())
+    add("TRAILER!!!", 0)
+    return bytes(out)

@@ -1,0 +1,64 @@
+"""Salt configuration for the lab: its pillar (production defaults, lab exceptions stated)
+and the master/minion configs of the plain daemons that `make lab-up` and `make demo` start."""
+import pathlib
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def lab_pillar(lab):
+    """Pillar for the lab. Production defaults stay safe; the lab states its exceptions."""
+    hypervisors = {h: {"address": lab.addr(h)} for h in lab.hypervisors}
+    return {
+        "vmigrate": {
+            "hypervisors": hypervisors,
+            # Lab only: libvirtd listens on unauthenticated TCP inside the lab namespaces.
+            "transport": "tcp",
+            "allow_insecure_transport": True,
+            "nfs": {
+                "server": {
+                    # Lab only: no init system and no kernel nfsd; exportfs still validates.
+                    "manage_service": False,
+                    "exports": [{
+                        "path": str(lab.export_dir),
+                        "clients": [{"host": f"{lab.net}.0/24",
+                                     "options": {"rw": True}}],
+                    }],
+                },
+                "client": {
+                    "mounts": [{
+                        "name": str(lab.mountpoint),
+                        # Lab only: this kernel has no NFS client; a bind mount of the
+                        # NFS host's export directory stands in for the NFS mount.
+                        "device": str(lab.export_dir),
+                        "fstype": "none",
+                        "opts": ["bind"],
+                    }],
+                },
+            },
+        }
+    }
+
+
+def master_config(lab, root_dir, pillar_dir):
+    return {
+        "id": f"{lab.name}-master",
+        "root_dir": str(root_dir),
+        "interface": lab.ctl_addr,
+        "user": "root",
+        "auto_accept": True,
+        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "pillar_roots": {"base": [str(pillar_dir)]},
+        "log_level_logfile": "info",
+        "vmigrate": {"hypervisors_target": "host*"},
+    }
+
+
+def minion_config(lab, host, root_dir):
+    return {
+        "id": host,
+        "root_dir": str(root_dir),
+        "master": lab.ctl_addr,
+        "user": "root",
+        "log_level_logfile": "info",
+        "acceptance_wait_time": 1,
+    }
