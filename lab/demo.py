@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-import guest
+import vmguest
 import vmlab
 
 
@@ -41,7 +41,7 @@ def main():
                             text=True, capture_output=True, check=False)
     where = json.loads(locate.stdout or "{}")
     def counters():
-        return guest.counters(lab.console_log().read_text(errors="replace"))
+        return vmguest.counters(lab.console_log().read_text(errors="replace"))
 
     # Two lines written by host2's QEMU (after the call returned, host1's QEMU is gone).
     seq = vmlab.wait_for("the guest counter on host2",

@@ -27,8 +27,9 @@ import sys
 import time
 import uuid
 
-import guest  # noqa: E402  (lab/ is on sys.path: script dir, or inserted by callers)
-import saltconf  # noqa: E402
+# lab/ is on sys.path: this script's directory, or inserted by the tests and benchmarks.
+import saltconf
+import vmguest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -297,12 +298,12 @@ class Lab:
     def guest_artifacts(self):
         """Build (once) the guest initramfs; returns (kernel, initrd) paths."""
         try:
-            return guest.artifacts(CACHE, GUEST_SRC, run)
+            return vmguest.artifacts(CACHE, GUEST_SRC, run)
         except FileNotFoundError as err:
             raise LabError(str(err)) from err
 
     def guest_xml(self, name="vdisk"):
-        return guest.domain_xml(name, self.mountpoint)
+        return vmguest.domain_xml(name, self.mountpoint)
 
     def console_log(self, name="vdisk"):
         """The guest's console log on the shared storage (read through the NFS host's export)."""
@@ -357,7 +358,7 @@ class Lab:
             text = self.console_log(name).read_text(errors="replace")
         except OSError:
             return []
-        return [(n, bad) for n, bad, _ in guest.counters(text)]
+        return [(n, bad) for n, bad, _ in vmguest.counters(text)]
 
     def wait_counter(self, name="vdisk", above=0, timeout=60):
         """Wait until the guest printed a counter line past ``above``; return the last (n, bad)."""
