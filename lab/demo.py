@@ -43,14 +43,15 @@ def main():
     def counters():
         return vmguest.counters(lab.console_log().read_text(errors="replace"))
 
-    # Two lines written by host2's QEMU (after the call returned, host1's QEMU is gone).
-    seq = vmlab.wait_for("the guest counter on host2",
-                         lambda: (lambda s: s if sum(p >= after_size for *_, p in s) >= 2
-                                  else None)(counters()), 30)
+    def host2_lines():
+        # Two lines written by host2's QEMU (after the call returned, host1's QEMU is gone).
+        seq = counters()
+        return seq if sum(pos >= after_size for *_, pos in seq) >= 2 else None
+
+    seq = vmlab.wait_for("the guest counter on host2", host2_lines, 30)
     last_host1 = max(n for n, _, pos in seq if pos < before_size)
     first_host2 = min(n for n, _, pos in seq if pos >= after_size)
     numbers = [n for n, _, _ in seq]
-    continuous = numbers == list(range(numbers[0], numbers[0] + len(numbers)))
     bad = max(b for _, b, _ in seq)
     downtime = re.search(r"downtime_ms:\s*\n\s*(\d+)", orch.stdout)
     elapsed = re.search(r"elapsed:\s*\n\s*([\d.]+)", orch.stdout)
@@ -60,7 +61,7 @@ def main():
         "state.orch exited 0": orch.returncode == 0,
         "vdisk runs only on host2": where.get("running") == ["host2"],
         "vdisk is defined only on host2": where.get("defined") == ["host2"],
-        "guest counter continuous (no gap, no repeat)": continuous,
+        "guest counter continuous (no gap, no repeat)": vmguest.continuous(numbers),
         "guest memory intact (bad=0)": bad == 0,
         "guest counter advanced on host2": first_host2 > last_host1,
     }

@@ -69,6 +69,11 @@ def domain_xml(name, shared):
 """
 
 
+def continuous(numbers):
+    """True when the counters run n, n+1, n+2, ... with no gap and no repeat."""
+    return bool(numbers) and numbers == list(range(numbers[0], numbers[0] + len(numbers)))
+
+
 def counters(text):
     """The console's counter lines: a list of (n, bad, offset in the text)."""
     return [(int(m[1]), int(m[2]), m.start()) for m in _COUNTER_RE.finditer(text)]
