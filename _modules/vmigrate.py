@@ -27,6 +27,7 @@ CLI Example:
 import contextlib
 import itertools
 import logging
+import os
 import re
 import threading
 import time
@@ -159,8 +160,6 @@ def _libvirt_error(err, what):
 
 def _ensure_event_loop():
     """One libvirt event loop thread per process: needed for keepalive and domain events."""
-    import os  # pylint: disable=import-outside-toplevel
-
     if _EVENT_LOOP["pid"] == os.getpid():
         return
     # Errors reach callers as exceptions (translated by _libvirt_error); without a handler

@@ -215,9 +215,10 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, tgt=N
     ok, out = _call(source, "vmigrate.migrate", [vm, dest],
                     {"mode": mode, "bandwidth": bandwidth, "timeout": timeout},
                     timeout=QUERY_TIMEOUT)
+    # Where it is now, whatever the call said: the report on failure, the check on success.
+    after = locate(vm, [source, dest], "list")
+    ret["after"] = {k: after[k] for k in ("running", "defined", "hosts")}
     if not ok:
-        after = locate(vm, [source, dest], "list")
-        ret["after"] = {k: after[k] for k in ("running", "defined", "hosts")}
         _fire(f"vmigrate/{vm}/result", dict(ret, result=False, error=str(out)))
         return _fail(ret, f"migration of {vm} from {source} to {dest} failed: {out}; "
                           f"{vm} is now running on {', '.join(after['running']) or 'no host'}")
@@ -225,8 +226,6 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, tgt=N
     ret["job_ms"] = (out.get("stats") or {}).get("time_elapsed")
 
     # Verify: dest has it persistently (running for live), the source no longer has it.
-    after = locate(vm, [source, dest], "list")
-    ret["after"] = {k: after[k] for k in ("running", "defined", "hosts")}
     want_state = "running" if mode == "live" else "shutoff"
     on_dest = after["hosts"].get(dest, {})
     problems = []

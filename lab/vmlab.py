@@ -438,13 +438,14 @@ class Lab:
                 continue
             # Everything started inside this host shares the holder's mount namespace.
             mntns = os.readlink(f"/proc/{pid}/ns/mnt")
-            for _ in range(50):
+            for attempt in range(50):
                 victims = [p for p in _pids() if p != pid and _mntns(p) == mntns]
                 if not victims:
                     break
+                sig = signal.SIGTERM if attempt < 20 else signal.SIGKILL
                 for p in victims:
                     with contextlib.suppress(OSError):
-                        os.kill(p, signal.SIGTERM if _ < 20 else signal.SIGKILL)
+                        os.kill(p, sig)
                 time.sleep(0.1)
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
