@@ -1,0 +1,350 @@
+"""
+Will libvirt treat a domain's disks as shared storage? The facts a hypervisor can see, and the
+verdict, following libvirt's own rules (libvirt 11.3: ``qemuMigrationSrcIsSafe`` in
+src/qemu/qemu_migration.c, ``virFileIsSharedFS`` in src/util/virfile.c):
+
+- empty and read-only disks, and network disks, are safe;
+- a file disk is safe when ``statfs()`` on its path (or, if that fails, on the nearest
+  ancestor it can stat) reports a shared filesystem type -- NFS, GFS2, OCFS2, AFS, SMB/CIFS,
+  Ceph, GPFS, ACFS, BeeGFS, or the FUSE mounts glusterfs and quobyte -- or when its resolved path
+  lies under an entry of qemu.conf ``shared_filesystems``;
+- everything else is refused with ``VIR_ERR_MIGRATE_UNSAFE`` ("Migration without shared storage
+  is unsafe"), unless the caller sets ``VIR_MIGRATE_UNSAFE``, which vmigrate never does on its own.
+
+``shared_filesystems`` is read once, when the daemon starts: each entry goes through realpath(),
+and an entry that does not exist at that moment becomes NULL, which ends the list there -- that
+entry and every entry after it are ignored until the daemon restarts. A shared directory that is
+mounted (or created) after libvirtd started therefore does not count.
+
+Fact gathering reads this host's files (``/proc/self/mountinfo``, qemu.conf, the daemon's
+pidfile) and takes paths as arguments; the verdict (:func:`assess`) is a pure function of facts.
+No Salt dunders: callers reach these through ``__utils__["vmigrate_storage.<name>"]``.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import re
+import time
+import xml.etree.ElementTree as ET
+
+QEMU_CONF = "/etc/libvirt/qemu.conf"
+DAEMON_PIDFILES = ("/run/virtqemud.pid", "/run/libvirtd.pid")
+# statfs() f_type values libvirt counts as shared (src/util/virfile.c).
+SHARED_MAGIC = {
+    0x6969: "nfs",
+    0x01161970: "gfs2",
+    0x7461636F: "ocfs2",
+    0x6B414653: "afs",
+    0x517B: "smb",
+    0xFF534D42: "cifs",
+    0x00C36400: "ceph",
+    0x47504653: "gpfs",
+    0x61636673: "acfs",
+    0x19830326: "beegfs",
+}
+FUSE_MAGIC = 0x65735546
+SHARED_FUSE = ("fuse.glusterfs", "fuse.quobyte")
+FIX_SHARED = (
+    "mount the NFS export at the same path on both hosts (state.apply vmigrate.nfs.client); "
+    "a shared filesystem libvirt cannot recognise by its type must be listed in "
+    "/etc/libvirt/qemu.conf shared_filesystems on both hosts, and libvirtd restarted once that "
+    "path exists (libvirtd ignores a listed path that did not exist when it started, and every "
+    "entry after it); never migrate with unsafe=True"
+)
+FIX_RESTART = (
+    "restart libvirtd on this host now that the path exists (systemctl restart libvirtd, or "
+    "virtqemud); on boot, order it after the mount (e.g. RequiresMountsFor=<path> in a drop-in); "
+    "never migrate with unsafe=True"
+)
+
+
+# ---- facts ---------------------------------------------------------------------------------
+def domain_disks(xml_text):
+    """The ``<disk>`` devices of a domain's XML: a list of dicts with ``target``, ``device``,
+    ``type``, ``path`` (file or block path, ``pool/volume``, ``protocol:name``, or None when
+    empty), ``readonly``, ``shareable`` and ``cache``."""
+    disks = []
+    for disk in ET.fromstring(xml_text).findall("./devices/disk"):
+        dtype = disk.get("type", "file")
+        source = disk.find("source")
+        path = None
+        if source is not None:
+            if dtype == "file":
+                path = source.get("file")
+            elif dtype == "block":
+                path = source.get("dev")
+            elif dtype == "dir":
+                path = source.get("dir")
+            elif dtype == "volume":
+                path = f"{source.get('pool')}/{source.get('volume')}"
+            elif dtype == "network":
+                path = f"{source.get('protocol')}:{source.get('name')}"
+        target = disk.find("target")
+        driver = disk.find("driver")
+        disks.append({
+            "target": target.get("dev") if target is not None else None,
+            "device": disk.get("device", "disk"),
+            "type": dtype,
+            "path": path,
+            "readonly": disk.find("readonly") is not None,
+            "shareable": disk.find("shareable") is not None,
+            "cache": driver.get("cache") if driver is not None else None,
+        })
+    return disks
+
+
+def _unescape(field):
+    """mountinfo escapes space, tab, newline and backslash as octal."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
+
+
+def parse_mountinfo(text):
+    """``/proc/<pid>/mountinfo`` as a list of (mount point, fstype, source)."""
+    mounts = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) >= 5 and len(tail) >= 2:
+            mounts.append((_unescape(fields[4]), tail[0], _unescape(tail[1])))
+    return mounts
+
+
+def _under(path, prefix):
+    return path == prefix or prefix == "/" or path.startswith(prefix.rstrip("/") + "/")
+
+
+def mount_of(path, mounts):
+    """The mount (mount point, fstype, source) holding ``path``: the longest matching prefix,
+    the last mounted where several share it (the one on top)."""
+    best = None
+    for mount in mounts:
+        if _under(path, mount[0]) and (best is None or len(mount[0]) >= len(best[0])):
+            best = mount
+    return best
+
+
+_LIBC = None
+
+
+def statfs_type(path):
+    """statfs(2) ``f_type`` of ``path``, walking up to the nearest ancestor statfs can read,
+    as libvirt does. None if nothing can be read."""
+    global _LIBC  # pylint: disable=global-statement
+    if _LIBC is None:
+        _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    buf = ctypes.create_string_buffer(256)  # struct statfs is 120 bytes on 64-bit Linux
+    probe = path
+    while True:
+        if _LIBC.statfs(os.fsencode(probe), buf) == 0:
+            return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+        if probe in ("/", ""):
+            return None
+        probe = os.path.dirname(probe)
+
+
+def shared_filesystems(conf_text):
+    """The ``shared_filesystems`` list of a qemu.conf text, as written ([] when absent)."""
+    lines = [ln for ln in conf_text.splitlines() if not ln.lstrip().startswith("#")]
+    match = re.search(r"^\s*shared_filesystems\s*=\s*\[(.*?)\]", "\n".join(lines),
+                      re.MULTILINE | re.DOTALL)
+    return re.findall(r'"([^"]*)"', match[1]) if match else []
+
+
+def effective_overrides(entries, realpath=os.path.realpath, exists=os.path.exists):
+    """What a daemon starting now would keep of ``entries``: each resolved, stopping at the
+    first that does not exist (libvirt's realpath() NULL ends the list). Returns
+    (kept, dropped)."""
+    kept = []
+    for i, entry in enumerate(entries):
+        if not exists(entry):
+            return kept, list(entries[i:])
+        kept.append(realpath(entry))
+    return kept, []
+
+
+def daemon_facts(pidfiles=DAEMON_PIDFILES, conf=QEMU_CONF):
+    """The QEMU driver's daemon on this host: ``daemon`` (libvirtd or virtqemud), ``pid``,
+    ``started`` (epoch seconds), and qemu.conf's ``conf_mtime``; None for what cannot be read."""
+    facts = {"daemon": None, "pid": None, "started": None, "conf": conf, "conf_mtime": None}
+    try:
+        facts["conf_mtime"] = os.stat(conf).st_mtime
+    except OSError:
+        pass
+    for pidfile in pidfiles:
+        try:
+            with open(pidfile, encoding="ascii") as fh:
+                pid = int(fh.read().strip())
+            started = process_started(pid)
+        except (OSError, ValueError, IndexError):
+            continue
+        facts.update(daemon=os.path.basename(pidfile)[:-4], pid=pid, started=started)
+        break
+    return facts
+
+
+def process_started(pid):
+    """When process ``pid`` started, in epoch seconds, to about 10 ms: its start in clock ticks
+    since boot (/proc/<pid>/stat) against the uptime (/proc/uptime) -- not /proc/stat's
+    ``btime``, whole seconds that would put the start up to 1 s early."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+        ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/uptime", encoding="ascii") as fh:
+        uptime = float(fh.read().split()[0])
+    return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def disk_facts(disks, conf_text, mountinfo_text, statfs=statfs_type,
+               realpath=os.path.realpath, exists=os.path.exists):
+    """Per writable file disk: the resolved path, the mount holding it (point, fstype,
+    source), the statfs type libvirt reads, and the ``shared_filesystems`` entry covering it."""
+    mounts = parse_mountinfo(mountinfo_text)
+    entries = shared_filesystems(conf_text)
+    kept, dropped = effective_overrides(entries, realpath, exists)
+    facts = []
+    for disk in disks:
+        item = dict(disk)
+        if disk["type"] == "file" and disk["path"] and not disk["readonly"]:
+            resolved = realpath(disk["path"])
+            mount = mount_of(resolved, mounts)
+            magic = statfs(resolved)
+            item.update(
+                resolved=resolved,
+                exists=exists(resolved),
+                mountpoint=mount[0] if mount else None,
+                fstype=mount[1] if mount else None,
+                fssource=mount[2] if mount else None,
+                magic=magic,
+                override=next((e for e in kept if _under(resolved, e)), None),
+                override_listed=next((e for e in entries if _under(resolved, realpath(e))),
+                                     None),
+            )
+        facts.append(item)
+    return {"disks": facts, "shared_filesystems": entries, "dropped": dropped}
+
+
+def gather(xml_text, conf=QEMU_CONF, mountinfo="/proc/self/mountinfo"):
+    """All storage facts for one domain on this host (reads the files named)."""
+    try:
+        with open(conf, encoding="utf-8", errors="replace") as fh:
+            conf_text = fh.read()
+    except OSError:
+        conf_text = ""
+    with open(mountinfo, encoding="utf-8", errors="replace") as fh:
+        mountinfo_text = fh.read()
+    facts = disk_facts(domain_disks(xml_text), conf_text, mountinfo_text)
+    facts["daemon"] = daemon_facts(conf=conf)
+    return facts
+
+
+# ---- verdict -------------------------------------------------------------------------------
+def _fs_name(disk):
+    magic = disk.get("magic")
+    if magic in SHARED_MAGIC:
+        return SHARED_MAGIC[magic]
+    return disk.get("fstype") or (f"statfs type {magic:#x}" if magic is not None else "unknown")
+
+
+def _where(disk):
+    where = f"{_fs_name(disk)}"
+    if disk.get("mountpoint"):
+        where += f" mounted at {disk['mountpoint']} from {disk.get('fssource') or '?'}"
+    return where
+
+
+# A start time read from /proc is one clock tick (10 ms) coarse; anything within this of it
+# counts as before the start.
+START_SLACK = 0.1
+
+
+def _after_start(epoch, daemon):
+    started = daemon.get("started")
+    return bool(epoch and started and epoch > started + START_SLACK)
+
+
+def _stamp(epoch):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "?"
+
+
+def assess(facts, host):
+    """Checks for live migration from ``host``: one per disk (``name``, ``ok``, ``detail``,
+    ``fix``), ``ok`` False where libvirt will refuse. A disk that depends on
+    ``shared_filesystems`` passes with a note: whether the running daemon took the entry in
+    cannot be read from outside it, and libvirt itself has the last word."""
+    checks = []
+    daemon = facts.get("daemon") or {}
+    for disk in facts["disks"]:
+        name = f"shared_storage:{disk.get('target') or disk.get('path')}"
+        label = f"disk {disk.get('target')} ({disk.get('path')})"
+        if not disk.get("path"):
+            checks.append({"name": name, "ok": True, "detail": f"{label}: empty", "fix": None})
+            continue
+        if disk["readonly"]:
+            checks.append({"name": name, "ok": True, "fix": None,
+                           "detail": f"{label}: read-only, safe on any storage"})
+            continue
+        if disk["type"] == "network":
+            checks.append({"name": name, "ok": True, "fix": None,
+                           "detail": f"{label}: network disk, reached by both hosts"})
+            continue
+        if disk["type"] != "file":
+            checks.append({"name": name, "ok": False, "fix": FIX_SHARED,
+                           "detail": f"{label}: a {disk['type']} disk is not shared storage "
+                                     "to libvirt"})
+            continue
+        magic = disk.get("magic")
+        fuse_shared = magic == FUSE_MAGIC and disk.get("fstype") in SHARED_FUSE
+        if magic in SHARED_MAGIC or fuse_shared:
+            checks.append({"name": name, "ok": True, "fix": None,
+                           "detail": f"{label}: on {_where(disk)}, shared storage by type"})
+            continue
+        entry = disk.get("override_listed")
+        if entry:
+            note = (f"{label}: on {_where(disk)}, not shared by type; covered by qemu.conf "
+                    f"shared_filesystems entry {entry!r}, which counts only if that path "
+                    f"existed when {daemon.get('daemon') or 'libvirtd'} started "
+                    f"({_stamp(daemon.get('started'))})")
+            stale = _after_start(daemon.get("conf_mtime"), daemon)
+            if stale:
+                checks.append({"name": name, "ok": False, "fix": FIX_RESTART,
+                               "detail": note + f"; {daemon['conf']} changed after the daemon "
+                                                f"started ({_stamp(daemon['conf_mtime'])})"})
+            elif disk.get("override") is None:
+                checks.append({"name": name, "ok": False, "fix": FIX_SHARED,
+                               "detail": note + "; an earlier entry does not exist "
+                                                f"({', '.join(facts['dropped'])}), which ends "
+                                                "libvirt's list before this one"})
+            else:
+                checks.append({"name": name, "ok": True, "fix": FIX_RESTART, "detail": note})
+            continue
+        checks.append({"name": name, "ok": False, "fix": FIX_SHARED,
+                       "detail": f"{label}: on {_where(disk)}, which libvirt does not treat as "
+                                 "shared storage, and no qemu.conf shared_filesystems entry "
+                                 "covers it"})
+    return checks
+
+
+def explain_unsafe(facts, host):
+    """The text added to libvirt's VIR_ERR_MIGRATE_UNSAFE refusal: every writable disk not
+    shared by type, what libvirt saw, and the fix."""
+    lines = []
+    daemon = facts.get("daemon") or {}
+    for check, disk in zip(assess(facts, host), facts["disks"]):
+        if disk.get("type") != "file" or disk.get("readonly") or not disk.get("path"):
+            continue
+        if disk.get("magic") in SHARED_MAGIC:
+            continue
+        lines.append(check["detail"])
+    text = "; ".join(lines) or "no disk of this domain is on storage libvirt treats as shared"
+    started = daemon.get("started")
+    listed = any(d.get("override_listed") for d in facts["disks"])
+    fix = FIX_RESTART if listed else FIX_SHARED
+    if listed and started:
+        conf_mtime = daemon.get("conf_mtime")
+        why = (f"{daemon.get('conf')} changed after it started ({_stamp(conf_mtime)})"
+               if _after_start(conf_mtime, daemon) else
+               "an earlier entry does not exist" if facts.get("dropped") else
+               "the path did not exist yet when it started")
+        text += (f"; {daemon.get('daemon') or 'libvirtd'} on {host} (pid {daemon.get('pid')}, "
+                 f"started {_stamp(started)}) did not take that entry in: {why}")
+    return f"{text}. Fix: {fix}"

@@ -1,0 +1,116 @@
+"""The storage precheck: libvirt's shared-storage rules as pure functions over facts."""
+import pytest
+
+from tests.support.modload import load
+
+st = load("_utils", "vmigrate_storage")
+
+XML = """<domain type='qemu'><name>vdisk</name><devices>
+  <disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>
+    <source file='/srv/vm/vdisk.qcow2'/><target dev='vda' bus='virtio'/></disk>
+  <disk type='file' device='cdrom'><source file='/iso/boot.iso'/><target dev='sda'/>
+    <readonly/></disk>
+  <disk type='network' device='disk'><source protocol='nfs' name='/export/x.img'/>
+    <target dev='vdb'/></disk>
+  <disk type='file' device='cdrom'><target dev='sdb'/><readonly/></disk>
+</devices></domain>"""
+MOUNTINFO = (
+    "22 1 254:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw\n"
+    "90 22 0:50 / /srv/vm rw,relatime - nfs4 nfs1:/srv/vmimages rw,vers=4.2\n"
+    "91 22 254:1 /data/shared /srv/bind rw - ext4 /dev/vda1 rw\n"
+    "92 22 0:51 / /srv/my\\040dir rw - ext4 /dev/vdb rw\n"
+)
+EXT4, NFS = 0xEF53, 0x6969
+
+
+def _facts(disk_path, magic, conf="", exists=lambda p: True, mountinfo=MOUNTINFO, **daemon):
+    xml = XML.replace("/srv/vm/vdisk.qcow2", disk_path)
+    facts = st.disk_facts(st.domain_disks(xml), conf, mountinfo, statfs=lambda p: magic,
+                          realpath=lambda p: p, exists=exists)
+    facts["daemon"] = {"daemon": "libvirtd", "pid": 42, "started": 1000.0,
+                       "conf": "/etc/libvirt/qemu.conf", "conf_mtime": 900.0, **daemon}
+    return facts
+
+
+def test_domain_disks_reads_every_kind():
+    disks = {d["target"]: d for d in st.domain_disks(XML)}
+    assert disks["vda"]["path"] == "/srv/vm/vdisk.qcow2" and disks["vda"]["cache"] == "none"
+    assert disks["sda"]["readonly"] and disks["vdb"]["type"] == "network"
+    assert disks["sdb"]["path"] is None
+
+
+def test_mountinfo_longest_prefix_and_escapes():
+    mounts = st.parse_mountinfo(MOUNTINFO)
+    assert st.mount_of("/srv/vm/a.qcow2", mounts)[1:] == ("nfs4", "nfs1:/srv/vmimages")
+    assert st.mount_of("/srv/vmx/a", mounts)[0] == "/"  # whole components only
+    assert st.mount_of("/srv/my dir/a", mounts)[0] == "/srv/my dir"
+
+
+def test_shared_filesystems_parsing_skips_comments_and_spans_lines():
+    conf = ('#shared_filesystems = [ "/commented" ]\nuser = "root"\n'
+            'shared_filesystems = [\n  "/a",   # first\n  "/b/c"\n]\n')
+    assert st.shared_filesystems(conf) == ["/a", "/b/c"]
+    assert st.shared_filesystems("user = 'x'\n") == []
+
+
+def test_a_missing_entry_ends_libvirts_list_there():
+    exists = {"/a", "/c"}.__contains__
+    assert st.effective_overrides(["/a", "/b", "/c"], lambda p: p, exists) == (["/a"],
+                                                                              ["/b", "/c"])
+
+
+def test_nfs_is_shared_by_type():
+    checks = st.assess(_facts("/srv/vm/vdisk.qcow2", NFS), "host1")
+    assert all(c["ok"] for c in checks), checks
+    vda = checks[0]
+    assert vda["name"] == "shared_storage:vda" and "nfs" in vda["detail"]
+
+
+def test_local_disk_without_override_is_a_blocker_naming_disk_path_fs_and_fix():
+    check = st.assess(_facts("/var/lib/libvirt/images/vdisk.qcow2", EXT4), "host1")[0]
+    assert check["ok"] is False
+    for words in ("vda", "/var/lib/libvirt/images/vdisk.qcow2", "ext4", "mounted at /",
+                  "/dev/vda1"):
+        assert words in check["detail"], check["detail"]
+    assert "NFS export at the same path" in check["fix"] and "shared_filesystems" in check["fix"]
+    assert "never migrate with unsafe=True" in check["fix"]
+
+
+def test_override_counts_with_a_note_about_the_daemon_start():
+    conf = 'shared_filesystems = [ "/srv/bind" ]\n'
+    check = st.assess(_facts("/srv/bind/vdisk.qcow2", EXT4, conf), "host1")[0]
+    assert check["ok"] is True and "shared_filesystems entry '/srv/bind'" in check["detail"]
+    assert "existed when libvirtd started" in check["detail"]
+
+
+def test_qemu_conf_changed_after_the_daemon_started_is_a_blocker():
+    conf = 'shared_filesystems = [ "/srv/bind" ]\n'
+    check = st.assess(_facts("/srv/bind/vdisk.qcow2", EXT4, conf, conf_mtime=2000.0),
+                      "host1")[0]
+    assert check["ok"] is False and "changed after the daemon started" in check["detail"]
+    assert "restart libvirtd" in check["fix"]
+
+
+def test_an_earlier_missing_entry_hides_the_one_covering_the_disk():
+    conf = 'shared_filesystems = [ "/gone", "/srv/bind" ]\n'
+    facts = _facts("/srv/bind/vdisk.qcow2", EXT4, conf, exists=lambda p: p != "/gone")
+    check = st.assess(facts, "host1")[0]
+    assert check["ok"] is False and "/gone" in check["detail"]
+
+
+@pytest.mark.parametrize("magic, fstype, ok", [
+    (0x65735546, "fuse.glusterfs", True), (0x65735546, "fuse.sshfs", False),
+    (0x00C36400, "ceph", True), (0x01021994, "tmpfs", False),
+])
+def test_fuse_and_other_types_follow_libvirt(magic, fstype, ok):
+    mountinfo = f"22 1 0:1 / / rw - {fstype} src rw\n"
+    check = st.assess(_facts("/srv/vm/vdisk.qcow2", magic, mountinfo=mountinfo), "h")[0]
+    assert check["ok"] is ok
+
+
+def test_explain_unsafe_names_disk_fs_daemon_start_and_fix():
+    conf = 'shared_filesystems = [ "/srv/bind" ]\n'
+    text = st.explain_unsafe(_facts("/srv/bind/vdisk.qcow2", EXT4, conf), "host1")
+    for words in ("disk vda (/srv/bind/vdisk.qcow2)", "ext4", "libvirtd on host1 (pid 42",
+                  "did not take that entry in: the path did not exist yet", "Fix: restart libvirtd"):
+        assert words in text, text
