@@ -2,10 +2,11 @@
 Move libvirt/KVM domains between hypervisors: the minion side of vmigrate.
 
 Runs on a hypervisor minion and talks to its libvirtd through libvirt-python (never ``virsh``).
-The master side (``_runners/vmigrate.py``, ``salt/migrate.sls``) decides where a domain lives
-and calls :py:func:`migrate` on the source minion.
+The master side (``_runners/vmigrate.py``, ``_states/vmigrate.py``, ``salt/migrate.sls``) decides
+where a domain lives and calls :py:func:`migrate` on the source minion.
 
-Configuration comes from pillar (or minion config) under ``vmigrate`` (see ``pillar.example``):
+Configuration is read from pillar ``vmigrate`` only (see ``pillar.example``): a grain or a key in
+the minion's config cannot change where a VM goes or switch a safety check off.
 
 .. code-block:: yaml
 
@@ -20,17 +21,21 @@ CLI Example:
 .. code-block:: bash
 
     salt host1 vmigrate.domains
+    salt host1 vmigrate.precheck vdisk host2
     salt host1 vmigrate.migrate vdisk host2
     salt host1 vmigrate.migrate vdisk host2 mode=offline
 """
 
 import contextlib
+import contextvars
 import itertools
 import logging
 import os
+import queue
 import re
 import threading
 import time
+import urllib.parse
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -45,27 +50,38 @@ log = logging.getLogger(__name__)
 
 __virtualname__ = "vmigrate"
 
-MODES = ("live", "offline")
 TRANSPORTS = ("ssh", "tls", "tcp")
 DEFAULTS = {
     "uri": "qemu:///system",
     "transport": "ssh",
     "ssh_user": "root",
-    "allow_insecure_transport": False,
-    "allow_unsafe": False,
+    "ssh_keyfile": None,
     "hypervisors": {},
     "keepalive_interval": 5,
     "keepalive_count": 3,
     "timeout": 600,
+    "abort_deadline": 30,
     "poll_interval": 0.5,
     "progress_events": True,
 }
-# libvirt's names for virDomainState, in order.
+# Switches that weaken a safety check: False unless pillar says otherwise, each named in results.
+SAFETY_SWITCHES = ("allow_unsafe", "allow_insecure_transport", "allow_plain_migration_stream")
+# libvirt's names for virDomainState, in order, and for the reasons vmigrate reports.
 STATES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
           "pmsuspended")
-_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+:@-]{0,254}$")
-_HOST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
-_ADDR_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]{0,252})$")
+REASONS = {
+    "running": ("unknown", "booted", "migrated", "restored", "from_snapshot", "unpaused",
+                "migration_canceled", "save_canceled", "wakeup", "crashed", "postcopy",
+                "postcopy_failed"),
+    "paused": ("unknown", "user", "migration", "save", "dump", "ioerror", "watchdog",
+               "from_snapshot", "shutting_down", "snapshot", "crashed", "starting_up",
+               "postcopy", "postcopy_failed", "api_error"),
+    "shutoff": ("unknown", "shutdown", "destroyed", "crashed", "migrated", "saved", "failed",
+                "from_snapshot", "daemon"),
+}
+_ADDR_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]{0,252})")
+_SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_KEYFILE_RE = re.compile(r"/[A-Za-z0-9._/-]{1,4095}")
 
 _EVENT_LOOP = {"pid": None}
 
@@ -78,31 +94,35 @@ def __virtual__():
 
 # ---- configuration and validation -----------------------------------------------------------
 def _config():
+    pillar = __pillar__.get("vmigrate") or {}
+    if not isinstance(pillar, dict):
+        raise SaltInvocationError(f"pillar vmigrate must be a mapping, got {type(pillar).__name__}")
     conf = dict(DEFAULTS)
-    conf.update(__salt__["config.get"]("vmigrate", {}) or {})
+    conf.update(pillar)
+    for key in SAFETY_SWITCHES:
+        if not isinstance(conf.get(key, False), bool):
+            raise SaltInvocationError(f"pillar vmigrate:{key} must be true or false")
+        conf[key] = conf.get(key, False)
+    conf["timeout"] = __utils__["vmigrate_validate.seconds"](
+        conf["timeout"], "pillar vmigrate:timeout", allow_none=False)
+    conf["abort_deadline"] = __utils__["vmigrate_validate.seconds"](
+        conf["abort_deadline"], "pillar vmigrate:abort_deadline", allow_none=False)
     return conf
 
 
-def _check_name(name):
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-        raise SaltInvocationError(
-            f"vm name {name!r} is not a valid domain name (letters, digits, _ . + : @ -)"
-        )
-    return name
-
-
-def _check_host(dest):
-    if not isinstance(dest, str) or not _HOST_RE.fullmatch(dest):
-        raise SaltInvocationError(f"dest {dest!r} is not a valid minion id")
-    return dest
+def _check_addr(value, where):
+    if not isinstance(value, str) or not _ADDR_RE.fullmatch(value):
+        raise SaltInvocationError(f"pillar {where} {value!r} is not a host name or address")
+    return value
 
 
 def dest_uris(dest):
     """
-    Resolve the libvirt URI and the migration data URI of hypervisor ``dest`` from pillar.
+    Resolve how to reach hypervisor ``dest``, from pillar.
 
     Returns a dict: ``uri`` (the libvirt connection the source libvirtd opens to the
-    destination), ``migrate_uri`` (where QEMU sends the memory stream) and ``transport``.
+    destination), ``migrate_uri`` (where QEMU sends the memory stream, None when it is
+    tunnelled), ``transport`` and ``data_stream`` (``tls``, ``tunnelled`` or ``plain tcp``).
 
     :param dest: the destination's minion id, a key of pillar ``vmigrate:hypervisors``
 
@@ -112,7 +132,7 @@ def dest_uris(dest):
 
         salt host1 vmigrate.dest_uris host2
     """
-    _check_host(dest)
+    __utils__["vmigrate_validate.minion_id"](dest)
     conf = _config()
     hypervisors = conf["hypervisors"] or {}
     if dest not in hypervisors:
@@ -121,13 +141,10 @@ def dest_uris(dest):
             f"(known: {', '.join(sorted(hypervisors)) or 'none'})"
         )
     entry = hypervisors[dest] or {}
-    address = entry.get("address", dest)
-    mig_address = entry.get("migration_address", address)
-    for key, value in (("address", address), ("migration_address", mig_address)):
-        if not isinstance(value, str) or not _ADDR_RE.fullmatch(value):
-            raise SaltInvocationError(
-                f"pillar vmigrate:hypervisors:{dest}:{key} {value!r} is not a host name or address"
-            )
+    where = f"vmigrate:hypervisors:{dest}"
+    address = _check_addr(entry.get("address", dest), f"{where}:address")
+    mig_address = _check_addr(entry.get("migration_address", address),
+                              f"{where}:migration_address")
     transport = entry.get("transport", conf["transport"])
     if transport not in TRANSPORTS:
         raise SaltInvocationError(
@@ -140,13 +157,36 @@ def dest_uris(dest):
         )
     if transport == "ssh":
         user = entry.get("ssh_user", conf["ssh_user"])
-        uri = f"qemu+ssh://{user}@{address}/system"
-        keyfile = entry.get("ssh_keyfile", conf.get("ssh_keyfile"))
-        if keyfile:
-            uri += f"?keyfile={keyfile}"
+        if not isinstance(user, str) or not _SSH_USER_RE.fullmatch(user):
+            raise SaltInvocationError(
+                f"pillar vmigrate ssh_user {user!r}: a user name (lowercase letters, digits, "
+                "_ and -, at most 32)")
+        uri = f"qemu+ssh://{urllib.parse.quote(user, safe='')}@{address}/system"
+        keyfile = entry.get("ssh_keyfile", conf["ssh_keyfile"])
+        if keyfile is not None:
+            if (not isinstance(keyfile, str) or not _KEYFILE_RE.fullmatch(keyfile)
+                    or "/../" in f"{keyfile}/" or "/./" in f"{keyfile}/"):
+                raise SaltInvocationError(
+                    f"pillar vmigrate ssh_keyfile {keyfile!r}: an absolute path of letters, "
+                    "digits, '.', '_', '-' and '/' (no '..')")
+            uri += "?" + urllib.parse.urlencode({"keyfile": keyfile}, safe="/")
     else:
         uri = f"qemu+{transport}://{address}/system"
-    return {"uri": uri, "migrate_uri": f"tcp://{mig_address}", "transport": transport}
+    # The memory stream: QEMU's own TLS with tls; through the ssh-protected libvirt connection
+    # with ssh; plain TCP only with its own switch (guest RAM holds keys).
+    if transport == "tls":
+        migrate_uri, stream = f"tcp://{mig_address}", "tls"
+    elif transport == "ssh":
+        migrate_uri, stream = None, "tunnelled"
+    elif conf["allow_plain_migration_stream"]:
+        migrate_uri, stream = f"tcp://{mig_address}", "plain tcp"
+    else:
+        raise SaltInvocationError(
+            "transport tcp sends the guest's memory unencrypted: use ssh or tls, or also set "
+            "pillar vmigrate:allow_plain_migration_stream: true on an isolated network"
+        )
+    return {"uri": uri, "migrate_uri": migrate_uri, "transport": transport,
+            "data_stream": stream}
 
 
 # ---- libvirt connection and errors ----------------------------------------------------------
@@ -176,10 +216,9 @@ def _ensure_event_loop():
 
 
 @contextlib.contextmanager
-def _connect(uri=None):
+def _connect(conf):
     """Open this hypervisor's libvirt with keepalive (a dead peer fails instead of hanging)."""
-    conf = _config()
-    uri = uri or conf["uri"]
+    uri = conf["uri"]
     _ensure_event_loop()
     try:
         conn = libvirt.open(uri)
@@ -205,16 +244,15 @@ def _lookup(conn, name):
         raise _libvirt_error(err, f"looking up vm {name!r}") from err
 
 
-def _state_name(dom):
-    state = dom.state()[0]
-    return STATES[state] if 0 <= state < len(STATES) else str(state)
-
-
 def _describe(dom):
+    code, reason = dom.state()
+    state = STATES[code] if 0 <= code < len(STATES) else str(code)
+    names = REASONS.get(state, ())
     return {
         "name": dom.name(),
         "uuid": dom.UUIDString(),
-        "state": _state_name(dom),
+        "state": state,
+        "reason": names[reason] if 0 <= reason < len(names) else str(reason),
         "persistent": bool(dom.isPersistent()),
     }
 
@@ -224,8 +262,11 @@ def domains():
     """
     List the domains on this hypervisor.
 
-    Returns a dict: ``host`` (this minion's id) and ``domains``, keyed by domain name, each with
-    ``uuid``, ``state`` (running, paused, shutoff, ...) and ``persistent``.
+    Returns a dict: ``host`` (this minion's id), ``timeout`` (this host's migration timeout,
+    seconds) and ``domains``, keyed by domain name, each with ``uuid``, ``state`` (running,
+    paused, shutoff, ...), ``reason`` (libvirt's reason for that state, e.g. paused by
+    ``migration``) and ``persistent``. A domain that vanishes while it is being read (an
+    incoming migration that failed) is left out.
 
     CLI Example:
 
@@ -233,20 +274,28 @@ def domains():
 
         salt -G 'virtual:physical' vmigrate.domains
     """
-    with _connect() as conn:
+    conf = _config()
+    found = {}
+    with _connect(conf) as conn:
         try:
             doms = conn.listAllDomains()
-            found = {d.name(): _describe(d) for d in doms}
         except libvirt.libvirtError as err:
             raise _libvirt_error(err, "listing domains") from err
-    for entry in found.values():
-        entry.pop("name")
-    return {"host": __opts__["id"], "domains": found}
+        for dom in doms:
+            try:
+                info = _describe(dom)
+            except libvirt.libvirtError as err:
+                if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    continue
+                raise _libvirt_error(err, "reading a domain") from err
+            found[info.pop("name")] = info
+    return {"host": __opts__["id"], "timeout": conf["timeout"], "domains": found}
 
 
 def domain(name):
     """
-    Describe one domain on this hypervisor: ``name``, ``uuid``, ``state``, ``persistent``.
+    Describe one domain on this hypervisor: ``name``, ``uuid``, ``state``, ``reason``,
+    ``persistent``.
 
     :param name: the domain name
 
@@ -256,8 +305,8 @@ def domain(name):
 
         salt host1 vmigrate.domain vdisk
     """
-    _check_name(name)
-    with _connect() as conn:
+    __utils__["vmigrate_validate.vm_name"](name)
+    with _connect(_config()) as conn:
         dom = _lookup(conn, name)
         try:
             return _describe(dom)
@@ -265,11 +314,67 @@ def domain(name):
             raise _libvirt_error(err, f"reading vm {name!r}") from err
 
 
-def _flags(mode, unsafe):
+def _storage_facts(dom):
+    try:
+        xml = dom.XMLDesc(0)
+    except libvirt.libvirtError as err:
+        raise _libvirt_error(err, "reading the domain's XML") from err
+    return __utils__["vmigrate_storage.gather"](xml)
+
+
+def _storage_checks(dom):
+    return __utils__["vmigrate_storage.assess"](_storage_facts(dom), __opts__["id"])
+
+
+def precheck(name, dest=None, mode="live"):
+    """
+    What this source hypervisor can check before a migration moves anything.
+
+    Today: for a live migration, every writable disk must be on storage libvirt treats as
+    shared (NFS and the other network filesystems by type, or a qemu.conf
+    ``shared_filesystems`` entry the running daemon took in) -- the check libvirt makes before
+    it moves memory, with the filesystem it saw and the fix.
+
+    :param name: the domain
+    :param dest: the destination minion id (validated when given)
+    :param mode: ``live`` (default) or ``offline``
+
+    Returns a dict: ``name``, ``host``, ``mode``, ``checks`` (each with ``name``, ``ok``,
+    ``detail`` and ``fix``) and ``blockers`` (the names of the checks that failed).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt host1 vmigrate.precheck vdisk host2
+    """
+    __utils__["vmigrate_validate.vm_name"](name)
+    __utils__["vmigrate_validate.mode"](mode)
+    if dest is not None:
+        __utils__["vmigrate_validate.minion_id"](dest)
+    with _connect(_config()) as conn:
+        checks = _storage_checks(_lookup(conn, name)) if mode == "live" else []
+    return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,
+            "blockers": [c["name"] for c in checks if not c["ok"]]}
+
+
+def _blocked(name, checks):
+    failed = [c for c in checks if not c["ok"]]
+    return CommandExecutionError(
+        f"precheck refused the migration of {name!r}, nothing was moved: "
+        + "; ".join(f"{c['detail']}. Fix: {c['fix']}" for c in failed)
+    )
+
+
+def _flags(mode, unsafe, data_stream="plain tcp"):
     flags = libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
     flags |= libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
     if mode == "live":
         flags |= libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_ABORT_ON_ERROR
+        if data_stream == "tls":
+            flags |= libvirt.VIR_MIGRATE_TLS
+        elif data_stream == "tunnelled":
+            flags |= libvirt.VIR_MIGRATE_TUNNELLED
     else:
         flags |= libvirt.VIR_MIGRATE_OFFLINE
     if unsafe:
@@ -278,17 +383,16 @@ def _flags(mode, unsafe):
 
 
 def _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf):
-    _check_name(name)
-    _check_host(dest)
-    if mode not in MODES:
-        raise SaltInvocationError(f"mode {mode!r}: must be one of {', '.join(MODES)}")
+    validate = __utils__
+    validate["vmigrate_validate.vm_name"](name)
+    validate["vmigrate_validate.minion_id"](dest)
+    validate["vmigrate_validate.mode"](mode)
     if dest == __opts__["id"]:
         raise SaltInvocationError(f"vm {name!r}: dest {dest} is this host already")
-    if bandwidth is not None and (isinstance(bandwidth, bool) or not isinstance(bandwidth, int)
-                                  or bandwidth <= 0):
-        raise SaltInvocationError(f"bandwidth {bandwidth!r}: a positive integer, MiB/s")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise SaltInvocationError(f"timeout {timeout!r}: a positive number of seconds")
+    validate["vmigrate_validate.mib_per_s"](bandwidth)
+    validate["vmigrate_validate.seconds"](timeout, "timeout")
+    if not isinstance(unsafe, bool):
+        raise SaltInvocationError(f"unsafe {unsafe!r}: true or false")
     if unsafe and not conf["allow_unsafe"]:
         raise SaltInvocationError(
             "unsafe=True skips libvirt's shared-storage and cache safety checks and can corrupt "
@@ -296,14 +400,40 @@ def _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf):
         )
 
 
-def _fire(tag, data, conf):
-    if not conf["progress_events"]:
-        return
-    try:
-        __salt__["event.send"](tag, data)
-    except Exception as err:  # pylint: disable=broad-except
-        # Progress is advisory: never let the event bus break a migration.
-        log.debug("vmigrate: could not send %s: %s", tag, err)
+class _Progress:
+    """Sends ``vmigrate/<vm>/progress`` events from a thread of its own, so a slow event bus
+    never delays the monitoring loop (and its timeout check). Events carry ``seq``: each
+    event.send is its own connection and they may arrive out of order."""
+
+    def __init__(self, enabled, tag, base):
+        self.enabled, self.tag, self.base = enabled, tag, base
+        self.seq = itertools.count()
+        self.queue = queue.Queue()
+        # Salt's dunders resolve through a contextvar: the thread runs in a copy of ours.
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(self._send,),
+                                       name="vmigrate-progress", daemon=True)
+        if enabled:
+            self.thread.start()
+
+    def _send(self):
+        while True:
+            data = self.queue.get()
+            if data is None:
+                return
+            try:
+                __salt__["event.send"](self.tag, data)
+            except Exception as err:  # pylint: disable=broad-except
+                # Progress is advisory: never let the event bus break a migration.
+                log.warning("vmigrate: could not send %s: %s", self.tag, err)
+
+    def put(self, phase, elapsed, stats, final=False):
+        if self.enabled:
+            self.queue.put(_progress(self.base, phase, next(self.seq), elapsed, stats, final))
+
+    def close(self, wait=2.0):
+        if self.enabled:
+            self.queue.put(None)
+            self.thread.join(wait)
 
 
 def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False):
@@ -312,21 +442,24 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
 
     Peer-to-peer (``migrateToURI3``): this host's libvirtd connects to the destination's. The
     domain is persisted on the destination and undefined here, so it ends defined on exactly
-    one host. If the migration fails, libvirt keeps it running here.
+    one host. For a live migration the storage precheck runs first (nothing moves if a disk is
+    not on shared storage); if the migration then fails, libvirt keeps the domain here.
 
     :param name: the domain to move
     :param dest: the destination's minion id (a key of pillar ``vmigrate:hypervisors``)
     :param mode: ``live`` (default; the domain keeps running) or ``offline`` (a shut-off
         domain's definition moves; refused for a running domain, which would stay running here)
     :param bandwidth: cap in MiB/s for the memory transfer (default: unlimited)
-    :param timeout: abort a live migration still running after this many seconds
-        (default: pillar ``vmigrate:timeout``, 600); the domain stays here
+    :param timeout: abort a live migration still running after this many seconds (default:
+        pillar ``vmigrate:timeout``, 600); the domain stays here. An offline migration still
+        running then is reported as not finished.
     :param unsafe: skip libvirt's storage safety checks; refused unless pillar
         ``vmigrate:allow_unsafe`` is true
 
-    Returns a dict: ``name``, ``source``, ``dest``, ``mode``, ``elapsed`` (seconds of the
-    call), ``downtime_ms``, ``bytes`` (memory transferred), ``iterations`` and ``stats`` (the
-    completed job statistics libvirt reported).
+    Returns a dict: ``name``, ``source``, ``dest``, ``mode``, ``data_stream``, ``elapsed``
+    (seconds of the call), ``downtime_ms``, ``bytes`` (memory transferred), ``iterations``,
+    ``stats`` (libvirt's job statistics), ``final`` (whether those are the completed job's,
+    not the last poll's) and ``switches`` (safety switches that were used).
 
     CLI Example:
 
@@ -342,13 +475,19 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
     timeout = float(timeout or conf["timeout"])
     params = {}
     if mode == "live":
-        params[libvirt.VIR_MIGRATE_PARAM_URI] = uris["migrate_uri"]
+        if uris["migrate_uri"]:
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = uris["migrate_uri"]
         if bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth)
-    flags = _flags(mode, unsafe)
+    flags = _flags(mode, unsafe, uris["data_stream"])
     source = __opts__["id"]
+    switches = [s for s, used in (("allow_unsafe", unsafe),
+                                  ("allow_insecure_transport", uris["transport"] == "tcp"),
+                                  ("allow_plain_migration_stream",
+                                   mode == "live" and uris["data_stream"] == "plain tcp"))
+                if used]
 
-    with _connect() as conn:
+    with _connect(conf) as conn:
         dom = _lookup(conn, name)
         try:
             active = bool(dom.isActive())
@@ -366,100 +505,150 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
             )
         if mode == "offline" and not persistent:
             raise CommandExecutionError(f"vm {name!r} is transient: nothing to migrate offline")
-
-        completed = {}
-        got_completed = threading.Event()
-
-        def on_job_completed(_conn, _dom, stats, _opaque):
-            completed.update(stats)
-            got_completed.set()
-
-        callback_id = None
-        with contextlib.suppress(libvirt.libvirtError):
-            callback_id = conn.domainEventRegisterAny(
-                dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None
-            )
-        outcome = {}
-
-        def worker():
-            try:
-                dom.migrateToURI3(uris["uri"], params, flags)
-            except libvirt.libvirtError as err:
-                outcome["error"] = err
-
-        log.info("vmigrate: %s migration of %s from %s to %s (%s)", mode, name, source, dest,
-                 uris["uri"])
-        start = time.monotonic()
-        thread = threading.Thread(target=worker, name=f"vmigrate-{name}", daemon=True)
-        tag = f"vmigrate/{name}/progress"
-        # A short job can finish before the first poll: a watcher always sees it start.
-        seq = itertools.count()
-        _fire(tag, _progress(name, source, dest, 0.0, {}, "started", next(seq)), conf)
-        thread.start()
-        aborted = False
-        last = {}
-        while thread.is_alive():
-            thread.join(conf["poll_interval"])
-            if not thread.is_alive() or mode != "live":
-                continue
-            elapsed = time.monotonic() - start
-            if elapsed > timeout and not aborted:
-                log.warning("vmigrate: %s: migration timed out after %.0fs, aborting", name,
-                            elapsed)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.abortJob()
-                aborted = True
-            with contextlib.suppress(libvirt.libvirtError):
-                last = dom.jobStats()
-            if last.get("type", 0):
-                _fire(tag, _progress(name, source, dest, elapsed, last, "running", next(seq)),
-                      conf)
-        elapsed = time.monotonic() - start
-        got_completed.wait(0.5 if mode == "live" and "error" not in outcome else 0)
-        _fire(tag, _progress(name, source, dest, elapsed, completed or last,
-                             "failed" if "error" in outcome else "completed", next(seq)), conf)
-        if callback_id is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                conn.domainEventDeregisterAny(callback_id)
+        if mode == "live" and not unsafe:
+            checks = _storage_checks(dom)
+            if any(not c["ok"] for c in checks):
+                raise _blocked(name, checks)
+        outcome = _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout,
+                           conf)
 
     if "error" in outcome:
-        err = outcome["error"]
-        what = f"{mode} migration of {name!r} from {source} to {dest}"
-        if aborted:
-            what += f" aborted after the {timeout:.0f}s timeout"
-        raise _libvirt_error(err, what) from err
-    stats = completed or last
+        raise outcome["error"]
+    stats = outcome["stats"]
     return {
         "name": name,
         "source": source,
         "dest": dest,
         "mode": mode,
-        "elapsed": round(elapsed, 3),
+        "data_stream": uris["data_stream"] if mode == "live" else None,
+        "switches": switches,
+        "elapsed": round(outcome["elapsed"], 3),
         "downtime_ms": stats.get("downtime"),
         "bytes": stats.get("memory_processed", stats.get("data_processed")),
         "iterations": stats.get("memory_iteration"),
+        "final": outcome["final"],
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
     }
 
 
-def _progress(name, source, dest, elapsed, stats, phase, seq):
-    """One progress event: ``phase`` started | running | completed | failed, and numbers.
+def _abort(dom, name, deadline):
+    """Ask libvirt to abort the job until it takes or ``deadline`` passes. True if it took."""
+    while True:
+        try:
+            dom.abortJob()
+            return True
+        except libvirt.libvirtError as err:
+            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                return True  # no job left to abort: it already ended
+            if time.monotonic() >= deadline:
+                log.error("vmigrate: %s: abort did not take: %s", name, err)
+                return False
+            log.warning("vmigrate: %s: abort failed, retrying: %s", name, err)
+            time.sleep(0.5)
 
-    Each event.send is its own connection, so events may arrive out of order: ``seq`` orders
-    the events of one migration.
-    """
+
+def _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout, conf):
+    """Run migrateToURI3 in a worker thread; poll, report progress, enforce the timeout."""
+    completed = {}
+    got_completed = threading.Event()
+
+    def on_job_completed(_conn, _dom, stats, _opaque):
+        completed.update(stats)
+        got_completed.set()
+
+    callback_id = None
+    with contextlib.suppress(libvirt.libvirtError):
+        callback_id = conn.domainEventRegisterAny(
+            dom, libvirt.VIR_DOMAIN_EVENT_ID_JOB_COMPLETED, on_job_completed, None)
+    outcome = {}
+
+    def worker():
+        try:
+            dom.migrateToURI3(uris["uri"], params, flags)
+        except libvirt.libvirtError as err:
+            outcome["libvirt_error"] = err
+
+    log.info("vmigrate: %s migration of %s from %s to %s (%s, data %s)", mode, name, source,
+             dest, uris["uri"], uris["data_stream"])
+    progress = _Progress(conf["progress_events"], f"vmigrate/{name}/progress",
+                         {"name": name, "source": source, "dest": dest, "mode": mode})
+    start = time.monotonic()
+    thread = threading.Thread(target=worker, name=f"vmigrate-{name}", daemon=True)
+    thread.start()
+    # A short job can finish before the first poll: a watcher always sees it start.
+    progress.put("started", 0.0, {})
+    aborted = abort_took = None
+    last = {}
+    hard_deadline = start + timeout + conf["abort_deadline"]
+    while thread.is_alive():
+        thread.join(conf["poll_interval"])
+        if not thread.is_alive():
+            break
+        elapsed = time.monotonic() - start
+        if mode == "live":
+            if elapsed > timeout and aborted is None:
+                log.warning("vmigrate: %s: migration timed out after %.0fs, aborting", name,
+                            elapsed)
+                aborted = True
+                abort_took = _abort(dom, name, hard_deadline)
+                if abort_took:  # libvirt ends the job now: give it its grace period
+                    hard_deadline = max(hard_deadline, time.monotonic() + conf["abort_deadline"])
+            with contextlib.suppress(libvirt.libvirtError):
+                last = dom.jobStats()
+            if last.get("type", 0):
+                progress.put("running", elapsed, last)
+        if time.monotonic() > hard_deadline:
+            break  # the job outlived its timeout and the abort deadline: report, don't hang
+    elapsed = time.monotonic() - start
+    finished = not thread.is_alive()
+    if finished and "libvirt_error" not in outcome and mode == "live":
+        got_completed.wait(0.5)
+    final = bool(completed)
+    stats = completed or last
+    failed = not finished or "libvirt_error" in outcome
+    progress.put("failed" if failed else "completed", elapsed, stats, final)
+    progress.close()
+    if callback_id is not None:
+        with contextlib.suppress(libvirt.libvirtError):
+            conn.domainEventDeregisterAny(callback_id)
+
+    what = f"{mode} migration of {name!r} from {source} to {dest}"
+    if not finished:
+        state = ("the abort did not take" if aborted and not abort_took
+                 else "it did not finish")
+        outcome["error"] = CommandExecutionError(
+            f"{what}: still running after {elapsed:.0f}s ({state}); it may yet complete: "
+            f"check with salt-run vmigrate.locate {name} before acting")
+    elif "libvirt_error" in outcome:
+        err = outcome["libvirt_error"]
+        if aborted:
+            what += f" aborted after the {timeout:.0f}s timeout"
+        error = _libvirt_error(err, what)
+        if (err.get_error_code() == libvirt.VIR_ERR_MIGRATE_UNSAFE
+                and "shared storage" in (err.get_error_message() or "")):
+            with contextlib.suppress(CommandExecutionError, OSError):
+                facts = _storage_facts(dom)
+                error = CommandExecutionError(
+                    f"{error}: " + __utils__["vmigrate_storage.explain_unsafe"](facts, source))
+        outcome["error"] = error
+    outcome.update(elapsed=elapsed, stats=stats, final=final)
+    return outcome
+
+
+def _progress(base, phase, seq, elapsed, stats, final=False):
+    """One progress event: ``phase`` started | running | completed | failed, and numbers.
+    ``final`` says the numbers are the completed job's, not the last poll's."""
     total = stats.get("memory_total") or 0
     remaining = stats.get("memory_remaining") or 0
-    return {
-        "phase": phase,
-        "seq": seq,
-        "name": name,
-        "source": source,
-        "dest": dest,
-        "elapsed": round(elapsed, 2),
-        "percent": round(100.0 * (total - remaining) / total, 1) if total else None,
-        "memory_remaining": remaining,
-        "memory_bps": stats.get("memory_bps"),
-        "iteration": stats.get("memory_iteration"),
-        "dirty_rate": stats.get("memory_dirty_rate"),
-    }
+    return dict(
+        base,
+        phase=phase,
+        seq=seq,
+        final=final,
+        elapsed=round(elapsed, 2),
+        percent=round(100.0 * (total - remaining) / total, 1) if total else None,
+        memory_remaining=remaining,
+        memory_bps=stats.get("memory_bps"),
+        iteration=stats.get("memory_iteration"),
+        dirty_rate=stats.get("memory_dirty_rate"),
+    )

@@ -1,42 +1,85 @@
-"""The vmigrate execution module's input checks and URI resolution: all before any libvirt I/O."""
+"""The vmigrate execution module's input checks, URIs and flags: all before any libvirt I/O."""
 from unittest.mock import MagicMock
 
 import pytest
 from salt.exceptions import SaltInvocationError
 
-from tests.support.modload import load
+from tests.support.modload import load, utils
 
 HYPERVISORS = {"host1": {"address": "192.0.2.11"},
                "host2": {"address": "192.0.2.12", "migration_address": "198.51.100.12"}}
 
 
-def _module(monkeypatch, **pillar):
+def _module(monkeypatch, config_get=None, **pillar):
     conf = {"hypervisors": HYPERVISORS, **pillar}
-    mod = load("_modules", "vmigrate", opts={"id": "host1"},
-               salt={"config.get": lambda key, default=None: conf})
+    mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": conf},
+               utils=utils("vmigrate_validate", "vmigrate_storage"),
+               salt={"config.get": config_get or (lambda key, default=None: default)})
     opened = MagicMock(side_effect=AssertionError("libvirt must not be opened"))
     monkeypatch.setattr(mod.libvirt, "open", opened)
     return mod
 
 
-def test_ssh_is_the_default_transport(monkeypatch):
+def test_ssh_is_the_default_transport_and_tunnels_the_memory(monkeypatch):
     mod = _module(monkeypatch)
     assert mod.dest_uris("host2") == {"uri": "qemu+ssh://root@192.0.2.12/system",
-                                      "migrate_uri": "tcp://198.51.100.12", "transport": "ssh"}
+                                      "migrate_uri": None, "transport": "ssh",
+                                      "data_stream": "tunnelled"}
 
 
-def test_tls_and_keyfile(monkeypatch):
-    assert _module(monkeypatch, transport="tls").dest_uris("host2")["uri"] == \
-        "qemu+tls://192.0.2.12/system"
+def test_tls_protects_the_memory_stream_with_qemu_tls(monkeypatch):
+    uris = _module(monkeypatch, transport="tls").dest_uris("host2")
+    assert uris["uri"] == "qemu+tls://192.0.2.12/system"
+    assert uris["migrate_uri"] == "tcp://198.51.100.12" and uris["data_stream"] == "tls"
+
+
+def test_keyfile_is_url_encoded_into_the_uri(monkeypatch):
     mod = _module(monkeypatch, ssh_keyfile="/root/.ssh/migrate")
     assert mod.dest_uris("host2")["uri"].endswith("?keyfile=/root/.ssh/migrate")
 
 
-def test_tcp_needs_the_explicit_switch(monkeypatch):
+@pytest.mark.parametrize("pillar, words", [
+    # libvirt's ssh transport honours command= and netcat= in the URI query.
+    ({"ssh_keyfile": "/k&command=/x"}, "ssh_keyfile"),
+    ({"ssh_keyfile": "/k?netcat=/bin/sh"}, "ssh_keyfile"),
+    ({"ssh_keyfile": "relative/key"}, "ssh_keyfile"),
+    ({"ssh_keyfile": "/root/../etc/shadow"}, "ssh_keyfile"),
+    ({"ssh_keyfile": "/k\n"}, "ssh_keyfile"),
+    ({"ssh_user": "root@evil"}, "ssh_user"),
+    ({"ssh_user": "root?command=x"}, "ssh_user"),
+    ({"ssh_user": "Root"}, "ssh_user"),
+    ({"hypervisors": {"host2": {"address": "a b"}}}, "vmigrate:hypervisors:host2:address"),
+    ({"hypervisors": {"host2": {"address": "h", "migration_address": "x/y"}}},
+     "migration_address"),
+])
+def test_uri_parts_are_allowlisted(monkeypatch, pillar, words):
+    with pytest.raises(SaltInvocationError, match=words):
+        _module(monkeypatch, **pillar).dest_uris("host2")
+
+
+def test_tcp_needs_both_explicit_switches(monkeypatch):
     with pytest.raises(SaltInvocationError, match="allow_insecure_transport"):
         _module(monkeypatch, transport="tcp").dest_uris("host2")
-    mod = _module(monkeypatch, transport="tcp", allow_insecure_transport=True)
-    assert mod.dest_uris("host2")["uri"] == "qemu+tcp://192.0.2.12/system"
+    with pytest.raises(SaltInvocationError, match="allow_plain_migration_stream"):
+        _module(monkeypatch, transport="tcp", allow_insecure_transport=True).dest_uris("host2")
+    mod = _module(monkeypatch, transport="tcp", allow_insecure_transport=True,
+                  allow_plain_migration_stream=True)
+    assert mod.dest_uris("host2") == {"uri": "qemu+tcp://192.0.2.12/system",
+                                      "migrate_uri": "tcp://198.51.100.12", "transport": "tcp",
+                                      "data_stream": "plain tcp"}
+
+
+def test_safety_switches_come_from_pillar_only(monkeypatch):
+    # A grain or minion-config key reached through config.get must not switch a check off.
+    sneaky = {"transport": "tcp", "allow_insecure_transport": True,
+              "allow_plain_migration_stream": True, "allow_unsafe": True}
+    mod = _module(monkeypatch, config_get=lambda key, default=None: sneaky if key == "vmigrate"
+                  else default)
+    assert mod.dest_uris("host2")["transport"] == "ssh"
+    with pytest.raises(SaltInvocationError, match="allow_unsafe"):
+        mod.migrate("vdisk", "host2", unsafe=True)
+    with pytest.raises(SaltInvocationError, match="true or false"):
+        _module(monkeypatch, allow_unsafe="yes").dest_uris("host2")
 
 
 @pytest.mark.parametrize("kwargs, words", [
@@ -46,8 +89,13 @@ def test_tcp_needs_the_explicit_switch(monkeypatch):
     ({"name": "vdisk", "dest": "host2;rm"}, "not a valid minion id"),
     ({"name": "vdisk", "dest": "host2", "mode": "warp"}, "mode 'warp'"),
     ({"name": "vdisk", "dest": "host2", "bandwidth": -1}, "bandwidth"),
+    ({"name": "vdisk", "dest": "host2", "bandwidth": True}, "bandwidth"),
     ({"name": "vdisk", "dest": "host2", "timeout": 0}, "timeout"),
+    ({"name": "vdisk", "dest": "host2", "timeout": True}, "timeout"),
+    ({"name": "vdisk", "dest": "host2", "timeout": float("nan")}, "timeout"),
+    ({"name": "vdisk", "dest": "host2", "timeout": float("inf")}, "timeout"),
     ({"name": "vdisk", "dest": "host2", "unsafe": True}, "allow_unsafe"),
+    ({"name": "vdisk", "dest": "host2", "unsafe": "no"}, "unsafe"),
 ])
 def test_migrate_refuses_bad_input_before_touching_libvirt(monkeypatch, kwargs, words):
     mod = _module(monkeypatch)
@@ -56,10 +104,10 @@ def test_migrate_refuses_bad_input_before_touching_libvirt(monkeypatch, kwargs, 
     mod.libvirt.open.assert_not_called()
 
 
-def test_bad_pillar_address_is_named(monkeypatch):
-    mod = _module(monkeypatch, hypervisors={"host2": {"address": "a b"}})
-    with pytest.raises(SaltInvocationError, match=r"vmigrate:hypervisors:host2:address"):
-        mod.dest_uris("host2")
+@pytest.mark.parametrize("value", [True, float("nan"), float("inf"), 0, "600"])
+def test_bad_pillar_timeout_is_refused(monkeypatch, value):
+    with pytest.raises(SaltInvocationError, match="pillar vmigrate:timeout"):
+        _module(monkeypatch, timeout=value).dest_uris("host2")
 
 
 def test_flags_never_include_unsafe_by_default(monkeypatch):
@@ -71,3 +119,14 @@ def test_flags_never_include_unsafe_by_default(monkeypatch):
     assert not live & lv.VIR_MIGRATE_UNSAFE
     offline = mod._flags("offline", False)  # pylint: disable=protected-access
     assert offline & lv.VIR_MIGRATE_OFFLINE and not offline & lv.VIR_MIGRATE_LIVE
+
+
+def test_flags_protect_the_data_stream(monkeypatch):
+    mod = _module(monkeypatch)
+    lv = mod.libvirt
+    tls = mod._flags("live", False, "tls")  # pylint: disable=protected-access
+    ssh = mod._flags("live", False, "tunnelled")  # pylint: disable=protected-access
+    plain = mod._flags("live", False, "plain tcp")  # pylint: disable=protected-access
+    assert tls & lv.VIR_MIGRATE_TLS and not tls & lv.VIR_MIGRATE_TUNNELLED
+    assert ssh & lv.VIR_MIGRATE_TUNNELLED and not ssh & lv.VIR_MIGRATE_TLS
+    assert not plain & (lv.VIR_MIGRATE_TLS | lv.VIR_MIGRATE_TUNNELLED)

@@ -1,0 +1,138 @@
+"""The migration job monitor (_run_job) against a fake libvirt domain: abort retries and their
+deadline, a missing job-completed event, a hung offline job, a slow event bus."""
+import threading
+import time
+
+import libvirt
+import pytest
+from salt.exceptions import CommandExecutionError
+
+from tests.support.modload import load, utils
+
+CONF = {"poll_interval": 0.05, "abort_deadline": 0.6, "progress_events": True}
+URIS = {"uri": "qemu+tcp://h2/system", "data_stream": "plain tcp"}
+
+
+def _error(code, text="boom"):
+    err = libvirt.libvirtError(text)
+    err.err = (code, 10, text, 2, None, None, None, 0, 0)
+    return err
+
+
+class FakeDomain:
+    """migrateToURI3 runs until ``finish_after`` seconds pass or an abort takes."""
+
+    def __init__(self, finish_after=None, abort_failures=0, abort_never=False, fail=None):
+        self.finish_after, self.fail = finish_after, fail
+        self.abort_failures, self.abort_never = abort_failures, abort_never
+        self.aborted = threading.Event()
+        self.abort_calls = 0
+
+    def migrateToURI3(self, uri, params, flags):  # noqa: N802  (libvirt's name)
+        deadline = None if self.finish_after is None else time.monotonic() + self.finish_after
+        while deadline is None or time.monotonic() < deadline:
+            if self.aborted.wait(0.01):
+                raise _error(libvirt.VIR_ERR_OPERATION_ABORTED, "operation aborted by client")
+        if self.fail:
+            raise self.fail
+
+    def abortJob(self):  # noqa: N802
+        self.abort_calls += 1
+        if self.abort_never or self.abort_calls <= self.abort_failures:
+            raise _error(libvirt.VIR_ERR_INTERNAL_ERROR, "cannot abort now")
+        self.aborted.set()
+
+    def jobStats(self):  # noqa: N802
+        return {"type": 2, "memory_total": 100, "memory_remaining": 40, "downtime": 9}
+
+
+class FakeConn:
+    def __init__(self, completed=None):
+        self.completed = completed
+
+    def domainEventRegisterAny(self, dom, event, callback, opaque):  # noqa: N802
+        self.callback = (callback, dom)
+        return 7
+
+    def domainEventDeregisterAny(self, callback_id):  # noqa: N802
+        if self.completed is not None:
+            pass
+
+
+@pytest.fixture
+def mod():
+    events = []
+
+    def send(tag, data):
+        events.append((time.monotonic(), tag, data))
+
+    module = load("_modules", "vmigrate", opts={"id": "host1"}, salt={"event.send": send},
+                  utils=utils("vmigrate_validate", "vmigrate_storage"))
+    module.events = events
+    return module
+
+
+def _run(mod, dom, mode="live", timeout=0.3, conn=None, **conf):
+    return mod._run_job(conn or FakeConn(), dom, "vdisk", "host1", "host2", mode, URIS, {}, 0,
+                        timeout, dict(CONF, **conf))  # pylint: disable=protected-access
+
+
+def test_timeout_aborts_and_retries_a_failed_abort(mod):
+    dom = FakeDomain(abort_failures=2)
+    out = _run(mod, dom)
+    assert dom.abort_calls == 3
+    assert isinstance(out["error"], CommandExecutionError)
+    assert "aborted after the 0s timeout" in str(out["error"])
+    assert "operation aborted" in str(out["error"])
+
+
+def test_an_abort_that_never_takes_is_reported_not_waited_on_forever(mod):
+    dom = FakeDomain(abort_never=True)
+    start = time.monotonic()
+    out = _run(mod, dom)
+    assert time.monotonic() - start < 0.3 + 0.6 + 1.0
+    assert "still running" in str(out["error"]) and "the abort did not take" in str(out["error"])
+    dom.aborted.set()  # let the fake's worker thread end
+
+
+def test_stats_without_the_job_completed_event_are_marked_not_final(mod):
+    out = _run(mod, FakeDomain(finish_after=0.2), timeout=5)
+    assert "error" not in out
+    assert out["final"] is False and out["stats"]["downtime"] == 9
+    phases = [d["phase"] for _, _, d in sorted(mod.events, key=lambda e: e[2]["seq"])]
+    assert phases[0] == "started" and phases[-1] == "completed"
+    assert mod.events[-1][2]["final"] is False
+
+
+def test_offline_migration_is_bounded_too(mod):
+    dom = FakeDomain()  # never finishes, offline jobs are not aborted
+    out = _run(mod, dom, mode="offline", timeout=0.2)
+    assert "still running" in str(out["error"]) and "it did not finish" in str(out["error"])
+    dom.aborted.set()
+
+
+def test_a_slow_event_bus_does_not_delay_the_timeout(mod):
+    def slow_send(tag, data):
+        time.sleep(1.0)
+
+    mod.__salt__ = {"event.send": slow_send}
+    dom = FakeDomain()
+    start = time.monotonic()
+    aborted_at = {}
+    original = dom.abortJob
+
+    def timed_abort():
+        aborted_at.setdefault("t", time.monotonic() - start)
+        original()
+
+    dom.abortJob = timed_abort
+    _run(mod, dom, timeout=0.3)
+    assert aborted_at["t"] < 0.8, aborted_at
+
+
+def test_libvirt_failure_keeps_code_and_message(mod):
+    out = _run(mod, FakeDomain(finish_after=0.05,
+                               fail=_error(libvirt.VIR_ERR_OPERATION_FAILED, "dest went away")),
+               timeout=5)
+    assert "dest went away" in str(out["error"])
+    assert f"libvirt error code {libvirt.VIR_ERR_OPERATION_FAILED}" in str(out["error"])
