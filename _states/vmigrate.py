@@ -1,0 +1,71 @@
+"""
+Where a VM runs, as state: for orchestration SLS on the master.
+
+Thin over ``_utils/vmigrate_flow.py`` (the same flow as ``salt-run vmigrate.migrate``): it
+locates the domain, moves it with its source minion's ``vmigrate.migrate`` and verifies both
+hosts. ``test=True`` shows the plan -- where it is, the decision, the source's prechecks --
+and changes nothing.
+
+.. code-block:: yaml
+
+    # salt/migrate.sls: `salt-run state.orch migrate pillar='{vm: vdisk, dest: host2}'`
+    vmigrate-migrate-vmigrate-migrated:
+      vmigrate.migrated:
+        - name: vdisk
+        - host: host2
+        - require_move: true      # the request was to move it: already there is an error
+
+    # declarative: vdisk runs on host2 (no change when it already does)
+    vdisk-on-host2:
+      vmigrate.migrated:
+        - name: vdisk
+        - host: host2
+"""
+
+__virtualname__ = "vmigrate"
+
+
+def __virtual__():
+    return __virtualname__
+
+
+def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
+             require_move=False):
+    """
+    Make sure domain ``name`` runs on hypervisor ``host`` (is defined there, for ``offline``).
+
+    :param name: the domain
+    :param host: the hypervisor minion id it must run on
+    :param mode: ``live`` (default) or ``offline`` (a shut-off domain's definition)
+    :param bandwidth: MiB/s cap for the memory transfer
+    :param timeout: abort a live migration after this many seconds
+    :param force: decide even if a hypervisor does not answer
+    :param require_move: fail, rather than report no change, when it already is on ``host``
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    flow = "vmigrate_flow"
+    if __opts__.get("test"):
+        try:
+            plan = __utils__[f"{flow}.plan"](__opts__, name, host, mode, force,
+                                             already_ok=not require_move)
+        except Exception as err:  # pylint: disable=broad-except
+            return dict(ret, result=False, comment=str(err))
+        if plan["result"] is None:
+            return dict(ret, comment=f"{name} already runs on {host}")
+        lines = [plan["comment"]] + [
+            f"[{'ok' if c['ok'] else 'BLOCKER'}] {c['name']}: {c['detail']}"
+            + (f" Fix: {c['fix']}" if not c["ok"] else "") for c in plan["checks"]]
+        if plan["result"] is False:
+            return dict(ret, result=False, comment="\n".join(lines))
+        return dict(ret, result=None, comment="\n".join(lines),
+                    changes={"host": {"old": plan["source"], "new": host}, "mode": mode})
+    out = __utils__[f"{flow}.migrate"](__opts__, name, host, mode, bandwidth, timeout, force,
+                                       already_ok=not require_move, trigger="state")
+    if not out["result"]:
+        return dict(ret, result=False, comment=out["comment"])
+    if out["status"] == "unchanged":
+        return dict(ret, comment=out["comment"])
+    numbers = {k: out.get(k) for k in ("elapsed", "job_ms", "downtime_ms", "bytes",
+                                       "iterations", "data_stream", "wall")}
+    return dict(ret, comment=out["comment"],
+                changes={"host": {"old": out["source"], "new": host}, "migration": numbers})

@@ -1,0 +1,345 @@
+"""
+The master side of vmigrate: find where a domain lives, decide, migrate it through its source
+minion, verify, report. Shared by the runner (``salt-run vmigrate.*``) and the orchestration
+state (``vmigrate.migrated``, behind ``salt-run state.orch migrate``).
+
+Plain functions over the master's ``opts``: every Salt client opened here is closed here, and
+every request fires exactly one ``vmigrate/<vm>/result`` event, refusals included. Input checks
+come from ``vmigrate_validate.py`` beside this file (Salt's utils loader gives utils modules no
+``__utils__``, so it is imported as plain Python).
+
+Master config (``/etc/salt/master.d/vmigrate.conf``):
+
+.. code-block:: yaml
+
+    vmigrate:
+      hypervisors_target: [hv1, hv2]     # required: which minions are hypervisors
+      hypervisors_target_type: list      # list (default for a list), glob, nodegroup, grain...
+      query_timeout: 10                  # seconds a hypervisor has to list its domains
+      return_margin: 30                  # seconds past a migration's timeout to wait for it
+"""
+
+import importlib.util
+import logging
+import os
+import sys
+import time
+
+import salt.client
+import salt.utils.event
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+log = logging.getLogger(__name__)
+
+
+def _sibling(name):
+    """Import ``<name>.py`` from this file's directory (where Salt syncs every _utils file)."""
+    key = f"vmigrate_utils_{name}"
+    if key not in sys.modules:
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+        spec = importlib.util.spec_from_file_location(key, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[key] = module
+    return sys.modules[key]
+
+
+validate = _sibling("vmigrate_validate")
+
+ACTIVE = ("running", "blocked", "paused")
+# A source paused for one of these reasons is mid-migration: resuming it may start a second copy.
+MIGRATION_PAUSE = ("migration", "postcopy", "postcopy_failed")
+
+
+def settings(opts):
+    """The master's ``vmigrate`` settings, checked. The hypervisors must be named."""
+    conf = opts.get("vmigrate") or {}
+    tgt = conf.get("hypervisors_target")
+    if not tgt:
+        raise SaltInvocationError(
+            "master config vmigrate:hypervisors_target is not set: name the hypervisor minions, "
+            "e.g. 'hypervisors_target: [hv1, hv2]', or a nodegroup or grain match with "
+            "hypervisors_target_type (see README, 'Install on a Salt master')"
+        )
+    tgt_type = conf.get("hypervisors_target_type", "list" if isinstance(tgt, list) else "glob")
+    out = {"tgt": tgt, "tgt_type": tgt_type}
+    for key, default in (("query_timeout", 10), ("return_margin", 30), ("timeout", 600)):
+        value = conf.get(key, default)
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not 0 < value < 86400):
+            raise SaltInvocationError(f"master config vmigrate:{key} {value!r}: seconds, > 0")
+        out[key] = value
+    return out
+
+
+def _client(opts):
+    return salt.client.get_local_client(opts["conf_file"])
+
+
+def fire(opts, tag, data):
+    """Fire one event on the master's bus; never fails the caller."""
+    try:
+        with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
+            bus.fire_event(data, tag)
+    except Exception as err:  # pylint: disable=broad-except
+        log.warning("vmigrate: could not fire %s: %s", tag, err)
+
+
+def gather(client, tgt, tgt_type, fun, arg, kwarg, wait):
+    """Publish ``fun`` to ``tgt`` and collect each targeted minion's own return event until
+    every one answered or ``wait`` seconds passed -- no ``saltutil.find_job`` pings, whose one
+    miss would end the wait early. Returns (jid, {minion: return data}, targeted minions)."""
+    pub = client.run_job(tgt, fun, arg, tgt_type=tgt_type, kwarg=kwarg, listen=True,
+                         timeout=wait)
+    if not pub or not pub.get("jid"):
+        raise CommandExecutionError(
+            f"could not publish {fun} to {tgt}: is the salt master running and are the "
+            "minions' keys accepted?")
+    jid, expected = pub["jid"], set(pub.get("minions") or [])
+    got = {}
+    deadline = time.monotonic() + wait
+    while not expected <= set(got):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        event = client.event.get_event(wait=min(1.0, remaining), tag=f"salt/job/{jid}/ret/",
+                                       full=True)
+        data = (event or {}).get("data") or {}
+        if data.get("id") in expected and data.get("fun") == fun:
+            got[data["id"]] = data
+    return jid, got, expected
+
+
+def _listing(data):
+    """A valid ``vmigrate.domains`` return, or None."""
+    if not isinstance(data, dict) or data.get("retcode", 0) != 0:
+        return None
+    ret = data.get("return")
+    if not isinstance(ret, dict) or not isinstance(ret.get("domains"), dict):
+        return None
+    for info in ret["domains"].values():
+        if not isinstance(info, dict) or not isinstance(info.get("state"), str) \
+                or not isinstance(info.get("persistent"), bool):
+            return None
+    return ret
+
+
+def locate(opts, vm, hosts=None):
+    """Where domain ``vm`` is: one broadcast of ``vmigrate.domains`` to the hypervisors (or to
+    ``hosts``). A targeted hypervisor without a valid answer is ``unaccounted``: nothing is
+    concluded about it (the domain may run there).
+
+    Returns ``name``, ``running``, ``paused`` (with libvirt's reasons), ``defined``
+    (persistent), ``hosts`` (per host: ``state``, ``reason``, ``persistent``, ``uuid``),
+    ``hypervisors`` (those that answered), ``unaccounted`` ({host: why}) and ``timeouts``
+    (each answering host's migration timeout)."""
+    conf = settings(opts)
+    wait = conf["query_timeout"]
+    tgt, tgt_type = (sorted(hosts), "list") if hosts else (conf["tgt"], conf["tgt_type"])
+    with _client(opts) as client:
+        _jid, got, expected = gather(client, tgt, tgt_type, "vmigrate.domains", [], {}, wait)
+    listings, unaccounted = {}, {}
+    for host in sorted(expected | set(hosts or ())):
+        if host not in expected:
+            unaccounted[host] = "no such minion (no accepted key)"
+        elif host not in got:
+            unaccounted[host] = f"did not answer within {wait:g}s"
+        elif _listing(got[host]) is None:
+            unaccounted[host] = f"answered with an error: {str(got[host].get('return'))[:400]}"
+        else:
+            listings[host] = _listing(got[host])
+    present = {h: ret["domains"][vm] for h, ret in listings.items() if vm in ret["domains"]}
+    return {
+        "name": vm,
+        "running": sorted(h for h, i in present.items() if i["state"] in ("running", "blocked")),
+        "paused": {h: i.get("reason", "unknown") for h, i in sorted(present.items())
+                   if i["state"] == "paused"},
+        "defined": sorted(h for h, i in present.items() if i["persistent"]),
+        "hosts": present,
+        "hypervisors": sorted(listings),
+        "unaccounted": unaccounted,
+        "timeouts": {h: ret.get("timeout") for h, ret in listings.items()},
+    }
+
+
+def placement(where, pair=()):
+    """One line saying where the domain is, paused copies and unverified hosts named; ``pair``
+    (source, dest) names the host to check before resuming a copy paused by a migration."""
+    parts = []
+    for host, info in sorted(where["hosts"].items()):
+        state = info["state"]
+        if state == "paused":
+            state += f" ({info.get('reason', 'unknown')})"
+            if info.get("reason") in MIGRATION_PAUSE:
+                other = next((h for h in pair if h != host), "the other host")
+                state += f": do not resume before checking {other}"
+        parts.append(f"{host}: {state}{'' if info['persistent'] else ', transient'}")
+    parts += [f"{host}: could not verify ({why})" for host, why in where["unaccounted"].items()]
+    return "; ".join(parts) or "on no hypervisor that answered"
+
+
+def _summary(where):
+    return {k: where[k] for k in ("running", "paused", "defined", "hosts", "unaccounted")}
+
+
+def decide(where, vm, dest, force=False, already_ok=False):
+    """From a locate result: (source, None) to go ahead, or (source or None, why) to stop --
+    why is ``None``-free text; ``("", None)`` when ``already_ok`` and it already runs on dest."""
+    if where["unaccounted"] and not force:
+        hosts = ", ".join(f"{h} ({why})" for h, why in where["unaccounted"].items())
+        return None, (f"could not verify {hosts}: {vm} may run there, so nothing was moved; "
+                      "bring the host back, or pass force=True to decide without it")
+    present = sorted(where["hosts"])
+    if not present:
+        return None, (f"vm {vm} was not found on any hypervisor "
+                      f"({', '.join(where['hypervisors']) or 'none answered'})")
+    if len(present) > 1:
+        return None, (f"vm {vm} is on several hypervisors ({placement(where)}): refusing "
+                      "to migrate; run salt-run vmigrate.locate and resolve it so that exactly "
+                      "one host has it")
+    source = present[0]
+    info = where["hosts"][source]
+    if source == dest:
+        if already_ok:
+            return "", None
+        return source, f"vm {vm} is already on {dest} ({info['state']}): nothing to migrate"
+    if dest not in where["hypervisors"]:
+        why = where["unaccounted"].get(dest, "not one of the hypervisors that answered")
+        return source, f"dest {dest} is not an available hypervisor: {why}"
+    if info["state"] == "paused" and info.get("reason") in MIGRATION_PAUSE:
+        return source, (f"vm {vm} on {source} is paused by an unfinished migration "
+                        f"({info['reason']}): do not resume it before checking the other host")
+    return source, None
+
+
+def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=False,
+            already_ok=False, trigger="cli"):
+    """Locate, decide, migrate on the source minion, verify. Returns the result dict
+    (``result``, ``status``: migrated | unchanged | refused | failed | unknown, ``comment``
+    and the numbers)."""
+    start = time.monotonic()
+    ret = {"result": False, "status": "refused", "name": vm, "dest": dest, "mode": mode,
+           "trigger": trigger, "comment": ""}
+    try:
+        _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok)
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret.update(result=False, comment=str(err))
+    finally:
+        ret["wall"] = round(time.monotonic() - start, 3)
+        fire(opts, f"vmigrate/{vm if _valid(vm) else '-'}/result", ret)
+    return ret
+
+
+def _valid(vm):
+    try:
+        validate.vm_name(vm)
+        return True
+    except SaltInvocationError:
+        return False
+
+
+def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok):
+    validate.vm_name(vm)
+    if dest is None:
+        raise SaltInvocationError("dest is required: pass pillar='{vm: <name>, dest: <minion>}'")
+    validate.minion_id(dest)
+    validate.mode(mode)
+    validate.mib_per_s(bandwidth)
+    validate.seconds(timeout, "timeout")
+    if not isinstance(force, bool):
+        raise SaltInvocationError(f"force {force!r}: true or false")
+    conf = settings(opts)
+
+    where = locate(opts, vm)
+    ret["located"] = _summary(where)
+    if force and where["unaccounted"]:
+        ret["forced"] = sorted(where["unaccounted"])
+    source, why = decide(where, vm, dest, force, already_ok)
+    if source == "":
+        ret.update(result=True, status="unchanged", source=dest,
+                   comment=f"{vm} already runs on {dest}")
+        return
+    if source:
+        ret["source"] = source
+    if why:
+        ret["comment"] = why
+        return
+
+    wait = float(timeout or where["timeouts"].get(source) or conf["timeout"])
+    kwarg = {"mode": mode, "bandwidth": bandwidth, "timeout": wait}
+    ret["status"] = "failed"
+    with _client(opts) as client:
+        jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
+                             wait + conf["return_margin"])
+    ret["jid"] = jid
+    # Where it is now, whatever the call said: the report on failure, the check on success.
+    after = locate(opts, vm, [source, dest])
+    ret["after"] = _summary(after)
+    now = placement(after, (source, dest))
+    if source not in got:
+        ret.update(status="unknown", comment=(
+            f"no return from {source} within {wait + conf['return_margin']:g}s: the migration "
+            f"of {vm} to {dest} may still be running (job {jid}); check with "
+            f"salt-run vmigrate.locate {vm} and salt-run jobs.lookup_jid {jid} before acting. "
+            f"Now: {now}"))
+        return
+    out = got[source]
+    value = out.get("return")
+    if out.get("retcode", 0) != 0 or not isinstance(value, dict):
+        ret["comment"] = (f"migration of {vm} from {source} to {dest} failed: {value}; now: "
+                          f"{now}")
+        return
+    for key in ("elapsed", "downtime_ms", "bytes", "iterations", "data_stream", "switches",
+                "final"):
+        ret[key] = value.get(key)
+    ret["job_ms"] = (value.get("stats") or {}).get("time_elapsed")
+
+    want = "running" if mode == "live" else "shutoff"
+    on_dest = after["hosts"].get(dest, {})
+    problems = [f"could not verify {h} ({why})" for h, why in after["unaccounted"].items()]
+    if dest not in after["unaccounted"] and (on_dest.get("state") != want
+                                             or not on_dest.get("persistent")):
+        problems.append(f"on {dest} it is {on_dest.get('state', 'absent')}"
+                        f"{'' if on_dest.get('persistent', True) else ', not persistent'}")
+    if source in after["hosts"]:
+        problems.append(f"{source} still has it ({after['hosts'][source]['state']})")
+    if problems:
+        ret["comment"] = (f"migration of {vm} reported success but verification failed: "
+                          + "; ".join(problems))
+        return
+    ret.update(result=True, status="migrated", comment=(
+        f"{vm} migrated {mode} from {source} to {dest} in {ret['elapsed']}s"
+        + (f", downtime {ret['downtime_ms']} ms" if ret["downtime_ms"] is not None else "")))
+
+
+def plan(opts, vm, dest, mode="live", force=False, already_ok=False):
+    """What a migration would do, changing nothing: where the domain is, the decision, and the
+    source's prechecks. Returns ``result`` (True: it would go ahead; None: nothing to do;
+    False: refused), ``comment``, ``source``, ``checks`` and ``blockers``."""
+    validate.vm_name(vm)
+    validate.minion_id(dest)
+    validate.mode(mode)
+    where = locate(opts, vm)
+    out = {"name": vm, "dest": dest, "mode": mode, "located": _summary(where), "checks": [],
+           "blockers": []}
+    source, why = decide(where, vm, dest, force, already_ok)
+    if source == "":
+        return dict(out, result=None, source=dest, comment=f"{vm} already runs on {dest}")
+    out["source"] = source
+    if why:
+        return dict(out, result=False, comment=why, blockers=["placement"])
+    with _client(opts) as client:
+        _jid, got, _ = gather(client, [source], "list", "vmigrate.precheck", [vm, dest],
+                              {"mode": mode}, settings(opts)["query_timeout"])
+    data = got.get(source) or {}
+    value = data.get("return")
+    if data.get("retcode", 1) != 0 or not isinstance(value, dict):
+        return dict(out, result=False, blockers=["precheck"],
+                    comment=f"precheck on {source} did not complete: {value or 'no answer'}")
+    out.update(checks=value["checks"], blockers=value["blockers"])
+    if value["blockers"]:
+        failed = [c for c in value["checks"] if not c["ok"]]
+        return dict(out, result=False, comment="; ".join(
+            f"{c['detail']}. Fix: {c['fix']}" for c in failed))
+    return dict(out, result=True,
+                comment=f"would migrate {vm} {mode} from {source} to {dest}")

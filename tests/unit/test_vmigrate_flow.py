@@ -1,0 +1,222 @@
+"""The master-side flow (locate, decide, migrate, verify) and the runner over it, against a
+fake LocalClient that publishes jobs and delivers their return events -- or does not."""
+import pytest
+from salt.exceptions import SaltInvocationError
+
+from tests.support.modload import load, utils
+
+RUNNING = {"uuid": "u", "state": "running", "reason": "booted", "persistent": True}
+OPTS = {"vmigrate": {"hypervisors_target": ["host1", "host2"]}, "conf_file": "/x",
+        "sock_dir": "/x"}
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def monotonic(self):
+        return self.now
+
+
+class FakeEvents:
+    def __init__(self, client):
+        self.client = client
+
+    def get_event(self, wait, tag, full):
+        self.client.clock.now += wait
+        for i, (due, event) in enumerate(self.client.pending):
+            if due <= self.client.clock.now and event["tag"].startswith(tag):
+                del self.client.pending[i]
+                return event
+        return None
+
+
+class FakeClient:
+    """``hosts``: {minion: {vm: info}} answering vmigrate.domains; ``dead``: minions that
+    never answer; ``errors``: minions that answer with an error; ``migrate``: (delay, retcode,
+    return) of the source's vmigrate.migrate, or None for no return ever."""
+
+    def __init__(self, clock, hosts, dead=(), errors=(), migrate=(0, 0, None), after=None):
+        self.clock, self.hosts, self.dead, self.errors = clock, hosts, set(dead), set(errors)
+        self.migrate, self.after = migrate, after
+        self.pending, self.calls, self.opened, self.closed = [], [], 0, 0
+        self.event = FakeEvents(self)
+
+    def __enter__(self):
+        self.opened += 1
+        return self
+
+    def __exit__(self, *exc):
+        self.closed += 1
+
+    def run_job(self, tgt, fun, arg, tgt_type, kwarg, listen, timeout):
+        assert listen is True
+        jid = f"j{len(self.calls)}"
+        self.calls.append((fun, tgt, list(arg), dict(kwarg)))
+        targets = list(tgt) if tgt_type == "list" else list(self.hosts) + sorted(self.dead)
+        targets = [t for t in targets if t in self.hosts or t in self.dead]
+        for host in targets:
+            if host in self.dead:
+                continue
+            delay, retcode, value = 0, 0, None
+            if fun == "vmigrate.domains":
+                if host in self.errors:
+                    retcode, value = 1, "ERROR: cannot connect to libvirt"
+                else:
+                    value = {"host": host, "timeout": 600, "domains": self.hosts[host]}
+            elif fun == "vmigrate.migrate":
+                if self.after is not None:
+                    self.hosts.update(self.after)
+                if self.migrate is None:
+                    continue
+                delay, retcode, value = self.migrate
+            elif fun == "vmigrate.precheck":
+                value = {"checks": [], "blockers": []}
+            self.pending.append((self.clock.now + delay, {
+                "tag": f"salt/job/{jid}/ret/{host}",
+                "data": {"id": host, "fun": fun, "return": value, "retcode": retcode}}))
+        return {"jid": jid, "minions": targets}
+
+
+@pytest.fixture
+def env(monkeypatch):
+    clock = Clock()
+    flow = load("_utils", "vmigrate_flow")
+    monkeypatch.setattr(flow, "time", clock)
+    fired = []
+    monkeypatch.setattr(flow, "fire", lambda opts, tag, data: fired.append((tag, dict(data))))
+    box = {}
+
+    def make(**kw):
+        box["client"] = FakeClient(clock, **kw)
+        monkeypatch.setattr(flow, "_client", lambda opts: box["client"])
+        return box["client"]
+
+    return {"flow": flow, "fired": fired, "make": make, "clock": clock}
+
+
+def _published(client, fun):
+    return [c for c in client.calls if c[0] == fun]
+
+
+@pytest.mark.parametrize("hosts, vm, dest, words", [
+    ({"host1": {}, "host2": {}}, "vdisk", "host2", "not found on any hypervisor"),
+    ({"host1": {"vdisk": RUNNING}, "host2": {"vdisk": RUNNING}}, "vdisk", "host2",
+     "on several hypervisors (host1: running; host2: running)"),
+    ({"host1": {"vdisk": RUNNING}, "host2": {}}, "vdisk", "host1", "already on host1"),
+    ({"host1": {"vdisk": RUNNING}, "host2": {}}, "vdisk", "host3", "not an available hypervisor"),
+    ({"host1": {"vdisk": RUNNING}}, "vdisk\n", "host2", "not a valid domain name"),
+    ({"host1": {"vdisk": RUNNING}}, "vdisk", None, "dest is required"),
+    ({"host1": {"vdisk": RUNNING}}, "vdisk", "host2", "not an available hypervisor"),
+])
+def test_refusals_move_nothing_and_fire_one_result(env, hosts, vm, dest, words):
+    client = env["make"](hosts=hosts)
+    ret = env["flow"].migrate(OPTS, vm, dest)
+    assert ret["result"] is False and ret["status"] == "refused"
+    assert words in ret["comment"], ret["comment"]
+    assert not _published(client, "vmigrate.migrate")
+    assert len(env["fired"]) == 1 and env["fired"][0][1]["comment"] == ret["comment"]
+    assert env["fired"][0][0] == ("vmigrate/-/result" if vm != "vdisk" else "vmigrate/vdisk/result")
+    assert client.opened == client.closed
+
+
+@pytest.mark.parametrize("dead, errors, why", [
+    (["host3"], [], "host3 (did not answer within 10s)"),
+    ([], ["host2"], "host2 (answered with an error: ERROR: cannot connect"),
+])
+def test_a_hypervisor_without_a_valid_answer_blocks_the_decision(env, dead, errors, why):
+    hosts = {"host1": {"vdisk": dict(RUNNING, state="shutoff")}, "host2": {}}
+    client = env["make"](hosts=hosts, dead=dead, errors=errors)
+    opts = dict(OPTS, vmigrate={"hypervisors_target": "host*"})
+    ret = env["flow"].migrate(opts, "vdisk", "host2", mode="offline")
+    assert ret["result"] is False and why in ret["comment"], ret["comment"]
+    assert "may run there" in ret["comment"] and "force=True" in ret["comment"]
+    assert not _published(client, "vmigrate.migrate")
+
+
+def test_force_decides_without_the_silent_host_and_says_so(env):
+    hosts = {"host1": {"vdisk": RUNNING}, "host2": {}}
+    after = {"host1": {}, "host2": {"vdisk": RUNNING}}
+    client = env["make"](hosts=hosts, dead=["host3"], after=after,
+                         migrate=(1, 0, {"elapsed": 1.0, "downtime_ms": 5, "stats": {}}))
+    opts = dict(OPTS, vmigrate={"hypervisors_target": "host*"})
+    ret = env["flow"].migrate(opts, "vdisk", "host2", force=True)
+    assert ret["result"] is True and ret["forced"] == ["host3"], ret
+    assert _published(client, "vmigrate.migrate")
+
+
+def test_a_migration_longer_than_any_ping_window_is_waited_for(env):
+    # The source answers after 200 s: well past the old 15 s + find_job window, inside the
+    # migration's own timeout plus the margin.
+    after = {"host1": {}, "host2": {"vdisk": RUNNING}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=after,
+                         migrate=(200, 0, {"elapsed": 200.0, "downtime_ms": 50, "stats": {}}))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", timeout=300)
+    assert ret["result"] is True and ret["status"] == "migrated", ret["comment"]
+    fun, tgt, args, kwarg = _published(client, "vmigrate.migrate")[0]
+    assert tgt == ["host1"] and args == ["vdisk", "host2"] and kwarg["timeout"] == 300
+
+
+def test_lost_contact_is_unknown_never_failed(env):
+    incoming = {"host2": {"vdisk": dict(RUNNING, state="paused", reason="migration",
+                                        persistent=False)}}
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, migrate=None, after=incoming)
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", timeout=60)
+    assert ret["result"] is False and ret["status"] == "unknown"
+    assert "may still be running (job j1)" in ret["comment"] and "failed" not in ret["comment"]
+    assert "host2: paused (migration): do not resume before checking host1" in ret["comment"]
+    assert env["clock"].now >= 60 + 30
+
+
+def test_source_paused_by_a_migration_is_refused(env):
+    hosts = {"host1": {"vdisk": dict(RUNNING, state="paused", reason="migration")}, "host2": {}}
+    client = env["make"](hosts=hosts)
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["result"] is False and "paused by an unfinished migration" in ret["comment"]
+    assert not _published(client, "vmigrate.migrate")
+
+
+def test_verification_never_reads_silence_as_absence(env):
+    hosts = {"host1": {"vdisk": RUNNING}, "host2": {}}
+    client = env["make"](hosts=hosts, after={"host1": {}, "host2": {"vdisk": RUNNING}},
+                         migrate=(1, 0, {"elapsed": 1.0, "downtime_ms": 5, "stats": {}}))
+    real_run_job = client.run_job
+
+    def run_job(tgt, fun, *a, **k):
+        if fun == "vmigrate.domains" and tgt == ["host1", "host2"]:
+            client.dead.add("host1")  # the source stops answering after the migration
+        return real_run_job(tgt, fun, *a, **k)
+
+    client.run_job = run_job
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["result"] is False and "could not verify host1" in ret["comment"]
+
+
+def test_failure_reports_where_it_is_now(env):
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}},
+                migrate=(1, 1, "ERROR: live migration failed: Channel error"))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["status"] == "failed" and "Channel error" in ret["comment"]
+    assert "now: host1: running" in ret["comment"]
+
+
+def test_hypervisors_must_be_named(env):
+    env["make"](hosts={})
+    ret = env["flow"].migrate({"conf_file": "/x", "sock_dir": "/x"}, "vdisk", "host2")
+    assert ret["result"] is False and "vmigrate:hypervisors_target is not set" in ret["comment"]
+    with pytest.raises(SaltInvocationError, match="query_timeout"):
+        env["flow"].settings({"vmigrate": {"hypervisors_target": ["a"], "query_timeout": True}})
+
+
+def test_runner_resets_retcode_between_jobs(env):
+    runner = load("_runners", "vmigrate", opts=OPTS, context={},
+                  utils=utils("vmigrate_validate", **{
+                      "vmigrate_flow.migrate": env["flow"].migrate,
+                      "vmigrate_flow.locate": env["flow"].locate,
+                      "vmigrate_flow.plan": env["flow"].plan}))
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
+    assert runner.migrate("vdisk", "host1")["retcode"] == 1
+    assert runner.__context__["retcode"] == 1
+    # Reused runner client (the reactor): the next good call must not inherit the failure.
+    assert runner.locate("vdisk")["running"] == ["host1"]
+    assert runner.__context__["retcode"] == 0

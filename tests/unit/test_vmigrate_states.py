@@ -1,0 +1,85 @@
+"""vmigrate.migrated: every case with test=False and test=True, the flow faked."""
+import pytest
+
+from tests.support.modload import load
+
+CHECK = {"name": "shared_storage:vda", "ok": False, "detail": "disk vda on ext4",
+         "fix": "mount the NFS export"}
+
+
+@pytest.fixture(params=[False, True], ids=["apply", "testmode"])
+def testmode(request):
+    return request.param
+
+
+def _state(testmode, where, migrate_result=None):
+    """``where``: the host vdisk runs on now; ``migrate_result``: what the flow returns."""
+    calls = []
+
+    def plan(opts, vm, dest, mode="live", force=False, already_ok=False):
+        if where == dest:
+            if already_ok:
+                return {"result": None, "comment": "already", "checks": []}
+            return {"result": False, "comment": f"vm {vm} is already on {dest}", "checks": []}
+        if where is None:
+            return {"result": False, "comment": f"vm {vm} was not found", "checks": []}
+        if where == "blocked":
+            return {"result": False, "comment": "disk vda on ext4", "checks": [CHECK]}
+        return {"result": True, "source": where, "checks": [dict(CHECK, ok=True)],
+                "comment": f"would migrate {vm} {mode} from {where} to {dest}"}
+
+    def migrate(opts, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger):
+        calls.append((vm, dest, mode, already_ok, trigger))
+        return migrate_result
+
+    mod = load("_states", "vmigrate", opts={"test": testmode},
+               utils={"vmigrate_flow.plan": plan, "vmigrate_flow.migrate": migrate})
+    return mod, calls
+
+
+def test_moves_and_reports_old_and_new_host(testmode):
+    done = {"result": True, "status": "migrated", "source": "host1", "comment": "vdisk migrated",
+            "elapsed": 1.5, "downtime_ms": 20}
+    mod, calls = _state(testmode, "host1", done)
+    ret = mod.migrated("vdisk", "host2")
+    assert ret["changes"]["host"] == {"old": "host1", "new": "host2"}
+    if testmode:
+        assert ret["result"] is None and not calls
+        assert "would migrate vdisk live from host1 to host2" in ret["comment"]
+        assert "[ok] shared_storage:vda" in ret["comment"]
+    else:
+        assert ret["result"] is True and calls == [("vdisk", "host2", "live", True, "state")]
+        assert ret["changes"]["migration"]["downtime_ms"] == 20
+
+
+def test_already_there_is_no_change(testmode):
+    mod, calls = _state(testmode, "host2", {"result": True, "status": "unchanged",
+                                            "comment": "vdisk already runs on host2"})
+    ret = mod.migrated("vdisk", "host2")
+    assert ret["result"] is True and ret["changes"] == {} and "already runs" in ret["comment"]
+    assert bool(calls) is not testmode
+
+
+def test_require_move_makes_already_there_an_error(testmode):
+    mod, _ = _state(testmode, "host2", {"result": False, "status": "refused",
+                                        "comment": "vm vdisk is already on host2"})
+    ret = mod.migrated("vdisk", "host2", require_move=True)
+    assert ret["result"] is False and "already on host2" in ret["comment"]
+    assert ret["changes"] == {}
+
+
+def test_blockers_fail_with_the_fix(testmode):
+    mod, _ = _state(testmode, "blocked", {"result": False, "status": "refused",
+                                          "comment": "precheck refused: disk vda on ext4. Fix: "
+                                                     "mount the NFS export"})
+    ret = mod.migrated("vdisk", "host2")
+    assert ret["result"] is False and ret["changes"] == {}
+    assert "disk vda on ext4" in ret["comment"]
+    assert ("BLOCKER" in ret["comment"]) is testmode
+
+
+def test_not_found_fails(testmode):
+    mod, _ = _state(testmode, None, {"result": False, "status": "refused",
+                                     "comment": "vm vdisk was not found"})
+    ret = mod.migrated("vdisk", "host2")
+    assert ret["result"] is False and "not found" in ret["comment"]
