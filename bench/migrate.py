@@ -23,7 +23,6 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 
 def main():
     lab = vmlab.Lab()
-    lab.down()
     lab.up()
     vmlab.setup_storage_and_guest(lab)
     where = {"at": "host1"}
@@ -35,6 +34,7 @@ def main():
         subprocess.run(argv, check=True, capture_output=True)
 
     def module(dest):
+        # Same data stream as the virsh baseline (plain TCP, the lab's explicit switch).
         out = subprocess.run(lab.salt_cli("salt", where["at"], "vmigrate.migrate", "vdisk", dest,
                                           "--out=json"), check=True, capture_output=True, text=True)
         assert json.loads(out.stdout)[where["at"]]["dest"] == dest, out.stdout
@@ -49,10 +49,14 @@ def main():
         samples = []
         for _ in range(ROUNDS * 2):
             dest = "host2" if where["at"] == "host1" else "host1"
-            lab.wait_counter(timeout=30)
+            lab.counter_lines_on(where["at"], count=1)  # the guest counts where we think
             t0 = time.perf_counter()
             fn(dest)
             samples.append(time.perf_counter() - t0)
+            # A sample counts only if the guest verifiably moved.
+            if lab.running_on() != [dest]:
+                raise SystemExit(f"{name}: vdisk did not move to {dest}: libvirt reports it on "
+                                 f"{lab.running_on()}")
             where["at"] = dest
         results[name] = statistics.median(samples)
     lines = lab.counter_lines()

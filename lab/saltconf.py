@@ -14,6 +14,8 @@ def lab_pillar(lab):
             # Lab only: libvirtd listens on unauthenticated TCP inside the lab namespaces.
             "transport": "tcp",
             "allow_insecure_transport": True,
+            # Lab only: the memory stream crosses the lab's own bridge as plain TCP.
+            "allow_plain_migration_stream": True,
             "nfs": {
                 "server": {
                     # Lab only: no init system and no kernel nfsd; exportfs still validates.
@@ -39,6 +41,11 @@ def lab_pillar(lab):
     }
 
 
+def master_vmigrate(lab):
+    """The master's vmigrate settings: the hypervisors are named, never guessed."""
+    return {"hypervisors_target": list(lab.hypervisors), "hypervisors_target_type": "list"}
+
+
 def master_config(lab, root_dir, pillar_dir):
     return {
         "id": f"{lab.name}-master",
@@ -49,7 +56,7 @@ def master_config(lab, root_dir, pillar_dir):
         "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "log_level_logfile": "info",
-        "vmigrate": {"hypervisors_target": "host*"},
+        "vmigrate": master_vmigrate(lab),
     }
 
 

@@ -36,8 +36,9 @@ def artifacts(cache, guest_src, run):
     return kernel, initrd
 
 
-def domain_xml(name, shared):
-    """The domain: direct kernel boot, qcow2 disk (cache=none) and console on ``shared``."""
+def domain_xml(name, shared, workset_mib=GUEST_WORKSET_MIB):
+    """The domain: direct kernel boot, qcow2 disk (cache=none) and console on ``shared``;
+    the guest keeps rewriting ``workset_mib`` MiB of its memory."""
     return f"""<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>{GUEST_MEMORY_MIB}</memory>
@@ -46,7 +47,7 @@ def domain_xml(name, shared):
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{shared}/{name}.vmlinuz</kernel>
     <initrd>{shared}/{name}.initrd</initrd>
-    <cmdline>console=ttyS0 quiet memtick_mib={GUEST_WORKSET_MIB}</cmdline>
+    <cmdline>console=ttyS0 quiet memtick_mib={workset_mib}</cmdline>
   </os>
   <features><acpi/></features>
   <clock offset='utc'/>

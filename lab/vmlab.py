@@ -38,7 +38,11 @@ GUEST_SRC = REPO / "lab" / "guest"
 HYPERVISORS = ("host1", "host2")
 NFS_HOST = "nfs1"
 HOST_OCTET = {"host1": 11, "host2": 12, "nfs1": 20}
-LIBVIRT_DIRS = ("var/lib/libvirt", "var/log/libvirt", "var/cache/libvirt")
+LAB_BASE = pathlib.Path("/var/lib/vmigrate-lab")
+# Per-host libvirt state under the lab directory (wiped on every lab-up), and the one cache that
+# survives: QEMU capabilities (~4 s per emulator probe), kept under lab/cache per lab and host.
+LIBVIRT_DIRS = ("var/lib/libvirt", "var/log/libvirt")
+LIBVIRT_CACHE_DIR = "var/cache/libvirt"
 
 
 class LabError(RuntimeError):
@@ -87,7 +91,7 @@ class Lab:
             raise LabError(f"lab name {name!r}: 2-10 lowercase letters/digits")
         self.name = name
         self.net = net
-        self.root = pathlib.Path(root or f"/var/lib/vmigrate-lab/{name}")
+        self.root = pathlib.Path(root or LAB_BASE / name)
         self.hypervisors = HYPERVISORS
         self.ctl_ns = f"{name}-ctl"
         self.ctl_addr = f"{net}.1"
@@ -102,6 +106,10 @@ class Lab:
 
     def host_dir(self, host):
         return self.root / "hosts" / host
+
+    def libvirt_cache(self, host):
+        """``host``'s /var/cache/libvirt: the QEMU capabilities cache, kept across lab runs."""
+        return CACHE / "libvirt" / f"{self.name}-{host}"
 
     def holder_pid(self, host):
         try:
@@ -200,6 +208,7 @@ class Lab:
             (hdir / "var/lib/nfs").mkdir(parents=True, exist_ok=True)
         for d in LIBVIRT_DIRS:
             (hdir / d).mkdir(parents=True, exist_ok=True)
+        self.libvirt_cache(host).mkdir(parents=True, exist_ok=True)
         if host in HYPERVISORS:
             self._configure_libvirt(host)
 
@@ -208,11 +217,6 @@ class Lab:
         etc_libvirt = hdir / "etc" / "libvirt"
         shutil.rmtree(etc_libvirt, ignore_errors=True)
         run(["cp", "-a", "/etc/libvirt", etc_libvirt])
-        # Fresh domain state each lab-up; keep the QEMU capabilities cache (~8 s per cold probe).
-        shutil.rmtree(hdir / "var/lib/libvirt", ignore_errors=True)
-        (hdir / "var/lib/libvirt").mkdir(parents=True)
-        for f in (hdir / "var/log/libvirt").glob("**/*.log"):
-            f.unlink()
         autostart = etc_libvirt / "qemu" / "networks" / "autostart"
         shutil.rmtree(autostart, ignore_errors=True)
         host_uuid = uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.name}.{host}.vmigrate-lab")
@@ -244,6 +248,7 @@ class Lab:
         hdir = self.host_dir(host)
         binds = [(hdir / "etc", "/etc")]
         binds += [(hdir / d, f"/{d}") for d in LIBVIRT_DIRS]
+        binds.append((self.libvirt_cache(host), f"/{LIBVIRT_CACHE_DIR}"))
         if host == NFS_HOST:
             binds.append((hdir / "var/lib/nfs", "/var/lib/nfs"))
         ready = hdir / "holder.ready"
@@ -270,18 +275,34 @@ class Lab:
             wait_for(f"libvirtd on {host}", sock.exists, 20)
         return sock
 
+    def libvirtd_restart(self, host):
+        """Stop ``host``'s libvirtd and start it again (running guests keep running). Returns
+        once its QEMU driver answers: libvirtd listens on its socket before the driver has
+        read qemu.conf (driver init runs in a thread of its own)."""
+        pid = int(self.host_path(host, "/run/libvirtd.pid").read_text())
+        self.host_run(host, ["kill", str(pid)])
+        wait_for(f"{host} libvirtd to stop", lambda: not _alive(pid), 20)
+        self.libvirtd_up(host)
+        self.wait_hypervisors_ready([host])
+
     def hosts_up(self):
         for host in HOST_OCTET:
             self._prepare_host_dirs(host)
             self._start_holder(host)
+        # libvirtd resolves each qemu.conf `shared_filesystems` entry with realpath() once, when
+        # it starts (libvirt 11.3 src/qemu/qemu_conf.c); a path that does not exist then is
+        # dropped, with every entry after it, until the daemon restarts. So the shared mount
+        # point exists before any libvirtd starts, as a real host's mount points do at boot;
+        # nfs.client mounts onto it later.
+        self.mountpoint.mkdir(parents=True, exist_ok=True)
         for host in HYPERVISORS:
             self.libvirtd_up(host)
 
-    def wait_hypervisors_ready(self, timeout=120):
+    def wait_hypervisors_ready(self, hosts=HYPERVISORS, timeout=120):
         """Wait until each libvirtd answers capabilities (the first QEMU probe takes seconds)."""
         libvirt = _quiet_libvirt()
 
-        for host in HYPERVISORS:
+        for host in hosts:
             def ready(host=host):
                 try:
                     conn = libvirt.open(self.libvirt_uri(host))
@@ -302,21 +323,26 @@ class Lab:
         except FileNotFoundError as err:
             raise LabError(str(err)) from err
 
-    def guest_xml(self, name="vdisk"):
-        return vmguest.domain_xml(name, self.mountpoint)
+    def guest_xml(self, name="vdisk", directory=None, workset_mib=vmguest.GUEST_WORKSET_MIB):
+        return vmguest.domain_xml(name, directory or self.mountpoint, workset_mib)
 
     def console_log(self, name="vdisk"):
         """The guest's console log on the shared storage (read through the NFS host's export)."""
         return self.export_dir / f"{name}.console.log"
 
-    def create_guest(self, host="host1", name="vdisk", start=True):
-        """Put the guest's files on shared storage (through ``host``'s mount) and define it there."""
+    def create_guest(self, host="host1", name="vdisk", start=True, directory=None,
+                     workset_mib=vmguest.GUEST_WORKSET_MIB):
+        """Put the guest's files in ``directory`` as ``host`` sees it (default: the shared
+        mount, which must be mounted) and define the guest there."""
         libvirt = _quiet_libvirt()
 
         kernel, initrd = self.guest_artifacts()
-        shared = self.host_path(host, self.mountpoint)
-        if not self.is_mounted(host, self.mountpoint):
-            raise LabError(f"{self.mountpoint} is not mounted on {host}: apply nfs.client first")
+        if directory is None:
+            directory = self.mountpoint
+            if not self.is_mounted(host, self.mountpoint):
+                raise LabError(f"{self.mountpoint} is not mounted on {host}: apply nfs.client "
+                               "first")
+        shared = self.host_path(host, directory)
         shutil.copyfile(kernel, shared / f"{name}.vmlinuz")
         shutil.copyfile(initrd, shared / f"{name}.initrd")
         disk = shared / f"{name}.qcow2"
@@ -325,7 +351,7 @@ class Lab:
         (shared / f"{name}.console.log").write_text("")
         conn = libvirt.open(self.libvirt_uri(host))
         try:
-            dom = conn.defineXML(self.guest_xml(name))
+            dom = conn.defineXML(self.guest_xml(name, directory, workset_mib))
             if start:
                 dom.create()
         finally:
@@ -359,6 +385,53 @@ class Lab:
         except OSError:
             return []
         return [(n, bad) for n, bad, _ in vmguest.counters(text)]
+
+    def running_on(self, name="vdisk"):
+        """The hypervisors whose libvirtd reports ``name`` active (running or paused), asked
+        directly over each host's socket, not through salt or vmigrate."""
+        libvirt = _quiet_libvirt()
+        found = []
+        for host in HYPERVISORS:
+            conn = libvirt.open(self.libvirt_uri(host))
+            try:
+                if conn.lookupByName(name).isActive():
+                    found.append(host)
+            except libvirt.libvirtError:
+                pass
+            finally:
+                conn.close()
+        return found
+
+    def _runs_only_on(self, host, name):
+        state = self.running_on(name)
+        if state != [host]:
+            return f"libvirt reports {name} active on {', '.join(state) or 'no host'}"
+        if not self.host_pids(host, "qemu-system-x86"):
+            return f"no QEMU process in {host}'s namespaces"
+        return None
+
+    def counter_lines_on(self, host, name="vdisk", count=2, timeout=30):
+        """Counter lines that ``host`` verifiably wrote: the guest is checked to run on ``host``
+        and on no other hypervisor (libvirt on every host, and a QEMU in ``host``'s mount
+        namespace), then the console log's length is taken, then ``count`` new lines are
+        awaited, then the check is repeated. Raises LabError, naming where the guest runs, when
+        it does not run on ``host`` alone. Returns the new lines as (n, bad)."""
+        why = self._runs_only_on(host, name)
+        if why:
+            raise LabError(f"cannot attribute {name}'s counter to {host}: {why}")
+        log = self.console_log(name)
+        offset = len(log.read_text(errors="replace"))
+
+        def new_lines():
+            text = log.read_text(errors="replace")
+            seen = [(n, bad) for n, bad, pos in vmguest.counters(text) if pos >= offset]
+            return seen if len(seen) >= count else None
+
+        lines = wait_for(f"{count} counter lines from {name} on {host}", new_lines, timeout, 0.2)
+        why = self._runs_only_on(host, name)
+        if why:
+            raise LabError(f"{name} left {host} while its counter was read: {why}")
+        return lines
 
     def wait_counter(self, name="vdisk", above=0, timeout=60):
         """Wait until the guest printed a counter line past ``above``; return the last (n, bad)."""
@@ -418,8 +491,14 @@ class Lab:
         return self.ctl_argv([VENV_BIN / cli, "-c", self.salt_dir / "etc", *args])
 
     # ---- the whole lab ------------------------------------------------------------------------
-    def up(self, with_salt=True):
-        self.root.mkdir(parents=True, exist_ok=True)
+    def up(self, with_salt=True, ctl=True):
+        """Bring the lab up from nothing: whatever an earlier run left is removed first, so every
+        run sees what a fresh machine sees (only the caches under lab/cache survive).
+
+        ``ctl=False`` keeps the control namespace (a test session runs inside it)."""
+        self.down(ctl=ctl)
+        self.wipe()
+        self.root.mkdir(parents=True)
         self.network_up()
         self.hosts_up()
         self.wait_hypervisors_ready()
@@ -465,6 +544,16 @@ class Lab:
                         os.kill(p, signal.SIGKILL)
         run(["ip", "netns", "delete", self.ctl_ns], check=False, capture=True)
 
+    def wipe(self):
+        """Remove the lab directory. Only after :meth:`down`: no host namespace may hold a
+        mount below it (they are private to the hosts' mount namespaces, gone with them)."""
+        if any(self.holder_pid(h) for h in HOST_OCTET):
+            raise LabError(f"lab {self.name} is still up: run down before wiping {self.root}")
+        if self.root.parent != LAB_BASE:
+            raise LabError(f"refusing to wipe {self.root}: not a lab directory under {LAB_BASE}")
+        if self.root.exists():
+            shutil.rmtree(self.root)
+
 
 def _alive(pid):
     """True while ``pid`` exists and is not a zombie."""
@@ -473,6 +562,23 @@ def _alive(pid):
             return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def process_start_time(pid):
+    """When process ``pid`` started, in epoch seconds (the product's own reading of /proc)."""
+    return _storage_utils().process_started(pid)
+
+
+def _storage_utils():
+    """_utils/vmigrate_storage.py, imported as plain Python."""
+    import importlib.util  # pylint: disable=import-outside-toplevel
+
+    name = "vmigrate_lab_storage_utils"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "_utils" / "vmigrate_storage.py")
+        sys.modules[name] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[name])
+    return sys.modules[name]
 
 
 def _pids():
@@ -493,7 +599,6 @@ def _lab_from_env():
 
 def cmd_up(lab, _args):
     t0 = time.monotonic()
-    lab.down()
     lab.up()
     t_lab = time.monotonic() - t0
     setup_storage_and_guest(lab)

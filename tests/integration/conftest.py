@@ -47,11 +47,8 @@ def lab():
     missing = _prerequisites(lab)
     if missing:
         pytest.fail("integration prerequisites missing: " + "; ".join(missing), pytrace=False)
-    lab.down(ctl=False)
-    lab.root.mkdir(parents=True, exist_ok=True)
-    lab.network_up()
-    lab.hosts_up()
-    lab.wait_hypervisors_ready()
+    # From nothing, as on a fresh machine: the lab directory is wiped (only lab/cache stays).
+    lab.up(with_salt=False, ctl=False)
     yield lab
     lab.down(ctl=False)
 

@@ -13,36 +13,44 @@ def _orch(salt_run_cli, **pillar):
     return salt_run_cli.run("state.orch", "migrate", f"pillar={json.dumps(pillar)}")
 
 
-def _runner_return(ret):
-    """The vmigrate.migrate runner's return inside a state.orch result."""
+def orch_state(ret):
+    """The one state result (result, comment, changes) inside a state.orch return."""
     data = ret.data
     states = data.get("data", data)
     states = next(iter(states.values())) if len(states) == 1 else states
-    state = next(iter(states.values()))
-    return state["changes"]["return"]
+    return next(iter(states.values()))
 
 
-def _assert_counter_continuous(lab, since):
+def counter_before(lab, host):
+    """The guest's last counter, read while it verifiably runs on ``host``."""
+    return lab.counter_lines_on(host, count=1)[-1][0]
+
+
+def assert_guest_went_on(lab, host, since):
+    """The guest counts on ``host`` (verified there), past ``since``, and the whole console
+    log is continuous with its memory intact."""
+    after = lab.counter_lines_on(host, count=3)
+    assert after[0][0] > since, (after, since)
     lines = lab.counter_lines()
     numbers = [n for n, _ in lines]
     assert vmguest.continuous(numbers), numbers
     assert all(bad == 0 for _, bad in lines), lines[-5:]
-    assert numbers[-1] > since
 
 
 def test_live_migration_round_trip_keeps_guest_running(vdisk_on_host1, lab, salt_run_cli,
                                                        salt_master):
     for source, dest in (("host1", "host2"), ("host2", "host1")):
-        before = lab.wait_counter()
+        before = counter_before(lab, source)
         started = time.time()
         ret = _orch(salt_run_cli, vm="vdisk", dest=dest)
         assert ret.returncode == 0, ret
-        result = _runner_return(ret)
-        assert result["result"] is True
-        assert result["source"] == source and result["dest"] == dest
+        state = orch_state(ret)
+        assert state["result"] is True, state
+        assert state["changes"]["host"] == {"old": source, "new": dest}
+        result = state["changes"]["migration"]
         assert result["downtime_ms"] is not None and 0 <= result["downtime_ms"] < 5000
         assert result["elapsed"] > 0 and result["bytes"] > 0 and result["iterations"] >= 1
-        assert result["after"]["running"] == [dest] and result["after"]["defined"] == [dest]
+        assert lab.running_on() == [dest]
         where = salt_run_cli.run("vmigrate.locate", "vdisk").data
         assert where["running"] == [dest] and where["defined"] == [dest]
         # Progress from the source minion and the result from the runner reach the master.
@@ -63,11 +71,12 @@ def test_live_migration_round_trip_keeps_guest_running(vdisk_on_host1, lab, salt
         assert all(p["id"] == source for p in progress), progress
         phases = [p["data"]["phase"] for p in sorted(progress, key=lambda p: p["data"]["seq"])]
         assert phases[0] == "started" and phases[-1] == "completed", phases
-        final = [e.data for e in events if e.tag == "vmigrate/vdisk/result"][-1]
-        assert final["dest"] == dest and final["downtime_ms"] == result["downtime_ms"]
+        final = [e.data for e in events if e.tag == "vmigrate/vdisk/result"]
+        assert len(final) == 1, final  # exactly one result event per request
+        assert final[0]["dest"] == dest and final[0]["downtime_ms"] == result["downtime_ms"]
+        assert final[0]["status"] == "migrated" and final[0]["trigger"] == "state"
         # The guest keeps counting on the destination, without a gap and with memory intact.
-        lab.wait_counter(above=before[0] + 3, timeout=30)
-        _assert_counter_continuous(lab, before[0])
+        assert_guest_went_on(lab, dest, before)
 
 
 def test_offline_migration_moves_a_shut_off_definition(guest, lab, salt_run_cli, salt_cli):
@@ -80,8 +89,9 @@ def test_offline_migration_moves_a_shut_off_definition(guest, lab, salt_run_cli,
     try:
         ret = _orch(salt_run_cli, vm="voff", dest="host2", mode="offline")
         assert ret.returncode == 0, ret
-        result = _runner_return(ret)
-        assert result["mode"] == "offline" and result["result"] is True
+        state = orch_state(ret)
+        assert state["result"] is True and "migrated offline" in state["comment"]
+        assert state["changes"]["host"] == {"old": "host1", "new": "host2"}
         where = salt_run_cli.run("vmigrate.locate", "voff").data
         assert where["defined"] == ["host2"] and where["running"] == []
         assert where["hosts"]["host2"]["state"] == "shutoff"
@@ -102,12 +112,13 @@ def test_offline_migration_moves_a_shut_off_definition(guest, lab, salt_run_cli,
 
 def _assert_refused(ret, lab, salt_run_cli, words):
     assert ret.returncode != 0, ret
-    result = _runner_return(ret)
-    assert result["result"] is False
+    state = orch_state(ret)
+    assert state["result"] is False and state["changes"] == {}
     for word in words:
-        assert word in result["comment"], result["comment"]
+        assert word in state["comment"], state["comment"]
     where = salt_run_cli.run("vmigrate.locate", "vdisk").data
     assert where["running"] == ["host1"] and where["defined"] == ["host1"]
+    assert lab.running_on() == ["host1"]
 
 
 def test_unknown_vm_is_refused(vdisk_on_host1, lab, salt_run_cli):
@@ -116,10 +127,10 @@ def test_unknown_vm_is_refused(vdisk_on_host1, lab, salt_run_cli):
 
 
 def test_unknown_dest_is_refused_and_vm_keeps_running(vdisk_on_host1, lab, salt_run_cli):
-    before = lab.wait_counter()
+    before = counter_before(lab, "host1")
     ret = _orch(salt_run_cli, vm="vdisk", dest="host9")
     _assert_refused(ret, lab, salt_run_cli, ["host9", "not an available hypervisor"])
-    lab.wait_counter(above=before[0] + 1, timeout=20)
+    assert_guest_went_on(lab, "host1", before)
 
 
 def test_dest_equal_to_current_host_is_refused(vdisk_on_host1, lab, salt_run_cli):
@@ -142,17 +153,16 @@ def test_module_refuses_offline_of_running_vm(vdisk_on_host1, salt_cli, salt_run
 
 
 def test_timeout_aborts_and_the_guest_stays_on_the_source(vdisk_on_host1, lab, salt_run_cli):
-    before = lab.wait_counter()
+    before = counter_before(lab, "host1")
     # 1 MiB/s cannot move 128 MiB in 3 s: vmigrate aborts the job, libvirt keeps the source.
     ret = _orch(salt_run_cli, vm="vdisk", dest="host2", bandwidth=1, timeout=3)
     assert ret.returncode != 0, ret
-    result = _runner_return(ret)
-    assert "aborted after the 3s timeout" in result["comment"], result["comment"]
-    assert result["after"]["running"] == ["host1"] and result["after"]["defined"] == ["host1"]
+    comment = orch_state(ret)["comment"]
+    assert "aborted after the 3s timeout" in comment, comment
+    assert "now: host1: running" in comment, comment
     where = salt_run_cli.run("vmigrate.locate", "vdisk").data
     assert where["running"] == ["host1"] and where["defined"] == ["host1"]
-    lab.wait_counter(above=before[0] + 3, timeout=30)
-    _assert_counter_continuous(lab, before[0])
+    assert_guest_went_on(lab, "host1", before)
 
 
 def test_dest_libvirtd_down_is_refused_and_named(vdisk_on_host1, lab, salt_run_cli):
@@ -162,8 +172,9 @@ def test_dest_libvirtd_down_is_refused_and_named(vdisk_on_host1, lab, salt_run_c
     try:
         ret = _orch(salt_run_cli, vm="vdisk", dest="host2")
         assert ret.returncode != 0, ret
-        comment = _runner_return(ret)["comment"]
-        assert "host2 is not an available hypervisor" in comment
+        comment = orch_state(ret)["comment"]
+        # Without host2's listing nothing is concluded about host2: the VM could run there.
+        assert "could not verify host2" in comment and "nothing was moved" in comment
         assert "cannot connect to libvirt" in comment
     finally:
         lab.libvirtd_up("host2")
@@ -173,7 +184,7 @@ def test_dest_libvirtd_down_is_refused_and_named(vdisk_on_host1, lab, salt_run_c
 
 def test_destination_qemu_killed_mid_migration_leaves_guest_on_source(vdisk_on_host1, lab,
                                                                       salt_run_cli):
-    before = lab.wait_counter()
+    before = counter_before(lab, "host1")
     outcome = {}
     # Capped at 2 MiB/s the copy takes tens of seconds: time to kill the incoming QEMU.
     worker = threading.Thread(target=lambda: outcome.update(
@@ -189,11 +200,9 @@ def test_destination_qemu_killed_mid_migration_leaves_guest_on_source(vdisk_on_h
         worker.join(120)
     ret = outcome["ret"]
     assert ret.returncode != 0, ret
-    result = _runner_return(ret)
-    assert "migration of vdisk from host1 to host2 failed" in result["comment"]
-    assert "libvirt error code" in result["comment"]
-    assert result["after"]["running"] == ["host1"] and result["after"]["defined"] == ["host1"]
+    comment = orch_state(ret)["comment"]
+    assert "migration of vdisk from host1 to host2 failed" in comment
+    assert "libvirt error code" in comment and "now: host1: running" in comment
     where = salt_run_cli.run("vmigrate.locate", "vdisk").data
     assert where["running"] == ["host1"] and where["defined"] == ["host1"]
-    lab.wait_counter(above=before[0] + 3, timeout=30)
-    _assert_counter_continuous(lab, before[0])
+    assert_guest_went_on(lab, "host1", before)

@@ -26,12 +26,14 @@ class LabMinion(SaltMinion):
 
 
 def master_overrides(lab, pillar_dir):
+    import saltconf  # pylint: disable=import-outside-toplevel  (lab/ is on sys.path by now)
+
     return {
         # The control namespace holds only the lab bridge and loopback.
         "interface": "0.0.0.0",
         "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
         "pillar_roots": {"base": [str(pillar_dir)]},
-        "vmigrate": {"hypervisors_target": "host*"},
+        "vmigrate": saltconf.master_vmigrate(lab),
         "user": "root",
     }
 
