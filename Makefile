@@ -3,10 +3,21 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 LAB := $(PY) lab/vmlab.py
 
-.PHONY: install demo test test-unit lab-up lab-down bench
+.PHONY: install install-master demo test test-unit lab-up lab-down bench
 
 install:            ## Debian packages, the venv, the guest kernel (idempotent)
 	bash lab/install.sh
+
+# What a Salt master serves for vmigrate, and nothing else: no .git, .venv, lab or tests.
+PLUGIN_DIRS := _modules _states _runners _utils
+
+install-master:     ## copy only the plugin into DEST, a directory listed in the master's file_roots
+	@test -n "$(DEST)" || { echo "usage: make install-master DEST=/srv/salt/vmigrate" >&2; exit 2; }
+	@for d in $(PLUGIN_DIRS); do \
+	  mkdir -p "$(DEST)/$$d" && rm -f "$(DEST)/$$d"/vmigrate*.py && cp $$d/vmigrate*.py "$(DEST)/$$d/"; \
+	done
+	@rm -rf "$(DEST)/vmigrate" && cp -r salt/vmigrate salt/migrate.sls "$(DEST)/"
+	@echo "vmigrate installed in $(DEST): list it in file_roots, then run salt-run saltutil.sync_all and salt '*' saltutil.sync_all"
 
 demo: install       ## a real live migration in the lab: vdisk host1 -> host2
 	bash lab/demo.sh

@@ -1,8 +1,17 @@
 """Salt configuration for the lab: its pillar (production defaults, lab exceptions stated)
 and the master/minion configs of the plain daemons that `make lab-up` and `make demo` start."""
 import pathlib
+import subprocess
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def install_plugin(dest):
+    """Install the plugin as a user does (make install-master) into ``dest``, the lab master's
+    only file_roots directory: the master serves the plugin, never the repository."""
+    subprocess.run(["make", "-s", "-C", str(REPO), "install-master", f"DEST={dest}"], check=True,
+                   stdout=subprocess.DEVNULL)
+    return str(dest)
 
 
 def lab_pillar(lab):
@@ -46,14 +55,14 @@ def master_vmigrate(lab):
     return {"hypervisors_target": list(lab.hypervisors), "hypervisors_target_type": "list"}
 
 
-def master_config(lab, root_dir, pillar_dir):
+def master_config(lab, root_dir, pillar_dir, file_root):
     return {
         "id": f"{lab.name}-master",
         "root_dir": str(root_dir),
         "interface": lab.ctl_addr,
         "user": "root",
         "auto_accept": True,
-        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "file_roots": {"base": [str(file_root)]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "log_level_logfile": "info",
         "vmigrate": master_vmigrate(lab),

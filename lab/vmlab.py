@@ -340,8 +340,8 @@ class Lab:
         if directory is None:
             directory = self.mountpoint
             if not self.is_mounted(host, self.mountpoint):
-                raise LabError(f"{self.mountpoint} is not mounted on {host}: apply nfs.client "
-                               "first")
+                raise LabError(f"{self.mountpoint} is not mounted on {host}: apply vmigrate.nfs.client"
+                               " first")
         shared = self.host_path(host, directory)
         shutil.copyfile(kernel, shared / f"{name}.vmlinuz")
         shutil.copyfile(initrd, shared / f"{name}.initrd")
@@ -453,8 +453,9 @@ class Lab:
         pillar_dir.mkdir(parents=True, exist_ok=True)
         (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - vmigrate\n")
         (pillar_dir / "vmigrate.sls").write_text(json.dumps(self.pillar(), indent=2))
-        (etc / "master").write_text(json.dumps(saltconf.master_config(self, self.salt_dir / "master",
-                                                             pillar_dir), indent=2))
+        file_root = saltconf.install_plugin(self.salt_dir / "fileserver")
+        (etc / "master").write_text(json.dumps(saltconf.master_config(
+            self, self.salt_dir / "master", pillar_dir, file_root), indent=2))
         if not self._pid_alive(self.salt_dir / "master" / "var" / "run" / "salt-master.pid"):
             run(self.ctl_argv([VENV_BIN / "salt-master", "-c", etc, "-d"]))
         for host in (*HYPERVISORS, NFS_HOST):
@@ -608,7 +609,7 @@ def cmd_up(lab, _args):
 
 def setup_storage_and_guest(lab):
     """Shared storage through the project's own states, then the guest on host1."""
-    for tgt, sls in ((NFS_HOST, "nfs.server"), ("host*", "nfs.client")):
+    for tgt, sls in ((NFS_HOST, "vmigrate.nfs.server"), ("host*", "vmigrate.nfs.client")):
         run(lab.salt_cli("salt", tgt, "state.apply", sls, "--out=json"), capture=True)
     lab.remove_guest_everywhere()
     lab.create_guest("host1")

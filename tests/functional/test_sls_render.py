@@ -24,7 +24,7 @@ def _loaders(tmp_path, os_family):
     opts = salt.config.minion_config(None)
     opts.update({
         "id": "fn-minion", "root_dir": str(tmp_path), "cachedir": str(tmp_path / "cache"),
-        "file_client": "local", "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        "file_client": "local", "file_roots": {"base": [str(REPO / "salt")]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "module_dirs": [str(REPO / "_modules")], "states_dirs": [str(REPO / "_states")],
     })
@@ -45,8 +45,8 @@ def _by_id(low):
 def test_nfs_sls_render_per_os_family(tmp_path, os_family, server_pkgs, client_pkgs, user):
     loaders = _loaders(tmp_path, os_family)
     try:
-        server = _by_id(loaders.modules.state.show_low_sls("nfs.server"))
-        client = _by_id(loaders.modules.state.show_low_sls("nfs.client"))
+        server = _by_id(loaders.modules.state.show_low_sls("vmigrate.nfs.server"))
+        client = _by_id(loaders.modules.state.show_low_sls("vmigrate.nfs.client"))
     finally:
         loaders.reset_state()
     assert server["vmigrate-nfs-server-pkg-installed"]["pkgs"] == server_pkgs

@@ -2,7 +2,7 @@
 
 Brought up once per session: namespaces and libvirtd (lab/vmlab.py), then a salt master and
 one minion per host through pytest-salt-factories, then shared storage through the project's
-own nfs.server / nfs.client states, then the guest ``vdisk`` on host1. A missing prerequisite
+own vmigrate.nfs.server / vmigrate.nfs.client states, then the guest ``vdisk`` on host1. A missing prerequisite
 fails the session with a message naming it; nothing is skipped.
 """
 import os
@@ -57,8 +57,9 @@ def lab():
 def salt_master(salt_factories, lab, tmp_path_factory):
     pillar_dir = tmp_path_factory.mktemp("pillar")
     labsalt.write_pillar(pillar_dir, lab.pillar())
+    file_root = tmp_path_factory.mktemp("fileserver")
     factory = salt_factories.salt_master_daemon(
-        f"{lab.name}-master", overrides=labsalt.master_overrides(lab, pillar_dir))
+        f"{lab.name}-master", overrides=labsalt.master_overrides(lab, pillar_dir, file_root))
     with factory.started(start_timeout=120):
         yield factory
 
@@ -105,9 +106,9 @@ def synced(minions, salt_cli, salt_run_cli):
 @pytest.fixture(scope="session")
 def storage(synced, salt_cli, lab):
     """Shared storage set up by the project's own states; their first-run results kept."""
-    server = salt_cli.run("state.apply", "nfs.server", minion_tgt=vmlab.NFS_HOST)
+    server = salt_cli.run("state.apply", "vmigrate.nfs.server", minion_tgt=vmlab.NFS_HOST)
     assert server.returncode == 0, server
-    clients = {h: salt_cli.run("state.apply", "nfs.client", minion_tgt=h)
+    clients = {h: salt_cli.run("state.apply", "vmigrate.nfs.client", minion_tgt=h)
                for h in vmlab.HYPERVISORS}
     for host, ret in clients.items():
         assert ret.returncode == 0, (host, ret)

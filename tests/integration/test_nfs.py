@@ -1,4 +1,4 @@
-"""nfs.server on nfs1 and nfs.client on the hypervisors, applied for real in the lab."""
+"""vmigrate.nfs.server on nfs1 and vmigrate.nfs.client on the hypervisors, applied for real in the lab."""
 import json
 import os
 
@@ -28,7 +28,7 @@ def test_server_second_apply_and_test_mode_change_nothing(storage, salt_cli, lab
     path = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports")
     before = path.read_bytes()
     for extra in ((), ("test=True",)):
-        ret = salt_cli.run("state.apply", "nfs.server", *extra, minion_tgt=vmlab.NFS_HOST)
+        ret = salt_cli.run("state.apply", "vmigrate.nfs.server", *extra, minion_tgt=vmlab.NFS_HOST)
         assert ret.returncode == 0, ret
         assert _changes(ret.data) == {}
         assert all(r["result"] is True for r in state_results(ret.data))
@@ -40,7 +40,7 @@ def test_server_bad_pillar_fails_and_writes_nothing(storage, salt_cli, lab):
     before = path.read_bytes()
     bad = {"vmigrate": {"nfs": {"server": {"exports": [
         {"path": str(lab.export_dir), "clients": [{"host": "10.0.0.0/8\n/ *(rw)"}]}]}}}}
-    ret = salt_cli.run("state.apply", "nfs.server", f"pillar={json.dumps(bad)}",
+    ret = salt_cli.run("state.apply", "vmigrate.nfs.server", f"pillar={json.dumps(bad)}",
                        minion_tgt=vmlab.NFS_HOST)
     assert ret.returncode != 0
     results = state_results(ret.data)
@@ -57,12 +57,12 @@ def test_server_unsafe_option_needs_switch_and_warns(storage, salt_cli, lab):
     export = {"path": str(lab.export_dir),
               "clients": [{"host": f"{lab.net}.0/24", "options": {"no_root_squash": True}}]}
     pillar = {"vmigrate": {"nfs": {"server": {"exports": [export]}}}}
-    ret = salt_cli.run("state.apply", "nfs.server", "test=True",
+    ret = salt_cli.run("state.apply", "vmigrate.nfs.server", "test=True",
                        f"pillar={json.dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
     assert ret.returncode != 0
     assert "allow_unsafe: [no_root_squash]" in str(ret.data)
     pillar["vmigrate"]["nfs"]["server"]["allow_unsafe"] = ["no_root_squash"]
-    ret = salt_cli.run("state.apply", "nfs.server", "test=True",
+    ret = salt_cli.run("state.apply", "vmigrate.nfs.server", "test=True",
                        f"pillar={json.dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
     managed = [r for r in state_results(ret.data)
                if r["__id__"] == "vmigrate-nfs-server-exports-managed"][0]
@@ -79,7 +79,7 @@ def test_clients_mount_the_same_path_and_second_apply_changes_nothing(storage, s
         fstab = lab.host_path(host, "/etc/fstab").read_text()
         assert f"{lab.export_dir}\t\t{lab.mountpoint}\tnone\tbind\t0 0" in fstab
         for extra in ((), ("test=True",)):
-            ret = salt_cli.run("state.apply", "nfs.client", *extra, minion_tgt=host)
+            ret = salt_cli.run("state.apply", "vmigrate.nfs.client", *extra, minion_tgt=host)
             assert ret.returncode == 0, ret
             assert _changes(ret.data) == {}, (host, extra)
     # Both hypervisors see one storage: a file written through host1 is visible on host2.
@@ -92,9 +92,9 @@ def test_clients_mount_the_same_path_and_second_apply_changes_nothing(storage, s
 def test_clean_removes_our_exports_and_server_restores_them(storage, salt_cli, lab):
     exports = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports")
     etab = lab.host_path(vmlab.NFS_HOST, "/var/lib/nfs/etab")
-    ret = salt_cli.run("state.apply", "nfs.clean", minion_tgt=vmlab.NFS_HOST)
+    ret = salt_cli.run("state.apply", "vmigrate.nfs.clean", minion_tgt=vmlab.NFS_HOST)
     assert ret.returncode == 0, ret
     assert not exports.exists() and str(lab.export_dir) not in etab.read_text()
-    ret = salt_cli.run("state.apply", "nfs.server", minion_tgt=vmlab.NFS_HOST)
+    ret = salt_cli.run("state.apply", "vmigrate.nfs.server", minion_tgt=vmlab.NFS_HOST)
     assert ret.returncode == 0, ret
     assert exports.exists() and str(lab.export_dir) in etab.read_text()

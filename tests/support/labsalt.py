@@ -25,13 +25,14 @@ class LabMinion(SaltMinion):
         return [*self.ns_prefix, *super().cmdline(*args)]
 
 
-def master_overrides(lab, pillar_dir):
+def master_overrides(lab, pillar_dir, file_root):
     import saltconf  # pylint: disable=import-outside-toplevel  (lab/ is on sys.path by now)
 
     return {
         # The control namespace holds only the lab bridge and loopback.
         "interface": "0.0.0.0",
-        "file_roots": {"base": [str(REPO / "salt"), str(REPO)]},
+        # Only the plugin, installed as users install it (make install-master).
+        "file_roots": {"base": [saltconf.install_plugin(file_root)]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "vmigrate": saltconf.master_vmigrate(lab),
         "user": "root",

@@ -1,6 +1,6 @@
-{#- Undo nfs.server and nfs.client: our exports removed (other entries stay), our mounts
+{#- Undo vmigrate.nfs.server and vmigrate.nfs.client: our exports removed (other entries stay), our mounts
     unmounted and dropped from fstab. Packages stay. #}
-{%- from "map.jinja" import mapdata with context %}
+{%- from "vmigrate/map.jinja" import mapdata with context %}
 
 {%- if mapdata.nfs.server.exports %}
 vmigrate-nfs-clean-exports-absent:

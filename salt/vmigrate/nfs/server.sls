@@ -1,6 +1,6 @@
 {#- NFS server: packages, service, export directories and the exports file from pillar
     vmigrate:nfs:server. Validation runs first; bad pillar changes nothing. #}
-{%- from "map.jinja" import mapdata with context %}
+{%- from "vmigrate/map.jinja" import mapdata with context %}
 {%- set server = mapdata.nfs.server %}
 
 vmigrate-nfs-server-exports-validated:

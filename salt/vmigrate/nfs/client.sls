@@ -1,6 +1,6 @@
 {#- NFS client: every mount from pillar vmigrate:nfs:client at the same path on every
     hypervisor. Validation runs first; bad pillar changes nothing. #}
-{%- from "map.jinja" import mapdata with context %}
+{%- from "vmigrate/map.jinja" import mapdata with context %}
 {%- set client = mapdata.nfs.client %}
 
 vmigrate-nfs-client-mounts-validated:

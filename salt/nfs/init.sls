@@ -1,3 +1,0 @@
-include:
-  - nfs.server
-  - nfs.client

@@ -1,0 +1,3 @@
+include:
+  - vmigrate.nfs.server
+  - vmigrate.nfs.client
