@@ -291,13 +291,27 @@ def render_file(exports, current, exports_file):
     if exports_file != "/etc/exports":
         return "\n".join(ours) + "\n"
     lines = (current or "").splitlines()
-    if BEGIN_MARK in lines and END_MARK in lines[lines.index(BEGIN_MARK):]:
-        start = lines.index(BEGIN_MARK)
-        end = lines.index(END_MARK, start)
-        new = lines[:start] + ours + lines[end + 1:]
-    else:
-        new = lines + ours
+    block = marker_block(lines, exports_file)
+    new = lines + ours if block is None else lines[:block[0]] + ours + lines[block[1] + 1:]
     return "\n".join(new) + "\n"
+
+
+def marker_block(lines, exports_file):
+    """(first, last) line index of vmigrate's marked block, or None when there is none. A
+    damaged block -- a marker missing, repeated, or END before BEGIN -- is an error that names
+    the fix: guessing its extent could delete or keep someone else's exports."""
+    begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN_MARK]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END_MARK]
+    if not begins and not ends:
+        return None
+    if len(begins) == 1 and len(ends) == 1 and begins[0] < ends[0]:
+        return begins[0], ends[0]
+    raise CommandExecutionError(
+        f"{exports_file}: vmigrate's marked block is damaged ({len(begins)} BEGIN and "
+        f"{len(ends)} END marker line(s){', END first' if begins and ends and ends[0] < begins[0] else ''}"
+        f"): nothing was changed. Edit the file so that it holds exactly one '{BEGIN_MARK}' line "
+        f"followed by one '{END_MARK}' line (or neither), then apply again"
+    )
 
 
 def check_exports_file(path):
@@ -428,41 +442,64 @@ def exportfs():
     return {"retcode": res["retcode"], "output": output}
 
 
-def write_exports(exports_file, content):
+def apply_exports(exports=None, allow_unsafe=None, exports_file=None):
     """
-    Write ``content`` to ``exports_file`` atomically and apply it with ``exportfs -ra``. If
-    exportfs rejects it, the previous file (or its absence) is restored and exportfs re-run,
-    so a failed apply leaves the exports as they were.
+    Validate and render the exports (pillar ``vmigrate:nfs:server``, or arguments), write the
+    exports file atomically if it differs, and apply it with ``exportfs -ra``. Only a rendering
+    of validated exports is ever written. If exportfs rejects it, the previous file (or its
+    absence) is restored and exportfs re-run, so a failed apply leaves the exports as they were.
 
-    Returns a dict: ``exports_file``, ``changed``, ``output`` (what exportfs printed).
+    Returns a dict: ``exports_file``, ``changed``, ``output`` (what exportfs printed),
+    ``warnings``.
 
     CLI Example:
 
     .. code-block:: bash
 
-        salt nfs1 vmigrate_nfs.write_exports /etc/exports.d/vmigrate.exports "$(cat f)"
+        salt nfs1 vmigrate_nfs.apply_exports
     """
-    check_exports_file(exports_file)
-    old = None
-    if os.path.exists(exports_file):
-        with open(exports_file, encoding="utf-8") as fh:
-            old = fh.read()
-    if old == content:
-        return {"exports_file": exports_file, "changed": False, "output": ""}
-    os.makedirs(os.path.dirname(exports_file), mode=0o755, exist_ok=True)
-    _atomic_write(exports_file, content)
+    rendered = render(exports, allow_unsafe, exports_file)
+    out = _write_exports(rendered["exports_file"], rendered["content"])
+    out["warnings"] = rendered["warnings"]
+    return out
+
+
+def _read(path):
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return fh.read()
+
+
+def _restore(path, old):
+    if old is None:
+        if os.path.exists(path):
+            os.unlink(path)
+    else:
+        _atomic_write(path, old)
+
+
+def _exportfs_or_restore(path, old):
+    """exportfs -ra; if it fails, put ``old`` back (None: no file), re-run it, and raise."""
     try:
-        out = exportfs()
+        return exportfs()
     except CommandExecutionError as err:
-        if old is None:
-            os.unlink(exports_file)
-        else:
-            _atomic_write(exports_file, old)
+        _restore(path, old)
         try:
             exportfs()
         except CommandExecutionError as again:
             log.error("vmigrate_nfs: exports restored but exportfs still fails: %s", again)
-        raise CommandExecutionError(f"{err}; {exports_file} was restored") from err
+        raise CommandExecutionError(f"{err}; {path} was restored") from err
+
+
+def _write_exports(exports_file, content):
+    check_exports_file(exports_file)
+    old = _read(exports_file)
+    if old == content:
+        return {"exports_file": exports_file, "changed": False, "output": ""}
+    os.makedirs(os.path.dirname(exports_file), mode=0o755, exist_ok=True)
+    _atomic_write(exports_file, content)
+    out = _exportfs_or_restore(exports_file, old)
     return {"exports_file": exports_file, "changed": True, "output": out["output"]}
 
 
@@ -494,27 +531,26 @@ def remove_exports(exports_file=None):
     new = removed_content(exports_file)
     if new is False:
         return {"exports_file": exports_file, "changed": False}
-    if new is None:
-        os.unlink(exports_file)
-    else:
-        _atomic_write(exports_file, new)
-    exportfs()
+    old = _read(exports_file)
+    _restore(exports_file, new)
+    _exportfs_or_restore(exports_file, old)
     return {"exports_file": exports_file, "changed": True}
 
 
 def removed_content(exports_file):
-    """What the exports file becomes without our exports: None (delete), False (no change)."""
+    """What the exports file becomes without our exports: None (delete), False (no change).
+    A damaged marker block raises (see :func:`marker_block`)."""
+    check_exports_file(exports_file)
     if not os.path.exists(exports_file):
         return False
     if exports_file != "/etc/exports":
         return None
     with open(exports_file, encoding="utf-8") as fh:
         lines = fh.read().splitlines()
-    if BEGIN_MARK not in lines:
+    block = marker_block(lines, exports_file)
+    if block is None:
         return False
-    start = lines.index(BEGIN_MARK)
-    end = lines.index(END_MARK, start) if END_MARK in lines[start:] else len(lines) - 1
-    return "\n".join(lines[:start] + lines[end + 1:]) + "\n"
+    return "\n".join(lines[:block[0]] + lines[block[1] + 1:]) + "\n"
 
 
 def mount_args(mount, allow_unsafe=None, index=0):

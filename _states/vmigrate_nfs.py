@@ -59,7 +59,9 @@ def _render(ret, exports, allow_unsafe, exports_file):
         return __salt__["vmigrate_nfs.render"](exports, allow_unsafe, exports_file)
     except SaltInvocationError as err:
         ret.update(result=False, comment=f"invalid NFS exports, nothing written: {err}")
-        return None
+    except CommandExecutionError as err:
+        ret.update(result=False, comment=str(err))
+    return None
 
 
 def exports_validated(name, exports=None, allow_unsafe=None, exports_file=None):
@@ -122,7 +124,7 @@ def exports(name, exports=None, allow_unsafe=None, dir_defaults=None):
             comments.append(f"{name} would be updated and exportfs -ra run")
         else:
             try:
-                out = __salt__["vmigrate_nfs.write_exports"](name, rendered["content"])
+                out = __salt__["vmigrate_nfs.apply_exports"](exports, allow_unsafe, name)
             except CommandExecutionError as err:
                 ret["changes"].pop("diff")
                 ret.update(result=False, comment=str(err))
@@ -138,7 +140,11 @@ def exports(name, exports=None, allow_unsafe=None, dir_defaults=None):
 def exports_absent(name):
     """Remove vmigrate's exports from ``name`` (other entries stay) and run exportfs -ra."""
     ret = _ret(name)
-    new = __salt__["vmigrate_nfs.removed_content"](name)
+    try:
+        new = __salt__["vmigrate_nfs.removed_content"](name)
+    except (SaltInvocationError, CommandExecutionError) as err:
+        ret.update(result=False, comment=f"nothing removed: {err}")
+        return ret
     if new is False:
         ret["comment"] = f"{name} holds no vmigrate exports"
         return ret
@@ -199,13 +205,16 @@ def mounted(name, device, fstype="nfs", opts=None, allow_unsafe=None, dir_mode="
         ret.update(result=False, comment=f"invalid NFS mount, nothing changed: {err}")
         return ret
     warnings = args.pop("warnings")
-    if not os.path.isdir(name):
+    missing = not os.path.isdir(name)
+    if missing:
         if __opts__["test"]:
             ret["changes"]["mountpoint"] = f"{name} would be created (mode {dir_mode})"
         else:
             os.makedirs(name, mode=int(dir_mode, 8))
             ret["changes"]["mountpoint"] = f"{name} created (mode {dir_mode})"
-    sub = __states__["mount.mounted"](mkmnt=False, **args)
+    # In test mode a missing mount point is one this state creates first: predict that, not
+    # mount.mounted's "does not exist and would not be created".
+    sub = __states__["mount.mounted"](mkmnt=bool(missing and __opts__["test"]), **args)
     ret["changes"].update(sub["changes"])
     ret["result"] = sub["result"]
     if __opts__["test"] and ret["changes"] and ret["result"] is True:

@@ -201,6 +201,14 @@ class Lab:
         # A host starts with no NFS mounts or exports of ours: states under test create them.
         (etc / "fstab").write_text("# lab host fstab\n")
         if host == NFS_HOST:
+            # A real NFS server has no libvirt: drop the users this machine's libvirt packages
+            # added, so nfs.server must work with numeric owners.
+            for name in ("passwd", "shadow", "group", "gshadow"):
+                path = etc / name
+                if path.exists():
+                    kept = [line for line in path.read_text().splitlines(True)
+                            if not line.startswith(("libvirt", "kvm:"))]
+                    path.write_text("".join(kept))
             (etc / "exports").write_text("# /etc/exports: the access control list for NFS\n")
             (etc / "exports.d").mkdir(exist_ok=True)
             for f in (etc / "exports.d").iterdir():

@@ -39,8 +39,8 @@ def _by_id(low):
 
 
 @pytest.mark.parametrize("os_family, server_pkgs, client_pkgs, user", [
-    ("Debian", ["nfs-kernel-server"], ["nfs-common"], "libvirt-qemu"),
-    ("RedHat", ["nfs-utils"], ["nfs-utils"], "qemu"),
+    ("Debian", ["nfs-kernel-server"], ["nfs-common"], 64055),
+    ("RedHat", ["nfs-utils"], ["nfs-utils"], 107),
 ])
 def test_nfs_sls_render_per_os_family(tmp_path, os_family, server_pkgs, client_pkgs, user):
     loaders = _loaders(tmp_path, os_family)

@@ -24,6 +24,16 @@ def test_server_renders_safe_exports_and_exportfs_accepts_them(storage, lab):
     assert not os.path.exists("/etc/exports.d/vmigrate.exports")
 
 
+def test_server_without_libvirt_users_owns_exports_by_number(storage, lab):
+    # nfs1 is an NFS server, not a hypervisor: it has none of libvirt's users.
+    ret = lab.host_run(vmlab.NFS_HOST, ["getent", "passwd", "libvirt-qemu"], check=False,
+                       capture=True)
+    assert ret.returncode == 2, ret.stdout
+    assert all(r["result"] is True for r in state_results(storage["server"]))
+    st = lab.export_dir.stat()
+    assert (st.st_uid, st.st_gid, oct(st.st_mode & 0o777)) == (64055, 64055, "0o770")
+
+
 def test_server_second_apply_and_test_mode_change_nothing(storage, salt_cli, lab):
     path = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports")
     before = path.read_bytes()

@@ -23,7 +23,7 @@ def env(testmode, tmp_path, monkeypatch):
     mod.__salt__ = {"config.get": lambda key, default=None: default,
                     "file.file_exists": lambda p: False}
     writes = MagicMock(return_value={"changed": True, "output": ""})
-    salt = {"vmigrate_nfs.render": mod.render, "vmigrate_nfs.write_exports": writes,
+    salt = {"vmigrate_nfs.render": mod.render, "vmigrate_nfs.apply_exports": writes,
             "vmigrate_nfs.mount_args": mod.mount_args,
             "vmigrate_nfs.removed_content": mod.removed_content}
     directory = MagicMock(return_value={"result": True, "changes": {}, "comment": ""})
@@ -37,7 +37,7 @@ def env(testmode, tmp_path, monkeypatch):
     real_open = open
     monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(
         exports_file if p == NAME else p, *a, **k))
-    return {"state": state, "writes": writes, "directory": directory, "mounted": mounted,
+    return {"state": state, "mod": mod, "writes": writes, "directory": directory, "mounted": mounted,
             "file": exports_file, "test": testmode}
 
 
@@ -73,7 +73,7 @@ def test_invalid_exports_fail_and_write_nothing(bad):
     directory = MagicMock()
     for test in (False, True):
         state = load("_states", "vmigrate_nfs", opts={"test": test},
-                     salt={"vmigrate_nfs.render": mod.render, "vmigrate_nfs.write_exports": writes},
+                     salt={"vmigrate_nfs.render": mod.render, "vmigrate_nfs.apply_exports": writes},
                      states={"file.directory": directory})
         exports = [{"path": "/srv/vm", "clients": [{"host": "10.0.0.0/8" + bad}]}]
         ret = state.exports(NAME, exports=exports)
@@ -123,8 +123,33 @@ def test_mounted_creates_missing_mountpoint_only_when_applying(env, tmp_path):
     ret = env["state"].mounted(str(point), "nfs1:/srv/vm")
     assert "mountpoint" in ret["changes"]
     assert point.is_dir() is (not env["test"])
+    # Test mode predicts what the real run does: the mount point is created, then mounted
+    # (mount.mounted's own test mode would say "does not exist and would not be created").
+    assert env["mounted"].call_args.kwargs["mkmnt"] is env["test"]
     if env["test"]:
-        assert ret["result"] is None
+        assert ret["result"] is None and "would be created" in ret["changes"]["mountpoint"]
+
+
+def test_damaged_marker_block_fails_and_touches_nothing(env, tmp_path):
+    # /etc/exports with our BEGIN marker and no END: where our block ends cannot be known.
+    etc_exports = tmp_path / "exports"
+    etc_exports.write_text(f"/srv/other 10.0.0.0/8(ro)\n{env['mod'].BEGIN_MARK}\n"
+                           "/srv/vm 10.0.0.0/8(rw)\n")
+    before = etc_exports.read_bytes()
+    env["mod"].__salt__.update({"file.file_exists": lambda p: True,
+                                "file.read": lambda p: etc_exports.read_text()})
+    ret = env["state"].exports("/etc/exports", exports=EXPORTS)
+    assert ret["result"] is False and "marked block is damaged" in ret["comment"]
+    assert "1 BEGIN and 0 END" in ret["comment"] and ret["changes"] == {}
+    env["writes"].assert_not_called()
+    env["directory"].assert_not_called()
+    assert etc_exports.read_bytes() == before
+
+
+def test_exports_absent_validates_its_name(env):
+    ret = env["state"].exports_absent("/etc/passwd")
+    assert ret["result"] is False and "nothing removed" in ret["comment"]
+    assert "/etc/exports.d/<name>.exports" in ret["comment"]
 
 
 @pytest.mark.parametrize("grains, called", [
