@@ -93,6 +93,11 @@ def __virtual__():
 
 
 # ---- configuration and validation -----------------------------------------------------------
+def _check(rule, *args, **kwargs):
+    """Run input rule ``rule`` of _utils/vmigrate_validate.py (raises SaltInvocationError)."""
+    return __utils__[f"vmigrate_validate.{rule}"](*args, **kwargs)
+
+
 def _config():
     pillar = __pillar__.get("vmigrate") or {}
     if not isinstance(pillar, dict):
@@ -103,10 +108,8 @@ def _config():
         if not isinstance(conf.get(key, False), bool):
             raise SaltInvocationError(f"pillar vmigrate:{key} must be true or false")
         conf[key] = conf.get(key, False)
-    conf["timeout"] = __utils__["vmigrate_validate.seconds"](
-        conf["timeout"], "pillar vmigrate:timeout", allow_none=False)
-    conf["abort_deadline"] = __utils__["vmigrate_validate.seconds"](
-        conf["abort_deadline"], "pillar vmigrate:abort_deadline", allow_none=False)
+    for key in ("timeout", "abort_deadline"):
+        conf[key] = _check("seconds", conf[key], f"pillar vmigrate:{key}", allow_none=False)
     return conf
 
 
@@ -132,7 +135,7 @@ def dest_uris(dest):
 
         salt host1 vmigrate.dest_uris host2
     """
-    __utils__["vmigrate_validate.minion_id"](dest)
+    _check("minion_id", dest)
     conf = _config()
     hypervisors = conf["hypervisors"] or {}
     if dest not in hypervisors:
@@ -305,7 +308,7 @@ def domain(name):
 
         salt host1 vmigrate.domain vdisk
     """
-    __utils__["vmigrate_validate.vm_name"](name)
+    _check("vm_name", name)
     with _connect(_config()) as conn:
         dom = _lookup(conn, name)
         try:
@@ -348,10 +351,10 @@ def precheck(name, dest=None, mode="live"):
 
         salt host1 vmigrate.precheck vdisk host2
     """
-    __utils__["vmigrate_validate.vm_name"](name)
-    __utils__["vmigrate_validate.mode"](mode)
+    _check("vm_name", name)
+    _check("mode", mode)
     if dest is not None:
-        __utils__["vmigrate_validate.minion_id"](dest)
+        _check("minion_id", dest)
     with _connect(_config()) as conn:
         checks = _storage_checks(_lookup(conn, name)) if mode == "live" else []
     return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,
@@ -383,14 +386,13 @@ def _flags(mode, unsafe, data_stream="plain tcp"):
 
 
 def _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf):
-    validate = __utils__
-    validate["vmigrate_validate.vm_name"](name)
-    validate["vmigrate_validate.minion_id"](dest)
-    validate["vmigrate_validate.mode"](mode)
+    _check("vm_name", name)
+    _check("minion_id", dest)
+    _check("mode", mode)
     if dest == __opts__["id"]:
         raise SaltInvocationError(f"vm {name!r}: dest {dest} is this host already")
-    validate["vmigrate_validate.mib_per_s"](bandwidth)
-    validate["vmigrate_validate.seconds"](timeout, "timeout")
+    _check("mib_per_s", bandwidth)
+    _check("seconds", timeout, "timeout")
     if not isinstance(unsafe, bool):
         raise SaltInvocationError(f"unsafe {unsafe!r}: true or false")
     if unsafe and not conf["allow_unsafe"]:

@@ -32,10 +32,14 @@ def __virtual__():
     return __virtualname__
 
 
-def _retcode(ok):
-    """salt-run's exit code. The runner client and its context are reused across jobs (the
-    reactor), so the code is set on every call, never only on failure."""
-    __context__["retcode"] = 0 if ok else 1
+def _finish(ret, ok):
+    """Set the outcome on every call, never only on failure: the runner client and its context
+    are reused across jobs (the reactor). salt-run exits with the returned ``retcode``; the
+    job's ``success`` follows the context's."""
+    code = 0 if ok else 1
+    __context__["retcode"] = code
+    ret["retcode"] = code
+    return ret
 
 
 def locate(vm, hosts=None):
@@ -50,7 +54,8 @@ def locate(vm, hosts=None):
 
     Returns a dict: ``name``, ``running``, ``paused`` ({host: libvirt's reason}),
     ``defined`` (persistent), ``hosts`` (per host: ``state``, ``reason``, ``persistent``,
-    ``uuid``), ``hypervisors`` (those that answered) and ``unaccounted`` ({host: why}).
+    ``uuid``), ``hypervisors`` (those that answered), ``unaccounted`` ({host: why}) and
+    ``retcode`` (1 when a hypervisor is unaccounted: the answer is incomplete).
 
     CLI Example:
 
@@ -61,8 +66,7 @@ def locate(vm, hosts=None):
     __utils__["vmigrate_validate.vm_name"](vm)
     where = __utils__["vmigrate_flow.locate"](__opts__, vm, hosts)
     where.pop("timeouts", None)
-    _retcode(not where["unaccounted"])
-    return where
+    return _finish(where, not where["unaccounted"])
 
 
 def plan(vm, dest, mode="live", force=False):
@@ -82,8 +86,7 @@ def plan(vm, dest, mode="live", force=False):
         salt-run vmigrate.plan vdisk host2
     """
     out = __utils__["vmigrate_flow.plan"](__opts__, vm, dest, mode, force)
-    _retcode(out["result"] is not False)
-    return out
+    return _finish(out, out["result"] is not False)
 
 
 def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force=False):
@@ -116,7 +119,4 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force
     """
     ret = __utils__["vmigrate_flow.migrate"](__opts__, vm, dest, mode, bandwidth, timeout,
                                              force, trigger="runner")
-    _retcode(ret["result"])
-    # salt-run exits with a returned "retcode" too.
-    ret["retcode"] = 0 if ret["result"] else 1
-    return ret
+    return _finish(ret, ret["result"])

@@ -43,10 +43,9 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
     :param require_move: fail, rather than report no change, when it already is on ``host``
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    flow = "vmigrate_flow"
     if __opts__.get("test"):
         try:
-            plan = __utils__[f"{flow}.plan"](__opts__, name, host, mode, force,
+            plan = __utils__["vmigrate_flow.plan"](__opts__, name, host, mode, force,
                                              already_ok=not require_move)
         except Exception as err:  # pylint: disable=broad-except
             return dict(ret, result=False, comment=str(err))
@@ -59,7 +58,7 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
             return dict(ret, result=False, comment="\n".join(lines))
         return dict(ret, result=None, comment="\n".join(lines),
                     changes={"host": {"old": plan["source"], "new": host}, "mode": mode})
-    out = __utils__[f"{flow}.migrate"](__opts__, name, host, mode, bandwidth, timeout, force,
+    out = __utils__["vmigrate_flow.migrate"](__opts__, name, host, mode, bandwidth, timeout, force,
                                        already_ok=not require_move, trigger="state")
     if not out["result"]:
         return dict(ret, result=False, comment=out["comment"])

@@ -218,5 +218,9 @@ def test_runner_resets_retcode_between_jobs(env):
     assert runner.migrate("vdisk", "host1")["retcode"] == 1
     assert runner.__context__["retcode"] == 1
     # Reused runner client (the reactor): the next good call must not inherit the failure.
-    assert runner.locate("vdisk")["running"] == ["host1"]
+    where = runner.locate("vdisk")
+    assert where["running"] == ["host1"] and where["retcode"] == 0
     assert runner.__context__["retcode"] == 0
+    # An incomplete answer is not a clean one: salt-run exits with the returned retcode.
+    env["make"](hosts={"host1": {"vdisk": RUNNING}}, dead=["host2"])
+    assert runner.locate("vdisk")["retcode"] == 1

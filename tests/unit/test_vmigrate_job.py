@@ -136,3 +136,47 @@ def test_libvirt_failure_keeps_code_and_message(mod):
                timeout=5)
     assert "dest went away" in str(out["error"])
     assert f"libvirt error code {libvirt.VIR_ERR_OPERATION_FAILED}" in str(out["error"])
+
+
+class VanishingDomain:
+    """A domain listed by listAllDomains that is gone when read (a failed incoming one)."""
+
+    def name(self):
+        return "incoming"
+
+    def state(self):
+        raise _error(libvirt.VIR_ERR_NO_DOMAIN, "Domain not found")
+
+
+class SteadyDomain:
+    def name(self):
+        return "vdisk"
+
+    def UUIDString(self):  # noqa: N802
+        return "u-1"
+
+    def state(self):
+        return [3, 2]  # paused, by a migration
+
+    def isPersistent(self):  # noqa: N802
+        return 1
+
+
+def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
+    class Conn:
+        def listAllDomains(self):  # noqa: N802
+            return [VanishingDomain(), SteadyDomain()]
+
+        def setKeepAlive(self, *a):  # noqa: N802
+            pass
+
+        def close(self):
+            pass
+
+    mod = load("_modules", "vmigrate", opts={"id": "host2"}, pillar={"vmigrate": {}},
+               utils=utils("vmigrate_validate", "vmigrate_storage"))
+    monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
+    monkeypatch.setattr(mod.libvirt, "open", lambda uri: Conn())
+    out = mod.domains()
+    assert out["domains"] == {"vdisk": {"uuid": "u-1", "state": "paused", "reason": "migration",
+                                        "persistent": True}}
