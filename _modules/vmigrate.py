@@ -61,6 +61,7 @@ DEFAULTS = {
     "keepalive_count": 3,
     "timeout": 600,
     "abort_deadline": 30,
+    "memory_reserve_mib": 256,
     "poll_interval": 0.5,
     "progress_events": True,
 }
@@ -329,14 +330,97 @@ def _storage_checks(dom):
     return __utils__["vmigrate_storage.assess"](_storage_facts(dom), __opts__["id"])
 
 
+def _available_bytes(dconn):
+    """Memory the destination can give: free plus reclaimable page cache and buffers."""
+    try:
+        stats = dconn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS)
+        return 1024 * sum(stats.get(k, 0) for k in ("free", "buffers", "cached"))
+    except libvirt.libvirtError:
+        return dconn.getFreeMemory()
+
+
+def _cpu_compare(dconn, needs):
+    if not needs["cpu"]:
+        return None
+    if "host-passthrough" in needs["cpu"]:
+        return {"ok": True, "detail": "host-passthrough needs identical host CPUs (not verified)"}
+    try:
+        res = dconn.compareHypervisorCPU(needs["emulator"], needs["arch"], needs["machine"],
+                                         needs["type"], needs["cpu"], 0)
+    except libvirt.libvirtError as err:
+        return {"ok": False, "detail": err.get_error_message()}
+    return {"ok": res != libvirt.VIR_CPU_COMPARE_INCOMPATIBLE, "detail": None}
+
+
+def _network_active(dconn, name):
+    try:
+        return bool(dconn.networkLookupByName(name).isActive())
+    except libvirt.libvirtError:
+        return False
+
+
+def _clash(dconn, dom):
+    """A domain on the destination with this guest's UUID or name, if any (its name)."""
+    for lookup, key in ((dconn.lookupByUUIDString, dom.UUIDString()),
+                        (dconn.lookupByName, dom.name())):
+        try:
+            return lookup(key).name()
+        except libvirt.libvirtError:
+            continue
+    return None
+
+
+def _dest_facts(conn, dom, uris, conf):
+    """What the destination offers, read through the URI the migration will use."""
+    facts = {"uri": uris["uri"]}
+    try:
+        dconn = libvirt.open(uris["uri"])
+    except libvirt.libvirtError as err:
+        return dict(facts, error=f"{err.get_error_message()} (libvirt error code "
+                                 f"{err.get_error_code()})")
+    checks = __utils__
+    try:
+        with contextlib.suppress(libvirt.libvirtError):
+            dconn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
+        needs = checks["vmigrate_checks.domain_needs"](
+            dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+        facts.update(
+            source_uuid=checks["vmigrate_checks.host_uuid"](conn.getCapabilities()),
+            dest_uuid=checks["vmigrate_checks.host_uuid"](dconn.getCapabilities()),
+            source_libvirt=conn.getLibVersion(), dest_libvirt=dconn.getLibVersion(),
+            source_qemu=conn.getVersion(), dest_qemu=dconn.getVersion(),
+            memory_kib=dom.maxMemory(), reserve_mib=int(conf["memory_reserve_mib"]),
+            dest_free_bytes=_available_bytes(dconn),
+            networks={n: _network_active(dconn, n) for n in needs["networks"]},
+            bridges=needs["bridges"], cpu_compare=_cpu_compare(dconn, needs),
+            uuid_clash=_clash(dconn, dom))
+    except libvirt.libvirtError as err:
+        facts["error"] = f"reading it failed: {err.get_error_message()}"
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dconn.close()
+    return facts
+
+
+def _live_checks(conn, dom, dest, uris, conf):
+    """Storage on this host, then the destination, as libvirt will meet them."""
+    checks = _storage_checks(dom)
+    facts = _dest_facts(conn, dom, uris, conf)
+    return checks + __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
+
+
 def precheck(name, dest=None, mode="live"):
     """
     What this source hypervisor can check before a migration moves anything.
 
-    Today: for a live migration, every writable disk must be on storage libvirt treats as
-    shared (NFS and the other network filesystems by type, or a qemu.conf
-    ``shared_filesystems`` entry the running daemon took in) -- the check libvirt makes before
-    it moves memory, with the filesystem it saw and the fix.
+    For a live migration: every writable disk must be on storage libvirt treats as shared
+    (NFS and the other network filesystems by type, or a qemu.conf ``shared_filesystems``
+    entry the running daemon took in), with the filesystem it saw and the fix; and, with
+    ``dest``, the destination as the migration will meet it, through the same libvirt URI:
+    it answers, it is another host (libvirt host UUID), its libvirt and QEMU are not older,
+    it has the memory (plus pillar ``vmigrate:memory_reserve_mib``), its hypervisor can
+    provide the guest's CPU, the guest's libvirt networks are active there, and no other
+    domain there has this guest's name or UUID.
 
     :param name: the domain
     :param dest: the destination minion id (validated when given)
@@ -355,10 +439,72 @@ def precheck(name, dest=None, mode="live"):
     _check("mode", mode)
     if dest is not None:
         _check("minion_id", dest)
-    with _connect(_config()) as conn:
-        checks = _storage_checks(_lookup(conn, name)) if mode == "live" else []
+    conf = _config()
+    uris = dest_uris(dest) if dest is not None and mode == "live" else None
+    with _connect(conf) as conn:
+        dom = _lookup(conn, name)
+        checks = []
+        if mode == "live":
+            checks = (_live_checks(conn, dom, dest, uris, conf) if uris
+                      else _storage_checks(dom))
     return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,
             "blockers": [c["name"] for c in checks if not c["ok"]]}
+
+
+REPAIRS = ("resume", "start", "destroy", "undefine", "persist")
+
+
+def repair(name, action):
+    """
+    One step of the master's reconciliation (``salt-run vmigrate.reconcile``) on this host's
+    copy of domain ``name``. Never touches a disk image.
+
+    :param name: the domain
+    :param action: ``resume`` (a paused copy), ``start`` (a shut-off persistent copy),
+        ``destroy`` (stop this copy; its definition and disk stay), ``undefine`` (drop this
+        host's definition of a copy that is not running here), ``persist`` (define a running
+        transient copy persistently here)
+
+    Returns a dict: ``name``, ``host``, ``action``, ``before`` and ``after`` (state, reason,
+    persistent).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt host1 vmigrate.repair vdisk resume
+    """
+    _check("vm_name", name)
+    if action not in REPAIRS:
+        raise SaltInvocationError(f"action {action!r}: one of {', '.join(REPAIRS)}")
+    with _connect(_config()) as conn:
+        dom = _lookup(conn, name)
+        try:
+            before = _describe(dom)
+            if action == "resume":
+                dom.resume()
+            elif action == "start":
+                dom.create()
+            elif action == "destroy":
+                dom.destroy()
+            elif action == "undefine":
+                if dom.isActive():
+                    raise CommandExecutionError(
+                        f"vm {name!r} runs on {__opts__['id']}: destroy it before undefining")
+                dom.undefine()
+            else:
+                conn.defineXML(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))
+            try:
+                after = _describe(dom)
+            except libvirt.libvirtError:
+                after = None  # an undefined, inactive domain is gone
+        except libvirt.libvirtError as err:
+            raise _libvirt_error(err, f"{action} of vm {name!r}") from err
+    for info in (before, after):
+        if info:
+            info.pop("name")
+    return {"name": name, "host": __opts__["id"], "action": action, "before": before,
+            "after": after}
 
 
 def _blocked(name, checks):
@@ -507,8 +653,12 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
             )
         if mode == "offline" and not persistent:
             raise CommandExecutionError(f"vm {name!r} is transient: nothing to migrate offline")
-        if mode == "live" and not unsafe:
-            checks = _storage_checks(dom)
+        if mode == "live":
+            # unsafe=True (explicitly allowed) skips libvirt's storage check, not ours of the
+            # destination.
+            checks = (_live_checks(conn, dom, dest, uris, conf) if not unsafe else
+                      __utils__["vmigrate_checks.assess_dest"](
+                          _dest_facts(conn, dom, uris, conf), source, dest))
             if any(not c["ok"] for c in checks):
                 raise _blocked(name, checks)
         outcome = _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout,

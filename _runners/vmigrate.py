@@ -19,9 +19,12 @@ CLI Example:
     salt-run vmigrate.plan vdisk host2
     salt-run vmigrate.migrate vdisk host2
     salt-run vmigrate.migrate vdisk host2 mode=offline
+    salt-run vmigrate.reconcile vdisk
 """
 
 import logging
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +123,28 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force
     ret = __utils__["vmigrate_flow.migrate"](__opts__, vm, dest, mode, bandwidth, timeout,
                                              force, trigger="runner")
     return _finish(ret, ret["result"])
+
+
+def reconcile(vm, dry_run=False):
+    """
+    Bring domain ``vm`` to one running copy, defined on one host, and report what was found
+    and what was changed. A running copy is kept and any other copy destroyed and undefined; with
+    no running copy, the paused one (the persistent one, if several) is resumed; a running
+    transient copy is made persistent. Nothing is decided while a hypervisor is unaccounted, or
+    when copies run on several hosts; no disk is ever touched. Holds the VM's migration lock.
+
+    :param vm: the domain name
+    :param dry_run: report the repairs without making them
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.reconcile vdisk
+        salt-run vmigrate.reconcile vdisk dry_run=True
+    """
+    try:
+        out = __utils__["vmigrate_flow.reconcile"](__opts__, vm, dry_run=dry_run)
+    except (SaltInvocationError, CommandExecutionError) as err:
+        out = {"name": vm, "result": False, "comment": str(err), "actions": []}
+    return _finish(out, out["result"] is not False)

@@ -45,6 +45,7 @@ def _sibling(name):
 
 
 validate = _sibling("vmigrate_validate")
+locks = _sibling("vmigrate_locks")
 
 ACTIVE = ("running", "blocked", "paused")
 # A source paused for one of these reasons is mid-migration: resuming it may start a second copy.
@@ -221,7 +222,7 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
     ret = {"result": False, "status": "refused", "name": vm, "dest": dest, "mode": mode,
            "trigger": trigger, "comment": ""}
     try:
-        _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok)
+        _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger)
     except (SaltInvocationError, CommandExecutionError) as err:
         ret.update(result=False, comment=str(err))
     finally:
@@ -238,7 +239,7 @@ def _valid(vm):
         return False
 
 
-def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok):
+def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger):
     validate.vm_name(vm)
     if dest is None:
         raise SaltInvocationError("dest is required: pass pillar='{vm: <name>, dest: <minion>}'")
@@ -249,7 +250,14 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok):
     if not isinstance(force, bool):
         raise SaltInvocationError(f"force {force!r}: true or false")
     conf = settings(opts)
+    # One request per VM at a time, held from before it is located (Busy names the other).
+    with locks.hold(opts, vm, trigger) as held:
+        _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
+                        already_ok)
 
+
+def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
+                    already_ok):
     where = locate(opts, vm)
     ret["located"] = _summary(where)
     if force and where["unaccounted"]:
@@ -264,6 +272,13 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok):
     if why:
         ret["comment"] = why
         return
+    held.take_slots(source, dest)
+    if held.recovered:
+        # An earlier request died holding these locks; the placement above was read after
+        # taking them, so the decision stands, and the record is reported, not ignored.
+        ret["recovered"] = held.recovered
+        log.warning("vmigrate: %s: recovered locks of a request that died: %s", vm,
+                    held.recovered)
 
     wait = float(timeout or where["timeouts"].get(source) or conf["timeout"])
     kwarg = {"mode": mode, "bandwidth": bandwidth, "timeout": wait}
@@ -288,6 +303,7 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok):
     if out.get("retcode", 0) != 0 or not isinstance(value, dict):
         ret["comment"] = (f"migration of {vm} from {source} to {dest} failed: {value}; now: "
                           f"{now}")
+        _settle(opts, ret, vm, source, dest, mode, after)
         return
     for key in ("elapsed", "downtime_ms", "bytes", "iterations", "data_stream", "switches",
                 "final"):
@@ -306,10 +322,25 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok):
     if problems:
         ret["comment"] = (f"migration of {vm} reported success but verification failed: "
                           + "; ".join(problems))
+        _settle(opts, ret, vm, source, dest, mode, after)
         return
     ret.update(result=True, status="migrated", comment=(
         f"{vm} migrated {mode} from {source} to {dest} in {ret['elapsed']}s"
         + (f", downtime {ret['downtime_ms']} ms" if ret["downtime_ms"] is not None else "")))
+
+
+def _settle(opts, ret, vm, source, dest, mode, after):
+    """After a definite failure (the source returned), repair anything but the state the
+    migration started from -- one copy, on the source, running (live) or defined (offline) --
+    toward one running copy defined on one host (the destination's if it runs)."""
+    want = ("running",) if mode == "live" else ("shutoff", "shutdown")
+    on_source = after["hosts"].get(source, {})
+    if (not after["unaccounted"] and set(after["hosts"]) == {source}
+            and on_source.get("state") in want and on_source.get("persistent")):
+        return
+    fixed = _reconcile(opts, vm, [source, dest], prefer=dest)
+    ret["reconciled"] = fixed
+    ret["comment"] += f"; reconciled: {fixed['comment']}"
 
 
 def plan(opts, vm, dest, mode="live", force=False, already_ok=False):
@@ -343,3 +374,89 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False):
             f"{c['detail']}. Fix: {c['fix']}" for c in failed))
     return dict(out, result=True,
                 comment=f"would migrate {vm} {mode} from {source} to {dest}")
+
+
+def repairs(where, prefer=None):
+    """What makes ``where`` (a locate result) one running copy defined on one host: a list of
+    (host, action) for the minions' ``vmigrate.repair``, or a reason nothing can be decided.
+    Returns (actions, why). Rules: a running copy is kept (several: ``prefer``, the migration's
+    destination, as nova does, else nothing is decided); otherwise the paused copy (several:
+    the persistent one) is kept and resumed; every other copy is destroyed and its definition
+    dropped; the kept copy is made persistent. Never a disk, never a copy created."""
+    if where["unaccounted"]:
+        hosts = ", ".join(f"{h} ({why})" for h, why in where["unaccounted"].items())
+        return [], f"could not verify {hosts}: nothing changed"
+    hosts = where["hosts"]
+    running = [h for h, i in sorted(hosts.items()) if i["state"] in ("running", "blocked")]
+    paused = [h for h, i in sorted(hosts.items()) if i["state"] == "paused"]
+    if len(running) > 1:
+        if prefer not in running:
+            return [], (f"runs on {', '.join(running)}: two guests on one disk; vmigrate cannot "
+                        "tell which to keep: stop one by hand")
+        keep, actions = prefer, []
+    elif running:
+        keep, actions = running[0], []
+    elif paused:
+        persistent = [h for h in paused if hosts[h]["persistent"]]
+        if len(paused) > 1 and len(persistent) != 1:
+            return [], (f"paused on {', '.join(paused)}: cannot tell which copy to keep: "
+                        "decide by hand")
+        keep = paused[0] if len(paused) == 1 else persistent[0]
+        actions = [(keep, "resume")]
+    else:
+        defined = [h for h, i in sorted(hosts.items()) if i["persistent"]]
+        if len(defined) > 1:
+            return [], (f"shut off and defined on {', '.join(defined)}: keep one definition "
+                        "by hand")
+        return [], None  # shut off on one host, or nowhere: nothing vmigrate may change
+    for host, info in sorted(hosts.items()):
+        if host == keep:
+            continue
+        if info["state"] not in ("shutoff", "shutdown", "crashed", "nostate"):
+            actions.append((host, "destroy"))
+        if info["persistent"]:
+            actions.append((host, "undefine"))
+    if not hosts[keep]["persistent"]:
+        actions.append((keep, "persist"))
+    return actions, None
+
+
+def reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):
+    """Bring domain ``vm`` to one running copy, defined on one host (see :func:`repairs`),
+    holding its migration lock (Busy while a migration of it runs). Returns ``result``,
+    ``comment``, ``found`` (placement before), ``actions`` (each with its outcome) and ``now``
+    (placement after)."""
+    validate.vm_name(vm)
+    with locks.hold(opts, vm, "reconcile"):
+        return _reconcile(opts, vm, hosts, prefer, dry_run)
+
+
+def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):
+    where = locate(opts, vm, hosts)
+    out = {"name": vm, "found": _summary(where), "actions": []}
+    actions, why = repairs(where, prefer)
+    if why:
+        return dict(out, result=False, comment=f"{vm}: {why}")
+    if not actions:
+        return dict(out, result=True, comment=f"{vm} is consistent: {placement(where)}")
+    if dry_run:
+        out["actions"] = [{"host": h, "action": a, "done": None} for h, a in actions]
+        return dict(out, result=None, comment=f"{vm} would be repaired: " + ", ".join(
+            f"{a} on {h}" for h, a in actions))
+    ok = True
+    with _client(opts) as client:
+        for host, action in actions:
+            _jid, got, _ = gather(client, [host], "list", "vmigrate.repair", [vm, action], {},
+                                  settings(opts)["query_timeout"] + 30)
+            data = got.get(host) or {}
+            done = data.get("retcode", 1) == 0
+            out["actions"].append({"host": host, "action": action, "done": done,
+                                   "detail": data.get("return", "no answer")})
+            if not done:
+                ok = False
+                break  # stop at the first failed step: the next assumed it
+    after = locate(opts, vm, sorted(set(where["hosts"]) | set(hosts or ())))
+    out["now"] = _summary(after)
+    steps = ", ".join(f"{a['action']} on {a['host']}{'' if a['done'] else ' FAILED'}"
+                      for a in out["actions"])
+    return dict(out, result=ok, comment=f"{vm}: {steps}; now {placement(after)}")

@@ -54,9 +54,15 @@ def lab():
 
 
 @pytest.fixture(scope="session")
-def salt_master(salt_factories, lab, tmp_path_factory):
-    pillar_dir = tmp_path_factory.mktemp("pillar")
-    labsalt.write_pillar(pillar_dir, lab.pillar())
+def pillar_dir(lab, tmp_path_factory):
+    """The lab master's pillar directory (tests that change pillar restore it)."""
+    path = tmp_path_factory.mktemp("pillar")
+    labsalt.write_pillar(path, lab.pillar())
+    return path
+
+
+@pytest.fixture(scope="session")
+def salt_master(salt_factories, lab, pillar_dir, tmp_path_factory):
     file_root = tmp_path_factory.mktemp("fileserver")
     factory = salt_factories.salt_master_daemon(
         f"{lab.name}-master", overrides=labsalt.master_overrides(lab, pillar_dir, file_root))

@@ -82,3 +82,26 @@ def test_a_source_minion_slow_to_answer_is_waited_for_not_failed(vdisk_on_host1,
     assert state["changes"]["host"] == {"old": "host1", "new": "host2"}
     assert took > 30, took
     assert lab.running_on() == ["host2"]
+
+
+def test_two_requests_for_one_vm_the_second_fails_fast_naming_the_first(vdisk_on_host1, lab,
+                                                                        salt_run_cli):
+    outcome = {}
+    # 2 MiB/s cannot move the guest in 8 s: the first request stays busy, then aborts.
+    first = threading.Thread(target=lambda: outcome.update(
+        ret=_orch(salt_run_cli, vm="vdisk", dest="host2", bandwidth=2, timeout=8)))
+    first.start()
+    try:
+        vmlab.wait_for("the incoming QEMU on host2",
+                       lambda: lab.host_pids("host2", "qemu-system-x86"), 60, 0.05)
+        started = time.monotonic()
+        second = _orch(salt_run_cli, vm="vdisk", dest="host2")
+        took = time.monotonic() - started
+    finally:
+        first.join(120)
+    assert second.returncode != 0
+    comment = orch_state(second)["comment"]
+    assert "vm vdisk is already being migrated: vdisk host1 -> host2 by state" in comment
+    assert took < 10, took  # refused at once, without waiting for the first
+    assert "aborted after the 8s timeout" in orch_state(outcome["ret"])["comment"]
+    assert lab.running_on() == ["host1"]

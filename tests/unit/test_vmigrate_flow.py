@@ -10,6 +10,12 @@ OPTS = {"vmigrate": {"hypervisors_target": ["host1", "host2"]}, "conf_file": "/x
         "sock_dir": "/x"}
 
 
+@pytest.fixture(autouse=True)
+def _cachedir(tmp_path, monkeypatch):
+    """Locks live in the master's cachedir: a fresh one per test."""
+    monkeypatch.setitem(OPTS, "cachedir", str(tmp_path))
+
+
 class Clock:
     def __init__(self):
         self.now = 0.0
@@ -202,7 +208,8 @@ def test_failure_reports_where_it_is_now(env):
 
 def test_hypervisors_must_be_named(env):
     env["make"](hosts={})
-    ret = env["flow"].migrate({"conf_file": "/x", "sock_dir": "/x"}, "vdisk", "host2")
+    ret = env["flow"].migrate({"conf_file": "/x", "sock_dir": "/x", "cachedir": OPTS["cachedir"]},
+                              "vdisk", "host2")
     assert ret["result"] is False and "vmigrate:hypervisors_target is not set" in ret["comment"]
     with pytest.raises(SaltInvocationError, match="query_timeout"):
         env["flow"].settings({"vmigrate": {"hypervisors_target": ["a"], "query_timeout": True}})
@@ -224,3 +231,53 @@ def test_runner_resets_retcode_between_jobs(env):
     # An incomplete answer is not a clean one: salt-run exits with the returned retcode.
     env["make"](hosts={"host1": {"vdisk": RUNNING}}, dead=["host2"])
     assert runner.locate("vdisk")["retcode"] == 1
+
+
+def test_a_second_request_for_the_same_vm_fails_fast_naming_the_first(env):
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
+    with env["flow"].locks.hold(OPTS, "vdisk", trigger="reactor") as first:
+        first.take_slots("host1", "host2")
+        ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["result"] is False and ret["status"] == "refused"
+    assert "vm vdisk is already being migrated: vdisk host1 -> host2 by reactor" in ret["comment"]
+    assert client.calls == []  # not even located
+
+
+def _where(**hosts):
+    """A locate result from host=(state, persistent) pairs."""
+    return {"hosts": {h: {"state": st, "reason": "x", "persistent": pers}
+                      for h, (st, pers) in hosts.items()}, "unaccounted": {}}
+
+
+@pytest.mark.parametrize("where, prefer, actions, why", [
+    # one running copy and a paused incoming one: the incoming copy goes
+    (_where(host1=("running", True), host2=("paused", False)), None,
+     [("host2", "destroy")], None),
+    # the destination runs it after a failed report: the source copy goes, dest persisted
+    (_where(host1=("paused", True), host2=("running", False)), "host2",
+     [("host1", "destroy"), ("host1", "undefine"), ("host2", "persist")], None),
+    # paused by a failed migration on the source only: resume it
+    (_where(host1=("paused", True)), None, [("host1", "resume")], None),
+    # paused on both: keep the persistent source, drop the transient incoming copy
+    (_where(host1=("paused", True), host2=("paused", False)), None,
+     [("host1", "resume"), ("host2", "destroy")], None),
+    # a stale shut-off definition beside the running copy: undefine, never touch the disk
+    (_where(host1=("shutoff", True), host2=("running", True)), None,
+     [("host1", "undefine")], None),
+    (_where(host1=("running", True)), None, [], None),
+    (_where(host1=("shutoff", True)), None, [], None),
+    (_where(host1=("running", True), host2=("running", True)), None, [], "two guests on one disk"),
+    (_where(host1=("paused", True), host2=("paused", True)), None, [], "cannot tell which"),
+    (_where(host1=("shutoff", True), host2=("shutoff", True)), None, [], "keep one definition"),
+])
+def test_repairs_end_with_one_running_copy_defined_once(env, where, prefer, actions, why):
+    got, reason = env["flow"].repairs(where, prefer)
+    assert got == actions
+    assert (why is None and reason is None) or why in reason
+
+
+def test_repairs_decide_nothing_while_a_host_is_unaccounted(env):
+    where = _where(host1=("paused", True))
+    where["unaccounted"] = {"host3": "did not answer within 10s"}
+    assert env["flow"].repairs(where) == ([], "could not verify host3 (did not answer within "
+                                              "10s): nothing changed")

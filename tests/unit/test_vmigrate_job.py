@@ -67,7 +67,7 @@ def mod():
         events.append((time.monotonic(), tag, data))
 
     module = load("_modules", "vmigrate", opts={"id": "host1"}, salt={"event.send": send},
-                  utils=utils("vmigrate_validate", "vmigrate_storage"))
+                  utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks"))
     module.events = events
     return module
 
@@ -174,7 +174,7 @@ def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
             pass
 
     mod = load("_modules", "vmigrate", opts={"id": "host2"}, pillar={"vmigrate": {}},
-               utils=utils("vmigrate_validate", "vmigrate_storage"))
+               utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks"))
     monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
     monkeypatch.setattr(mod.libvirt, "open", lambda uri: Conn())
     out = mod.domains()

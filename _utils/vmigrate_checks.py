@@ -1,0 +1,108 @@
+"""
+Destination prechecks for a live migration: pure verdicts over facts the source minion reads
+through the very libvirt connection the migration will use (so reaching the destination's
+libvirtd over the configured transport is itself the first check).
+
+Each check is a dict ``name``, ``ok``, ``detail``, ``fix``. No Salt dunders; callers reach
+these through ``__utils__["vmigrate_checks.<name>"]``.
+"""
+
+import re
+import xml.etree.ElementTree as ET
+
+FIX_REACH = ("check the transport from this host: for ssh, root's key in the destination's "
+             "authorized_keys and its host key known here; for tls, the CA and client "
+             "certificates; that libvirtd listens there; and the firewall")
+
+
+def _version(number):
+    return f"{number // 1000000}.{number // 1000 % 1000}.{number % 1000}" if number else "?"
+
+
+def domain_needs(xml_text):
+    """What the destination must provide for a domain: ``cpu`` (the <cpu> element as XML, or
+    None for the hypervisor's default model), ``type`` (qemu/kvm), ``arch``, ``machine``,
+    ``emulator``, ``networks`` (libvirt network names) and ``bridges``."""
+    root = ET.fromstring(xml_text)
+    ostype = root.find("./os/type")
+    cpu = root.find("./cpu")
+    emulator = root.find("./devices/emulator")
+    has_model = cpu is not None and (cpu.find("model") is not None or cpu.get("mode") in (
+        "host-passthrough", "host-model", "maximum"))
+    return {
+        "cpu": ET.tostring(cpu, encoding="unicode") if has_model else None,
+        "type": root.get("type"),
+        "arch": ostype.get("arch") if ostype is not None else None,
+        "machine": ostype.get("machine") if ostype is not None else None,
+        "emulator": emulator.text if emulator is not None else None,
+        "networks": sorted({i.find("source").get("network")
+                            for i in root.findall("./devices/interface[@type='network']")
+                            if i.find("source") is not None}),
+        "bridges": sorted({i.find("source").get("bridge")
+                           for i in root.findall("./devices/interface[@type='bridge']")
+                           if i.find("source") is not None}),
+    }
+
+
+def host_uuid(capabilities_xml):
+    match = re.search(r"<host>\s*<uuid>([^<]+)</uuid>", capabilities_xml or "")
+    return match[1] if match else None
+
+
+def assess_dest(facts, source, dest):
+    """Checks from the destination facts (see the module's ``_dest_facts``)."""
+    checks = []
+
+    def add(name, ok, detail, fix=None):
+        checks.append({"name": name, "ok": ok, "detail": detail, "fix": None if ok else fix})
+
+    if facts.get("error"):
+        add("dest_reachable", False,
+            f"cannot reach {dest}'s libvirtd at {facts['uri']} from {source}: {facts['error']}",
+            FIX_REACH)
+        return checks
+    add("dest_reachable", True, f"{dest}'s libvirtd answers at {facts['uri']} from {source}")
+    same = facts["source_uuid"] and facts["source_uuid"] == facts["dest_uuid"]
+    add("distinct_hosts", not same,
+        f"{source} and {dest} report libvirt host UUID {facts['dest_uuid']}"
+        + (": libvirt refuses to migrate to the same host" if same else ", distinct"),
+        "give each host its own host_uuid in libvirtd.conf (or a distinct SMBIOS/machine id) "
+        "and restart libvirtd")
+    for what, src, dst in (("libvirt", facts["source_libvirt"], facts["dest_libvirt"]),
+                           ("QEMU", facts["source_qemu"], facts["dest_qemu"])):
+        older = bool(src and dst and dst < src)
+        add(f"dest_{what.lower()}_version", not older,
+            f"{what} {_version(dst)} on {dest}, {_version(src)} on {source}"
+            + (f": migrating to an older {what} is not supported" if older else ""),
+            f"upgrade {what} on {dest} to at least {_version(src)}, or migrate to a host that "
+            "has it")
+    need = facts["memory_kib"] * 1024 + facts["reserve_mib"] * 1048576
+    free = facts["dest_free_bytes"]
+    add("dest_memory", free >= need,
+        f"{dest} has {free // 1048576} MiB free; the guest needs {facts['memory_kib'] // 1024} "
+        f"MiB plus a reserve of {facts['reserve_mib']} MiB",
+        f"free memory on {dest} or pick another destination (pillar "
+        "vmigrate:memory_reserve_mib sets the reserve)")
+    cpu = facts.get("cpu_compare")
+    if cpu is None:
+        add("dest_cpu", True, "the guest uses the hypervisor's default CPU model")
+    else:
+        add("dest_cpu", cpu["ok"],
+            f"{dest}'s hypervisor {'can' if cpu['ok'] else 'cannot'} provide the guest's CPU"
+            + (f": {cpu['detail']}" if cpu.get("detail") else ""),
+            "give the guest a CPU model both hosts provide (virsh hypervisor-cpu-baseline on "
+            "the hosts' virsh domcapabilities output), or migrate to a host with that CPU")
+    for net, active in sorted(facts["networks"].items()):
+        add(f"dest_network:{net}", active,
+            f"libvirt network {net!r} is {'active' if active else 'missing or inactive'} on "
+            f"{dest}", f"define and start network {net!r} on {dest} (virsh net-define, "
+                       "net-start, net-autostart)")
+    for bridge in facts.get("bridges", []):
+        add(f"dest_bridge:{bridge}", True,
+            f"bridge {bridge!r}: not checked through libvirt; it must exist on {dest}")
+    clash = facts.get("uuid_clash")
+    add("dest_no_clash", not clash,
+        f"{dest} already has domain {clash!r} with this guest's UUID" if clash
+        else f"no domain of this name or UUID on {dest}",
+        f"remove or rename the other domain on {dest} (it is not this guest)")
+    return checks

@@ -1,0 +1,174 @@
+"""
+Master-side locks for vmigrate: one migration per VM at a time, and per-host caps on outgoing
+and incoming migrations, across processes and ``salt-run`` invocations (the reactor's runner
+processes included).
+
+Each lock is ``fcntl.flock`` on a file under ``<master cachedir>/vmigrate/locks``. The kernel
+drops a lock when its holder dies, so no lock outlives a killed process; the holder writes a
+record (who, since when, source, destination, pid) into the file and clears it on release. A
+record found in a file just locked therefore means the previous holder died mid-migration: the
+new holder reports it (``recovered``) instead of silently going on.
+
+Plain functions and a context manager; no Salt dunders. Master config:
+
+.. code-block:: yaml
+
+    vmigrate:
+      max_outgoing: 1     # migrations leaving one hypervisor at a time
+      max_incoming: 2     # migrations arriving on one hypervisor at a time
+"""
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+
+from salt.exceptions import CommandExecutionError
+
+
+class Busy(CommandExecutionError):
+    """The VM, or a host's migration slots, are taken: the message names by whom."""
+
+
+def lock_dir(opts):
+    path = os.path.join(opts["cachedir"], "vmigrate", "locks")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
+
+
+def caps(opts):
+    conf = opts.get("vmigrate") or {}
+    out = {}
+    for key, default in (("max_outgoing", 1), ("max_incoming", 2)):
+        value = conf.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CommandExecutionError(f"master config vmigrate:{key} {value!r}: an integer >= 1")
+        out[key] = value
+    return out
+
+
+def _describe(record):
+    if not record:
+        return "an unknown holder"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("since", 0)))
+    return (f"{record.get('vm')} {record.get('source')} -> {record.get('dest')} by "
+            f"{record.get('trigger')} (pid {record.get('pid')}) since {since}")
+
+
+def _read(fh):
+    fh.seek(0)
+    text = fh.read()
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return {"unreadable": text[:200]}
+
+
+class _Lock:
+    """One flock'ed file; ``take`` returns False (and the holder's record) when it is busy."""
+
+    def __init__(self, path):
+        self.path = path
+        self.fh = None
+        self.previous = None
+
+    def take(self, record):
+        fh = open(self.path, "a+", encoding="utf-8")  # pylint: disable=consider-using-with
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read(fh)
+            fh.close()
+            return False, holder
+        self.previous = _read(fh)  # left by a holder that died without releasing
+        self.fh = fh
+        self.rewrite(record)
+        return True, None
+
+    def rewrite(self, record):
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(json.dumps(record))
+        self.fh.flush()
+
+    def release(self):
+        if self.fh is None:
+            return
+        with contextlib.suppress(OSError):
+            self.fh.seek(0)
+            self.fh.truncate()
+            self.fh.flush()
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+        self.fh.close()
+        self.fh = None
+
+
+def _slot(directory, prefix, count, record):
+    """Take one of ``count`` slot files ``<prefix>.<i>``; Busy naming every holder if none."""
+    holders = []
+    for i in range(count):
+        lock = _Lock(os.path.join(directory, f"{prefix}.{i}"))
+        ok, holder = lock.take(record)
+        if ok:
+            return lock
+        holders.append(_describe(holder))
+    raise Busy(f"{'; '.join(holders)}")
+
+
+class Holding:
+    """What :func:`hold` yields: the VM's lock, and the host slots taken later."""
+
+    def __init__(self, directory, limits, record, vm_lock):
+        self.directory, self.limits, self.record = directory, limits, record
+        self.locks = [vm_lock]
+        # Records of holders that died without releasing: reconcile before trusting placement.
+        self.recovered = [vm_lock.previous] if vm_lock.previous else []
+
+    def take_slots(self, source, dest):
+        """One outgoing slot on ``source`` and one incoming slot on ``dest``; Busy (taking
+        neither) when a host is at its cap, naming what it runs."""
+        record = dict(self.record, source=source, dest=dest)
+        for lock in self.locks:  # the VM's record names the route too
+            lock.rewrite(record)
+        taken = []
+        try:
+            for prefix, host, key, verb in (("out", source, "max_outgoing", "sends"),
+                                            ("in", dest, "max_incoming", "receives")):
+                try:
+                    taken.append(_slot(self.directory, f"{prefix}-{host}", self.limits[key],
+                                       record))
+                except Busy as err:
+                    raise Busy(f"{host} already {verb} {self.limits[key]} migration(s) "
+                               f"(master config vmigrate:{key}): {err}") from err
+        except Busy:
+            for lock in taken:
+                lock.release()
+            raise
+        self.recovered += [lock.previous for lock in taken if lock.previous]
+        self.locks += taken
+
+    def release(self):
+        for lock in reversed(self.locks):
+            lock.release()
+
+
+@contextlib.contextmanager
+def hold(opts, vm, trigger="cli", jid=None):
+    """Hold domain ``vm``'s migration lock for the block (then :meth:`Holding.take_slots`
+    once the route is known); everything is released on every way out. Raises Busy, naming
+    the running migration, when another request holds it."""
+    directory = lock_dir(opts)
+    limits = caps(opts)
+    record = {"vm": vm, "source": None, "dest": None, "trigger": trigger, "jid": jid,
+              "pid": os.getpid(), "since": time.time()}
+    vm_lock = _Lock(os.path.join(directory, f"vm-{vm}"))
+    ok, holder = vm_lock.take(record)
+    if not ok:
+        raise Busy(f"vm {vm} is already being migrated: {_describe(holder)}")
+    holding = Holding(directory, limits, record, vm_lock)
+    try:
+        yield holding
+    finally:
+        holding.release()
