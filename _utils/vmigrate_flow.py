@@ -184,8 +184,9 @@ def _summary(where):
 
 
 def decide(where, vm, dest, force=False, already_ok=False):
-    """From a locate result: (source, None) to go ahead, or (source or None, why) to stop --
-    why is ``None``-free text; ``("", None)`` when ``already_ok`` and it already runs on dest."""
+    """From a locate result, returns (source, why): why is None to go ahead, else the reason
+    to stop (source None when there is no single source). ``("", None)`` means it already
+    runs on ``dest`` and ``already_ok`` says that is fine."""
     if where["unaccounted"] and not force:
         hosts = ", ".join(f"{h} ({why})" for h, why in where["unaccounted"].items())
         return None, (f"could not verify {hosts}: {vm} may run there, so nothing was moved; "
@@ -196,8 +197,8 @@ def decide(where, vm, dest, force=False, already_ok=False):
                       f"({', '.join(where['hypervisors']) or 'none answered'})")
     if len(present) > 1:
         return None, (f"vm {vm} is on several hypervisors ({placement(where)}): refusing "
-                      "to migrate; run salt-run vmigrate.locate and resolve it so that exactly "
-                      "one host has it")
+                      f"to migrate; salt-run vmigrate.reconcile {vm} repairs it to one copy "
+                      "(dry_run=True shows how)")
     source = present[0]
     info = where["hosts"][source]
     if source == dest:

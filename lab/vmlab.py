@@ -410,6 +410,23 @@ class Lab:
                 conn.close()
         return found
 
+    def incoming_qemu(self, host, name="vdisk", timeout=60):
+        """Wait until ``host``'s libvirtd has ``name`` active (an incoming migration starts it
+        paused) and return the pid libvirt recorded for its QEMU. A QEMU that is still exiting
+        on ``host`` from an earlier migration does not count."""
+        pidfile = self.host_path(host, f"/run/libvirt/qemu/{name}.pid")
+
+        def started():
+            if host not in self.running_on(name):
+                return None
+            try:
+                pid = int(pidfile.read_text())
+            except (OSError, ValueError):
+                return None
+            return pid if _alive(pid) else None
+
+        return wait_for(f"an incoming {name} on {host}", started, timeout, 0.05)
+
     def _runs_only_on(self, host, name):
         state = self.running_on(name)
         if state != [host]:

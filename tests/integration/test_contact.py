@@ -65,8 +65,7 @@ def test_a_source_minion_slow_to_answer_is_waited_for_not_failed(vdisk_on_host1,
     worker.start()
     stopped = []
     try:
-        vmlab.wait_for("the incoming QEMU on host2",
-                       lambda: lab.host_pids("host2", "qemu-system-x86"), 60, 0.05)
+        lab.incoming_qemu("host2")
         for pid in daemon:  # the job runs in a process of its own, started before this
             os.kill(pid, signal.SIGSTOP)
             stopped.append(pid)
@@ -85,15 +84,17 @@ def test_a_source_minion_slow_to_answer_is_waited_for_not_failed(vdisk_on_host1,
 
 
 def test_two_requests_for_one_vm_the_second_fails_fast_naming_the_first(vdisk_on_host1, lab,
+                                                                        salt_master,
                                                                         salt_run_cli):
     outcome = {}
+    # A CLI object of its own: salt-factories' CLI keeps each run's state on the instance.
+    other_cli = salt_master.salt_run_cli(timeout=180)
     # 2 MiB/s cannot move the guest in 8 s: the first request stays busy, then aborts.
     first = threading.Thread(target=lambda: outcome.update(
-        ret=_orch(salt_run_cli, vm="vdisk", dest="host2", bandwidth=2, timeout=8)))
+        ret=_orch(other_cli, vm="vdisk", dest="host2", bandwidth=2, timeout=8)))
     first.start()
     try:
-        vmlab.wait_for("the incoming QEMU on host2",
-                       lambda: lab.host_pids("host2", "qemu-system-x86"), 60, 0.05)
+        lab.incoming_qemu("host2")
         started = time.monotonic()
         second = _orch(salt_run_cli, vm="vdisk", dest="host2")
         took = time.monotonic() - started

@@ -191,11 +191,9 @@ def test_destination_qemu_killed_mid_migration_leaves_guest_on_source(vdisk_on_h
         ret=_orch(salt_run_cli, vm="vdisk", dest="host2", bandwidth=2)))
     worker.start()
     try:
-        pids = vmlab.wait_for("the incoming QEMU on host2",
-                              lambda: lab.host_pids("host2", "qemu-system-x86"), 60, 0.1)
+        pid = lab.incoming_qemu("host2")
         time.sleep(1)
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     finally:
         worker.join(120)
     ret = outcome["ret"]
