@@ -107,7 +107,7 @@ def main():
         # Alternate the content so every round really writes and re-exports.
         toggle["n"] += 1
         content = ours if toggle["n"] % 2 else ours.replace(nfs.END_MARK, "# round\n" + nfs.END_MARK)
-        nfs.write_exports(ours_file, content)
+        nfs._write_exports(ours_file, content)  # pylint: disable=protected-access
 
     def raw_apply():
         toggle["n"] += 1
