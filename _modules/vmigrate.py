@@ -85,6 +85,10 @@ _SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _KEYFILE_RE = re.compile(r"/[A-Za-z0-9._/-]{1,4095}")
 
 _EVENT_LOOP = {"pid": None}
+# Phrases the master reads in an error: a refusal before anything moved (no repair needed), and
+# a job that outlived its deadlines (its outcome unknown: nothing may be repaired yet).
+REFUSED = "nothing was moved"
+STILL_RUNNING = "still running after"
 
 
 def __virtual__():
@@ -120,7 +124,7 @@ def _check_addr(value, where):
     return value
 
 
-def dest_uris(dest):
+def dest_uris(dest, mode="live"):
     """
     Resolve how to reach hypervisor ``dest``, from pillar.
 
@@ -129,6 +133,7 @@ def dest_uris(dest):
     tunnelled), ``transport`` and ``data_stream`` (``tls``, ``tunnelled`` or ``plain tcp``).
 
     :param dest: the destination's minion id, a key of pillar ``vmigrate:hypervisors``
+    :param mode: ``live`` (default) or ``offline`` (no memory moves: no data stream)
 
     CLI Example:
 
@@ -178,7 +183,9 @@ def dest_uris(dest):
         uri = f"qemu+{transport}://{address}/system"
     # The memory stream: QEMU's own TLS with tls; through the ssh-protected libvirt connection
     # with ssh; plain TCP only with its own switch (guest RAM holds keys).
-    if transport == "tls":
+    if mode != "live":
+        migrate_uri, stream = None, None
+    elif transport == "tls":
         migrate_uri, stream = f"tcp://{mig_address}", "tls"
     elif transport == "ssh":
         migrate_uri, stream = None, "tunnelled"
@@ -266,8 +273,9 @@ def domains():
     """
     List the domains on this hypervisor.
 
-    Returns a dict: ``host`` (this minion's id), ``timeout`` (this host's migration timeout,
-    seconds) and ``domains``, keyed by domain name, each with ``uuid``, ``state`` (running,
+    Returns a dict: ``host`` (this minion's id), ``timeout`` and ``abort_deadline`` (this
+    host's migration timeout and abort deadline, seconds: the master waits for both) and
+    ``domains``, keyed by domain name, each with ``uuid``, ``state`` (running,
     paused, shutoff, ...), ``reason`` (libvirt's reason for that state, e.g. paused by
     ``migration``) and ``persistent``. A domain that vanishes while it is being read (an
     incoming migration that failed) is left out.
@@ -293,7 +301,8 @@ def domains():
                     continue
                 raise _libvirt_error(err, "reading a domain") from err
             found[info.pop("name")] = info
-    return {"host": __opts__["id"], "timeout": conf["timeout"], "domains": found}
+    return {"host": __opts__["id"], "timeout": conf["timeout"],
+            "abort_deadline": conf["abort_deadline"], "domains": found}
 
 
 def domain(name):
@@ -510,7 +519,7 @@ def repair(name, action):
 def _blocked(name, checks):
     failed = [c for c in checks if not c["ok"]]
     return CommandExecutionError(
-        f"precheck refused the migration of {name!r}, nothing was moved: "
+        f"precheck refused the migration of {name!r}, {REFUSED}: "
         + "; ".join(f"{c['detail']}. Fix: {c['fix']}" for c in failed)
     )
 
@@ -619,7 +628,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
     """
     conf = _config()
     _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf)
-    uris = dest_uris(dest)
+    uris = dest_uris(dest, mode)
     timeout = float(timeout or conf["timeout"])
     params = {}
     if mode == "live":
@@ -644,15 +653,17 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
             raise _libvirt_error(err, f"reading vm {name!r}") from err
         if mode == "live" and not active:
             raise CommandExecutionError(
-                f"vm {name!r} is not running on {source}: use mode=offline to move its definition"
+                f"vm {name!r} is not running on {source}, {REFUSED}: use mode=offline to move "
+                "its definition"
             )
         if mode == "offline" and active:
             raise CommandExecutionError(
-                f"vm {name!r} is running on {source}: an offline migration would leave it running "
-                "here; shut it down first or use mode=live"
+                f"vm {name!r} is running on {source}, {REFUSED}: an offline migration would leave "
+                "it running here; shut it down first or use mode=live"
             )
         if mode == "offline" and not persistent:
-            raise CommandExecutionError(f"vm {name!r} is transient: nothing to migrate offline")
+            raise CommandExecutionError(f"vm {name!r} is transient, {REFUSED}: there is no "
+                                        "definition to migrate offline")
         if mode == "live":
             # unsafe=True (explicitly allowed) skips libvirt's storage check, not ours of the
             # destination.
@@ -769,7 +780,7 @@ def _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout, 
         state = ("the abort did not take" if aborted and not abort_took
                  else "it did not finish")
         outcome["error"] = CommandExecutionError(
-            f"{what}: still running after {elapsed:.0f}s ({state}); it may yet complete: "
+            f"{what}: {STILL_RUNNING} {elapsed:.0f}s ({state}); it may yet complete: "
             f"check with salt-run vmigrate.locate {name} before acting")
     elif "libvirt_error" in outcome:
         err = outcome["libvirt_error"]

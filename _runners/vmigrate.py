@@ -24,7 +24,7 @@ CLI Example:
 
 import logging
 
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import SaltException
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +66,11 @@ def locate(vm, hosts=None):
 
         salt-run vmigrate.locate vdisk
     """
-    __utils__["vmigrate_validate.vm_name"](vm)
-    where = __utils__["vmigrate_flow.locate"](__opts__, vm, hosts)
+    try:
+        __utils__["vmigrate_validate.vm_name"](vm)
+        where = __utils__["vmigrate_flow.locate"](__opts__, vm, hosts)
+    except (SaltException, OSError) as err:
+        return _finish({"name": vm, "comment": str(err)}, False)
     where.pop("timeouts", None)
     return _finish(where, not where["unaccounted"])
 
@@ -88,7 +91,11 @@ def plan(vm, dest, mode="live", force=False):
 
         salt-run vmigrate.plan vdisk host2
     """
-    out = __utils__["vmigrate_flow.plan"](__opts__, vm, dest, mode, force)
+    try:
+        out = __utils__["vmigrate_flow.plan"](__opts__, vm, dest, mode, force)
+    except (SaltException, OSError) as err:
+        out = {"name": vm, "dest": dest, "result": False, "comment": str(err), "checks": [],
+               "blockers": ["input"]}
     return _finish(out, out["result"] is not False)
 
 
@@ -145,6 +152,6 @@ def reconcile(vm, dry_run=False):
     """
     try:
         out = __utils__["vmigrate_flow.reconcile"](__opts__, vm, dry_run=dry_run)
-    except (SaltInvocationError, CommandExecutionError) as err:
+    except (SaltException, OSError) as err:
         out = {"name": vm, "result": False, "comment": str(err), "actions": []}
     return _finish(out, out["result"] is not False)

@@ -27,7 +27,7 @@ import time
 
 import salt.client
 import salt.utils.event
-from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltException, SaltInvocationError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,9 @@ locks = _sibling("vmigrate_locks")
 ACTIVE = ("running", "blocked", "paused")
 # A source paused for one of these reasons is mid-migration: resuming it may start a second copy.
 MIGRATION_PAUSE = ("migration", "postcopy", "postcopy_failed")
+# What the minion's vmigrate.migrate says (see REFUSED and STILL_RUNNING there).
+REFUSED = "nothing was moved"
+STILL_RUNNING = "still running after"
 
 
 def settings(opts):
@@ -159,7 +162,8 @@ def locate(opts, vm, hosts=None):
         "hosts": present,
         "hypervisors": sorted(listings),
         "unaccounted": unaccounted,
-        "timeouts": {h: ret.get("timeout") for h, ret in listings.items()},
+        "timeouts": {h: (ret.get("timeout"), ret.get("abort_deadline", 30))
+                     for h, ret in listings.items()},
     }
 
 
@@ -183,7 +187,7 @@ def _summary(where):
     return {k: where[k] for k in ("running", "paused", "defined", "hosts", "unaccounted")}
 
 
-def decide(where, vm, dest, force=False, already_ok=False):
+def decide(where, vm, dest, force=False, already_ok=False, mode="live"):
     """From a locate result, returns (source, why): why is None to go ahead, else the reason
     to stop (source None when there is no single source). ``("", None)`` means it already
     runs on ``dest`` and ``already_ok`` says that is fine."""
@@ -211,6 +215,13 @@ def decide(where, vm, dest, force=False, already_ok=False):
     if info["state"] == "paused" and info.get("reason") in MIGRATION_PAUSE:
         return source, (f"vm {vm} on {source} is paused by an unfinished migration "
                         f"({info['reason']}): do not resume it before checking the other host")
+    active = info["state"] in ACTIVE
+    if mode == "live" and not active:
+        return source, (f"vm {vm} is {info['state']} on {source}: a live migration needs it "
+                        "running; use mode=offline to move its definition")
+    if mode == "offline" and active:
+        return source, (f"vm {vm} is {info['state']} on {source}: an offline migration would "
+                        "leave it running there; shut it down first or use mode=live")
     return source, None
 
 
@@ -224,8 +235,12 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
            "trigger": trigger, "comment": ""}
     try:
         _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger)
-    except (SaltInvocationError, CommandExecutionError) as err:
-        ret.update(result=False, comment=str(err))
+    except (SaltException, OSError) as err:
+        ret["result"] = False
+        if ret.get("jid") and ret["status"] != "refused":
+            # Sent, and then the master lost track: what the minion did is not known here.
+            ret["status"] = "unknown"
+        ret["comment"] = "; ".join(x for x in (ret["comment"], str(err)) if x)
     finally:
         ret["wall"] = round(time.monotonic() - start, 3)
         fire(opts, f"vmigrate/{vm if _valid(vm) else '-'}/result", ret)
@@ -263,7 +278,7 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
     ret["located"] = _summary(where)
     if force and where["unaccounted"]:
         ret["forced"] = sorted(where["unaccounted"])
-    source, why = decide(where, vm, dest, force, already_ok)
+    source, why = decide(where, vm, dest, force, already_ok, mode)
     if source == "":
         ret.update(result=True, status="unchanged", source=dest,
                    comment=f"{vm} already runs on {dest}")
@@ -281,20 +296,24 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
         log.warning("vmigrate: %s: recovered locks of a request that died: %s", vm,
                     held.recovered)
 
-    wait = float(timeout or where["timeouts"].get(source) or conf["timeout"])
+    source_timeout, abort_deadline = where["timeouts"].get(source) or (None, 30)
+    wait = float(timeout or source_timeout or conf["timeout"])
     kwarg = {"mode": mode, "bandwidth": bandwidth, "timeout": wait}
-    ret["status"] = "failed"
+    # The minion may take the timeout, then retry the abort and wait for libvirt to end the job
+    # (one abort_deadline each): wait for all of it, and a margin.
+    wait_all = wait + 2 * float(abort_deadline or 30) + conf["return_margin"]
+    was_paused = where["hosts"][source]["state"] == "paused"
     with _client(opts) as client:
         jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
-                             wait + conf["return_margin"])
-    ret["jid"] = jid
+                             wait_all)
+    ret.update(jid=jid, status="failed")
     # Where it is now, whatever the call said: the report on failure, the check on success.
     after = locate(opts, vm, [source, dest])
     ret["after"] = _summary(after)
     now = placement(after, (source, dest))
     if source not in got:
         ret.update(status="unknown", comment=(
-            f"no return from {source} within {wait + conf['return_margin']:g}s: the migration "
+            f"no return from {source} within {wait_all:g}s: the migration "
             f"of {vm} to {dest} may still be running (job {jid}); check with "
             f"salt-run vmigrate.locate {vm} and salt-run jobs.lookup_jid {jid} before acting. "
             f"Now: {now}"))
@@ -302,16 +321,26 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
     out = got[source]
     value = out.get("return")
     if out.get("retcode", 0) != 0 or not isinstance(value, dict):
-        ret["comment"] = (f"migration of {vm} from {source} to {dest} failed: {value}; now: "
+        text = str(value)
+        if STILL_RUNNING in text:
+            # The job outlived its deadlines: it may still switch over. Repair nothing now.
+            ret.update(status="unknown", comment=f"migration of {vm} from {source} to {dest}: "
+                                                 f"{text}; now: {now}")
+            return
+        if REFUSED in text:
+            ret.update(status="refused", comment=f"{text}; now: {now}")
+            return
+        ret["comment"] = (f"migration of {vm} from {source} to {dest} failed: {text}; now: "
                           f"{now}")
-        _settle(opts, ret, vm, source, dest, mode, after)
+        _settle(opts, ret, vm, source, dest, mode, after, was_paused)
         return
     for key in ("elapsed", "downtime_ms", "bytes", "iterations", "data_stream", "switches",
                 "final"):
         ret[key] = value.get(key)
     ret["job_ms"] = (value.get("stats") or {}).get("time_elapsed")
 
-    want = "running" if mode == "live" else "shutoff"
+    # A live migration keeps a paused guest paused.
+    want = ("paused" if was_paused else "running") if mode == "live" else "shutoff"
     on_dest = after["hosts"].get(dest, {})
     problems = [f"could not verify {h} ({why})" for h, why in after["unaccounted"].items()]
     if dest not in after["unaccounted"] and (on_dest.get("state") != want
@@ -323,23 +352,29 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
     if problems:
         ret["comment"] = (f"migration of {vm} reported success but verification failed: "
                           + "; ".join(problems))
-        _settle(opts, ret, vm, source, dest, mode, after)
+        _settle(opts, ret, vm, source, dest, mode, after, was_paused)
         return
     ret.update(result=True, status="migrated", comment=(
         f"{vm} migrated {mode} from {source} to {dest} in {ret['elapsed']}s"
         + (f", downtime {ret['downtime_ms']} ms" if ret["downtime_ms"] is not None else "")))
 
 
-def _settle(opts, ret, vm, source, dest, mode, after):
-    """After a definite failure (the source returned), repair anything but the state the
-    migration started from -- one copy, on the source, running (live) or defined (offline) --
-    toward one running copy defined on one host (the destination's if it runs)."""
-    want = ("running",) if mode == "live" else ("shutoff", "shutdown")
+def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False):
+    """After a definite failure (the source returned an error), repair anything but the state
+    the migration started from -- one copy, on the source, as it was (live) or defined
+    (offline) -- toward one running copy defined on one host (the destination's if it runs)."""
+    if mode == "live":
+        want = ("paused", "running") if was_paused else ("running",)
+    else:
+        want = ("shutoff", "shutdown")
     on_source = after["hosts"].get(source, {})
     if (not after["unaccounted"] and set(after["hosts"]) == {source}
             and on_source.get("state") in want and on_source.get("persistent")):
         return
-    fixed = _reconcile(opts, vm, [source, dest], prefer=dest)
+    try:
+        fixed = _reconcile(opts, vm, [source, dest], prefer=dest)
+    except (SaltException, OSError) as err:
+        fixed = {"result": False, "comment": f"could not reconcile: {err}"}
     ret["reconciled"] = fixed
     ret["comment"] += f"; reconciled: {fixed['comment']}"
 
@@ -354,7 +389,7 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False):
     where = locate(opts, vm)
     out = {"name": vm, "dest": dest, "mode": mode, "located": _summary(where), "checks": [],
            "blockers": []}
-    source, why = decide(where, vm, dest, force, already_ok)
+    source, why = decide(where, vm, dest, force, already_ok, mode)
     if source == "":
         return dict(out, result=None, source=dest, comment=f"{vm} already runs on {dest}")
     out["source"] = source
@@ -382,12 +417,18 @@ def repairs(where, prefer=None):
     (host, action) for the minions' ``vmigrate.repair``, or a reason nothing can be decided.
     Returns (actions, why). Rules: a running copy is kept (several: ``prefer``, the migration's
     destination, as nova does, else nothing is decided); otherwise the paused copy (several:
-    the persistent one) is kept and resumed; every other copy is destroyed and its definition
-    dropped; the kept copy is made persistent. Never a disk, never a copy created."""
+    the persistent one) is kept, and resumed if a migration paused it; every other copy is
+    destroyed and its definition dropped; the kept copy is made persistent. Copies with
+    different UUIDs are different VMs: nothing is decided. Never a disk, never a copy made."""
     if where["unaccounted"]:
         hosts = ", ".join(f"{h} ({why})" for h, why in where["unaccounted"].items())
         return [], f"could not verify {hosts}: nothing changed"
     hosts = where["hosts"]
+    uuids = {i.get("uuid") for i in hosts.values()}
+    if len(uuids) > 1:
+        return [], (f"the domains named {where.get('name', 'so')} on "
+                    f"{', '.join(sorted(hosts))} have different UUIDs: they are different "
+                    "VMs, not copies of one; rename one by hand")
     running = [h for h, i in sorted(hosts.items()) if i["state"] in ("running", "blocked")]
     paused = [h for h, i in sorted(hosts.items()) if i["state"] == "paused"]
     if len(running) > 1:
@@ -403,7 +444,8 @@ def repairs(where, prefer=None):
             return [], (f"paused on {', '.join(paused)}: cannot tell which copy to keep: "
                         "decide by hand")
         keep = paused[0] if len(paused) == 1 else persistent[0]
-        actions = [(keep, "resume")]
+        # Only a pause a migration made is undone; a user's (or an I/O error's) stays.
+        actions = [(keep, "resume")] if hosts[keep].get("reason") in MIGRATION_PAUSE else []
     else:
         defined = [h for h, i in sorted(hosts.items()) if i["persistent"]]
         if len(defined) > 1:
@@ -458,6 +500,11 @@ def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):
                 break  # stop at the first failed step: the next assumed it
     after = locate(opts, vm, sorted(set(where["hosts"]) | set(hosts or ())))
     out["now"] = _summary(after)
+    left, why = repairs(after, prefer)
+    if ok and (left or why):
+        ok = False
+        out["actions"].append({"host": None, "action": "verify", "done": False,
+                               "detail": why or f"still to do: {left}"})
     steps = ", ".join(f"{a['action']} on {a['host']}{'' if a['done'] else ' FAILED'}"
                       for a in out["actions"])
     return dict(out, result=ok, comment=f"{vm}: {steps}; now {placement(after)}")

@@ -142,7 +142,7 @@ class Holding:
                 except Busy as err:
                     raise Busy(f"{host} already {verb} {self.limits[key]} migration(s) "
                                f"(master config vmigrate:{key}): {err}") from err
-        except Busy:
+        except BaseException:
             for lock in taken:
                 lock.release()
             raise

@@ -277,8 +277,10 @@ class Lab:
             raise LabError(f"{host} holder exited: {(hdir / 'holder.log').read_text()}")
 
     def libvirtd_up(self, host):
+        """Start ``host``'s libvirtd unless one runs there (a killed one's socket is removed)."""
         sock = self.host_path(host, "/run/libvirt/libvirt-sock")
-        if not sock.exists():
+        if not self.host_pids(host, "libvirtd"):
+            sock.unlink(missing_ok=True)
             self.host_run(host, ["libvirtd", "--listen", "-d"])
             wait_for(f"libvirtd on {host}", sock.exists, 20)
         return sock
@@ -288,8 +290,14 @@ class Lab:
         once its QEMU driver answers: libvirtd listens on its socket before the driver has
         read qemu.conf (driver init runs in a thread of its own)."""
         pid = int(self.host_path(host, "/run/libvirtd.pid").read_text())
-        self.host_run(host, ["kill", str(pid)])
-        wait_for(f"{host} libvirtd to stop", lambda: not _alive(pid), 20)
+        # As systemd stops it: SIGTERM, then SIGKILL if it is still there (a libvirtd with a
+        # migration job under way can take long to stop).
+        os.kill(pid, signal.SIGTERM)
+        try:
+            wait_for(f"{host} libvirtd to stop", lambda: not _alive(pid), 30)
+        except LabError:
+            os.kill(pid, signal.SIGKILL)
+            wait_for(f"{host} libvirtd to die", lambda: not _alive(pid), 10)
         self.libvirtd_up(host)
         self.wait_hypervisors_ready([host])
 

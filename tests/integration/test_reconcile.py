@@ -11,22 +11,20 @@ def _libvirt(lab, host):
     return libvirt, libvirt.open(lab.libvirt_uri(host))
 
 
-def test_reconcile_resumes_a_paused_guest_and_dry_run_changes_nothing(vdisk_on_host1, lab,
-                                                                      salt_run_cli):
+def test_reconcile_leaves_a_users_pause_alone(vdisk_on_host1, lab, salt_run_cli):
+    """One paused copy, paused by a person: consistent. Only a pause a migration made is undone
+    (unit-tested); a reconcile that resumed any paused guest would undo an operator's pause."""
     before = counter_before(lab, "host1")
     libvirt, conn = _libvirt(lab, "host1")
     try:
         conn.lookupByName("vdisk").suspend()
-        dry = salt_run_cli.run("vmigrate.reconcile", "vdisk", "dry_run=True")
-        assert dry.returncode == 0, dry
-        assert dry.data["result"] is None and "resume on host1" in dry.data["comment"]
-        assert conn.lookupByName("vdisk").state()[0] == libvirt.VIR_DOMAIN_PAUSED
         ret = salt_run_cli.run("vmigrate.reconcile", "vdisk")
         assert ret.returncode == 0, ret
-        assert [(a["host"], a["action"], a["done"]) for a in ret.data["actions"]] == [
-            ("host1", "resume", True)]
-        assert conn.lookupByName("vdisk").state()[0] == libvirt.VIR_DOMAIN_RUNNING
+        assert ret.data["actions"] == [] and "is consistent" in ret.data["comment"]
+        assert "host1: paused (user)" in ret.data["comment"]
+        assert conn.lookupByName("vdisk").state()[0] == libvirt.VIR_DOMAIN_PAUSED
     finally:
+        conn.lookupByName("vdisk").resume()
         conn.close()
     assert_guest_went_on(lab, "host1", before)
 
@@ -35,8 +33,13 @@ def test_reconcile_removes_a_stray_copy_and_keeps_the_running_one(vdisk_on_host1
                                                                   salt_run_cli):
     # A paused, transient "vdisk" on host2, as a failed incoming migration can leave behind.
     # Without the disk and console: it must not touch the running guest's files.
+    # A leftover incoming copy carries the guest's own UUID (a migration keeps it).
+    libvirt, src = _libvirt(lab, "host1")
+    uuid = src.lookupByName("vdisk").UUIDString()
+    src.close()
     xml = re.sub(r"<disk .*?</disk>|<serial .*?</serial>", "", lab.guest_xml("vdisk"),
-                 flags=re.DOTALL)
+                 flags=re.DOTALL).replace("<name>vdisk</name>",
+                                          f"<name>vdisk</name><uuid>{uuid}</uuid>")
     libvirt, conn = _libvirt(lab, "host2")
     try:
         conn.createXML(xml, libvirt.VIR_DOMAIN_START_PAUSED)
@@ -45,7 +48,11 @@ def test_reconcile_removes_a_stray_copy_and_keeps_the_running_one(vdisk_on_host1
         # A migration refuses the ambiguous placement...
         ret = salt_run_cli.run("vmigrate.migrate", "vdisk", "host2")
         assert ret.returncode != 0 and "on several hypervisors" in ret.data["comment"]
-        # ...reconcile repairs it: the running copy stays, the stray copy goes.
+        # ...reconcile repairs it: the running copy stays, the stray copy goes. The dry run
+        # says so and changes nothing.
+        dry = salt_run_cli.run("vmigrate.reconcile", "vdisk", "dry_run=True")
+        assert dry.data["result"] is None and "destroy on host2" in dry.data["comment"]
+        assert len(conn.listAllDomains()) == 1
         ret = salt_run_cli.run("vmigrate.reconcile", "vdisk")
         assert ret.returncode == 0, ret
         assert [(a["host"], a["action"], a["done"]) for a in ret.data["actions"]] == [

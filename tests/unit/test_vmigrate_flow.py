@@ -78,6 +78,17 @@ class FakeClient:
                 delay, retcode, value = self.migrate
             elif fun == "vmigrate.precheck":
                 value = {"checks": [], "blockers": []}
+            elif fun == "vmigrate.repair":
+                vm, action = arg
+                info = self.hosts[host][vm]
+                if action == "destroy" and not info["persistent"]:
+                    del self.hosts[host][vm]
+                else:
+                    info.update({"destroy": {"state": "shutoff"}, "resume": {"state": "running"},
+                                 "persist": {"persistent": True}}.get(action, {}))
+                    if action == "undefine":
+                        del self.hosts[host][vm]
+                value = {"name": vm, "host": host, "action": action}
             self.pending.append((self.clock.now + delay, {
                 "tag": f"salt/job/{jid}/ret/{host}",
                 "data": {"id": host, "fun": fun, "return": value, "retcode": retcode}}))
@@ -244,9 +255,11 @@ def test_a_second_request_for_the_same_vm_fails_fast_naming_the_first(env):
 
 
 def _where(**hosts):
-    """A locate result from host=(state, persistent) pairs."""
-    return {"hosts": {h: {"state": st, "reason": "x", "persistent": pers}
-                      for h, (st, pers) in hosts.items()}, "unaccounted": {}}
+    """A locate result from host=(state, persistent[, reason[, uuid]]) tuples."""
+    def info(state, persistent, reason="migration", uuid="u"):
+        return {"state": state, "reason": reason, "persistent": persistent, "uuid": uuid}
+    return {"name": "vdisk", "hosts": {h: info(*v) for h, v in hosts.items()},
+            "unaccounted": {}}
 
 
 @pytest.mark.parametrize("where, prefer, actions, why", [
@@ -269,6 +282,13 @@ def _where(**hosts):
     (_where(host1=("running", True), host2=("running", True)), None, [], "two guests on one disk"),
     (_where(host1=("paused", True), host2=("paused", True)), None, [], "cannot tell which"),
     (_where(host1=("shutoff", True), host2=("shutoff", True)), None, [], "keep one definition"),
+    # a user's pause (or an I/O error's) is not undone
+    (_where(host1=("paused", True, "user")), None, [], None),
+    (_where(host1=("paused", True, "ioerror"), host2=("paused", False)), None,
+     [("host2", "destroy")], None),
+    # same name, different UUIDs: two VMs, not two copies
+    (_where(host1=("running", True), host2=("shutoff", True, "x", "other")), None, [],
+     "different UUIDs"),
 ])
 def test_repairs_end_with_one_running_copy_defined_once(env, where, prefer, actions, why):
     got, reason = env["flow"].repairs(where, prefer)
@@ -281,3 +301,44 @@ def test_repairs_decide_nothing_while_a_host_is_unaccounted(env):
     where["unaccounted"] = {"host3": "did not answer within 10s"}
     assert env["flow"].repairs(where) == ([], "could not verify host3 (did not answer within "
                                               "10s): nothing changed")
+
+
+@pytest.mark.parametrize("error, status", [
+    ("ERROR: live migration of 'vdisk' from host1 to host2: still running after 700s (the abort "
+     "did not take); it may yet complete", "unknown"),
+    ("ERROR: precheck refused the migration of 'vdisk', nothing was moved: disk vda on ext4",
+     "refused"),
+])
+def test_a_job_still_running_or_refused_is_never_repaired(env, error, status):
+    # The incoming copy is paused on host2: a repair would destroy it, which is wrong while the
+    # job may still switch over (unknown) and pointless when nothing moved (refused).
+    incoming = {"host2": {"vdisk": dict(RUNNING, state="paused", reason="migration",
+                                        persistent=False)}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=incoming,
+                         migrate=(1, 1, error))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["status"] == status and ret["result"] is False
+    assert "reconciled" not in ret
+    assert not _published(client, "vmigrate.repair")
+
+
+def test_a_definite_failure_is_repaired_toward_one_copy(env):
+    incoming = {"host2": {"vdisk": dict(RUNNING, state="paused", reason="migration",
+                                        persistent=False)}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=incoming,
+                         migrate=(1, 1, "ERROR: live migration failed: Channel error"))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["status"] == "failed" and "reconciled" in ret
+    assert [(c[1], c[2]) for c in _published(client, "vmigrate.repair")] == [
+        (["host2"], ["vdisk", "destroy"])]
+
+
+@pytest.mark.parametrize("state, mode, words", [
+    ("shutoff", "live", "a live migration needs it running; use mode=offline"),
+    ("running", "offline", "shut it down first or use mode=live"),
+])
+def test_mode_and_state_must_agree_before_anything_is_sent(env, state, mode, words):
+    client = env["make"](hosts={"host1": {"vdisk": dict(RUNNING, state=state)}, "host2": {}})
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", mode=mode)
+    assert ret["status"] == "refused" and words in ret["comment"], ret["comment"]
+    assert not _published(client, "vmigrate.migrate")
