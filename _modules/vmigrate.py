@@ -327,16 +327,20 @@ def domain(name):
             raise _libvirt_error(err, f"reading vm {name!r}") from err
 
 
-def _storage_facts(dom):
+def _xml(dom):
+    """The domain's migratable XML: what the destination will be asked to run."""
     try:
-        xml = dom.XMLDesc(0)
+        return dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
     except libvirt.libvirtError as err:
         raise _libvirt_error(err, "reading the domain's XML") from err
-    return __utils__["vmigrate_storage.gather"](xml)
 
 
-def _storage_checks(dom):
-    return __utils__["vmigrate_storage.assess"](_storage_facts(dom), __opts__["id"])
+def _storage_facts(dom, xml=None):
+    return __utils__["vmigrate_storage.gather"](xml or _xml(dom))
+
+
+def _storage_checks(dom, xml=None):
+    return __utils__["vmigrate_storage.assess"](_storage_facts(dom, xml), __opts__["id"])
 
 
 def _available_bytes(dconn):
@@ -379,7 +383,7 @@ def _clash(dconn, dom):
     return None
 
 
-def _dest_facts(conn, dom, uris, conf):
+def _dest_facts(conn, dom, uris, conf, xml=None):
     """What the destination offers, read through the URI the migration will use."""
     facts = {"uri": uris["uri"]}
     try:
@@ -391,8 +395,7 @@ def _dest_facts(conn, dom, uris, conf):
     try:
         with contextlib.suppress(libvirt.libvirtError):
             dconn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
-        needs = checks["vmigrate_checks.domain_needs"](
-            dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+        needs = checks["vmigrate_checks.domain_needs"](xml or _xml(dom))
         facts.update(
             source_uuid=checks["vmigrate_checks.host_uuid"](conn.getCapabilities()),
             dest_uuid=checks["vmigrate_checks.host_uuid"](dconn.getCapabilities()),
@@ -413,8 +416,9 @@ def _dest_facts(conn, dom, uris, conf):
 
 def _live_checks(conn, dom, dest, uris, conf):
     """Storage on this host, then the destination, as libvirt will meet them."""
-    checks = _storage_checks(dom)
-    facts = _dest_facts(conn, dom, uris, conf)
+    xml = _xml(dom)  # read once for both
+    checks = _storage_checks(dom, xml)
+    facts = _dest_facts(conn, dom, uris, conf, xml)
     return checks + __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
 
 

@@ -210,7 +210,6 @@ def disk_facts(disks, conf_text, mountinfo_text, statfs=statfs_type,
             magic = statfs(resolved)
             item.update(
                 resolved=resolved,
-                exists=exists(resolved),
                 mountpoint=mount[0] if mount else None,
                 fstype=mount[1] if mount else None,
                 fssource=mount[2] if mount else None,
