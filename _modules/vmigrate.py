@@ -33,9 +33,11 @@ import logging
 import os
 import queue
 import re
+import secrets
 import threading
 import time
 import urllib.parse
+from xml.sax.saxutils import escape as xml_escape
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
@@ -339,8 +341,54 @@ def _storage_facts(dom, xml=None):
     return __utils__["vmigrate_storage.gather"](xml or _xml(dom))
 
 
-def _storage_checks(dom, xml=None):
-    return __utils__["vmigrate_storage.assess"](_storage_facts(dom, xml), __opts__["id"])
+def _storage_checks(dom, xml=None, facts=None):
+    return __utils__["vmigrate_storage.assess"](facts or _storage_facts(dom, xml),
+                                                __opts__["id"])
+
+
+def _probe_seen(dconn, probe):
+    """Does the destination's libvirtd see the probe directory, and its sentinel, at the same
+    path? Asked through a transient ``dir`` storage pool over the probe directory alone (a
+    fresh path no other pool can claim; libvirt only lists it, and the pool goes when
+    destroyed). None when the destination has no storage driver to ask."""
+    name = os.path.basename(probe).lstrip(".")
+    xml = (f"<pool type='dir'><name>{name}</name>"
+           f"<target><path>{xml_escape(probe)}</path></target></pool>")
+    try:
+        pool = dconn.storagePoolCreateXML(xml, 0)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_NO_CONNECT):
+            return None, err.get_error_message()
+        return False, err.get_error_message()
+    try:
+        names = pool.listVolumes()
+        if "sentinel" in names:
+            return True, None
+        return False, f"{probe} is there but holds no sentinel"
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            pool.destroy()
+
+
+def _probes(dconn, facts):
+    """One sentinel per disk directory, written here and looked for from the destination;
+    every probe directory is removed before this returns."""
+    results = []
+    for directory in __utils__["vmigrate_storage.disk_dirs"](facts):
+        result = {"dir": directory}
+        try:
+            result.update(__utils__["vmigrate_storage.probe_write"](directory,
+                                                                    secrets.token_hex(8)))
+        except OSError as err:
+            result["error"] = f"{err.strerror} ({err.filename or directory})"
+            results.append(result)
+            continue
+        try:
+            result["seen"], result["detail"] = _probe_seen(dconn, result["probe"])
+        finally:
+            __utils__["vmigrate_storage.probe_remove"](result["probe"])
+        results.append(result)
+    return results
 
 
 def _available_bytes(dconn):
@@ -358,8 +406,10 @@ def _cpu_compare(dconn, needs):
     if "host-passthrough" in needs["cpu"]:
         return {"ok": True, "detail": "host-passthrough needs identical host CPUs (not verified)"}
     try:
+        # FAIL_INCOMPATIBLE: libvirt then says which features the destination lacks.
         res = dconn.compareHypervisorCPU(needs["emulator"], needs["arch"], needs["machine"],
-                                         needs["type"], needs["cpu"], 0)
+                                         needs["type"], needs["cpu"],
+                                         libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
     except libvirt.libvirtError as err:
         return {"ok": False, "detail": err.get_error_message()}
     return {"ok": res != libvirt.VIR_CPU_COMPARE_INCOMPATIBLE, "detail": None}
@@ -383,7 +433,7 @@ def _clash(dconn, dom):
     return None
 
 
-def _dest_facts(conn, dom, uris, conf, xml=None):
+def _dest_facts(conn, dom, uris, conf, xml=None, storage=None):
     """What the destination offers, read through the URI the migration will use."""
     facts = {"uri": uris["uri"]}
     try:
@@ -396,9 +446,14 @@ def _dest_facts(conn, dom, uris, conf, xml=None):
         with contextlib.suppress(libvirt.libvirtError):
             dconn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
         needs = checks["vmigrate_checks.domain_needs"](xml or _xml(dom))
+        if dom.isActive():
+            # The CPU the guest runs with, as QEMU gave it (features it could not have are
+            # listed as disabled), is what the destination must provide, not the definition.
+            needs["cpu"] = checks["vmigrate_checks.domain_needs"](dom.XMLDesc(0))["cpu"]
+        dest_caps = dconn.getCapabilities()
         facts.update(
             source_uuid=checks["vmigrate_checks.host_uuid"](conn.getCapabilities()),
-            dest_uuid=checks["vmigrate_checks.host_uuid"](dconn.getCapabilities()),
+            dest_uuid=checks["vmigrate_checks.host_uuid"](dest_caps),
             source_libvirt=conn.getLibVersion(), dest_libvirt=dconn.getLibVersion(),
             source_qemu=conn.getVersion(), dest_qemu=dconn.getVersion(),
             memory_kib=dom.maxMemory(), reserve_mib=int(conf["memory_reserve_mib"]),
@@ -406,6 +461,12 @@ def _dest_facts(conn, dom, uris, conf, xml=None):
             networks={n: _network_active(dconn, n) for n in needs["networks"]},
             bridges=needs["bridges"], cpu_compare=_cpu_compare(dconn, needs),
             uuid_clash=_clash(dconn, dom))
+        if storage is not None:
+            facts.update(
+                dest_security=checks["vmigrate_checks.security_models"](
+                    dest_caps, needs["type"] or "qemu"),
+                images=checks["vmigrate_storage.image_owners"](storage),
+                probes=_probes(dconn, storage))
     except libvirt.libvirtError as err:
         facts["error"] = f"reading it failed: {err.get_error_message()}"
     finally:
@@ -417,8 +478,9 @@ def _dest_facts(conn, dom, uris, conf, xml=None):
 def _live_checks(conn, dom, dest, uris, conf):
     """Storage on this host, then the destination, as libvirt will meet them."""
     xml = _xml(dom)  # read once for both
-    checks = _storage_checks(dom, xml)
-    facts = _dest_facts(conn, dom, uris, conf, xml)
+    storage = _storage_facts(dom, xml)
+    checks = _storage_checks(dom, facts=storage)
+    facts = _dest_facts(conn, dom, uris, conf, xml, storage)
     return checks + __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
 
 

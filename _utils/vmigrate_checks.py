@@ -7,6 +7,7 @@ Each check is a dict ``name``, ``ok``, ``detail``, ``fix``. No Salt dunders; cal
 these through ``__utils__["vmigrate_checks.<name>"]``.
 """
 
+import os
 import re
 import xml.etree.ElementTree as ET
 
@@ -47,6 +48,112 @@ def domain_needs(xml_text):
 def host_uuid(capabilities_xml):
     match = re.search(r"<host>\s*<uuid>([^<]+)</uuid>", capabilities_xml or "")
     return match[1] if match else None
+
+
+def security_models(capabilities_xml, virt_type="qemu"):
+    """The destination's security drivers from its capabilities, and the user and group its
+    QEMU processes run as (the DAC driver's base label for ``virt_type``, e.g. ``+64055:+994``),
+    as ``{"models": [...], "uid": int|None, "gid": int|None}``."""
+    root = ET.fromstring(capabilities_xml)
+    models, uid, gid = [], None, None
+    for sec in root.findall("./host/secmodel"):
+        model = sec.findtext("model")
+        models.append(model)
+        if model != "dac":
+            continue
+        for label in sec.findall("baselabel"):
+            if label.get("type") == virt_type:
+                match = re.fullmatch(r"\+?(\d+):\+?(\d+)", (label.text or "").strip())
+                if match:
+                    uid, gid = int(match[1]), int(match[2])
+    return {"models": models, "uid": uid, "gid": gid}
+
+
+def _can_rw(image, uid, gid):
+    mode = image["mode"]
+    return ((image["uid"] == uid and mode & 0o600 == 0o600)
+            or (image["gid"] == gid and mode & 0o060 == 0o060)
+            or mode & 0o006 == 0o006)
+
+
+FIX_PROBE = ("mount the shared storage on {dest} at the same path as on {source} "
+             "(state.apply vmigrate.nfs.client on {dest}) and check that both mount the same "
+             "export; the destination opens the image at the very path the source uses")
+FIX_ACCESS = ("make the image readable and writable by QEMU's user on {dest}: give "
+              "libvirt-qemu the same uid and gid on every hypervisor, and on the NFS server "
+              "chown the image to {uid}:{gid} (mode 0600); root_squash stops libvirt from "
+              "fixing ownership itself. Never export with no_root_squash to work around it")
+
+
+def assess_dest_storage(facts, source, dest):
+    """Shared storage as the destination meets it: each disk directory's sentinel (written on
+    ``source``, looked for by ``dest``'s libvirtd), then each image's access for QEMU's user
+    on ``dest`` (from the image's owner and mode, the destination's DAC label, and whether the
+    storage squashes root, read from the owner the sentinel got)."""
+    checks = []
+
+    def add(name, ok, detail, fix=None):
+        checks.append({"name": name, "ok": ok, "detail": detail, "fix": None if ok else fix})
+
+    squashed = {}
+    for probe in facts.get("probes", []):
+        directory = probe["dir"]
+        if probe.get("error"):
+            add(f"shared_path:{directory}", False,
+                f"could not write a sentinel in {directory} on {source}: {probe['error']}",
+                FIX_PROBE.format(source=source, dest=dest))
+            continue
+        if probe["owner"] != 0:
+            squashed[directory] = (probe["owner"], probe["group"])
+        seen = probe.get("seen")
+        if seen is None:
+            add(f"shared_path:{directory}", True,
+                f"not proven: {dest}'s libvirtd cannot list files ({probe.get('detail')}); "
+                "libvirt's own check on the source still applies")
+        elif seen:
+            add(f"shared_path:{directory}", True,
+                f"a sentinel {source} wrote in {directory} is seen by {dest}'s libvirtd at the "
+                "same path")
+        else:
+            add(f"shared_path:{directory}", False,
+                f"{dest}'s libvirtd does not see the sentinel {source} wrote in {directory}: "
+                f"{probe.get('detail') or 'not there'}; {dest} does not have this storage at "
+                "that path", FIX_PROBE.format(source=source, dest=dest))
+    sec = facts.get("dest_security") or {}
+    selinux = "selinux" in sec.get("models", [])
+    for target, image in sorted(facts.get("images", {}).items()):
+        name = f"image_access:{target}"
+        if image.get("error"):
+            add(name, False, f"{image['path']}: {image['error']} on {source}",
+                "check the image path")
+            continue
+        squash = squashed.get(os.path.dirname(image["path"]))
+        uid, gid = sec.get("uid"), sec.get("gid")
+        owner = f"owner {image['uid']}:{image['gid']}, mode {image['mode']:04o}"
+        note = (f"; {dest} enforces SELinux: its boolean virt_use_nfs must be on for images "
+                "on NFS (setsebool -P virt_use_nfs 1)" if selinux else "")
+        if uid is None:
+            add(name, True, f"{image['path']} ({owner}): not checked, {dest} reports no DAC "
+                            "security driver, so QEMU's user there is unknown" + note)
+            continue
+        runs_as = f"QEMU on {dest} runs as {uid}:{gid}"
+        if uid == 0 and squash is None:
+            add(name, True, f"{image['path']} ({owner}): {runs_as} (root)" + note)
+        elif _can_rw(image, squash[0] if uid == 0 and squash else uid,
+                     squash[1] if gid == 0 and squash else gid):
+            add(name, True, f"{image['path']} ({owner}): {runs_as} and can read and write it"
+                + note)
+        elif squash is None:
+            add(name, True, f"{image['path']} ({owner}): {runs_as}; root is not squashed on "
+                            f"this storage, so libvirt on {dest} gives the image to that user "
+                            "as the guest arrives (qemu.conf dynamic_ownership)" + note)
+        else:
+            add(name, False,
+                f"{image['path']} ({owner}): {runs_as}, and this storage squashes root (a file "
+                f"root wrote became uid {squash[0]}), so libvirt on {dest} cannot give the image "
+                "to that user: QEMU there would fail to open it (Permission denied)" + note,
+                FIX_ACCESS.format(dest=dest, uid=uid, gid=gid))
+    return checks
 
 
 def assess_dest(facts, source, dest):
@@ -105,4 +212,4 @@ def assess_dest(facts, source, dest):
         f"{dest} already has domain {clash!r} with this guest's UUID" if clash
         else f"no domain of this name or UUID on {dest}",
         f"remove or rename the other domain on {dest} (it is not this guest)")
-    return checks
+    return checks + assess_dest_storage(facts, source, dest)

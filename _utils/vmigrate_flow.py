@@ -89,10 +89,11 @@ def fire(opts, tag, data):
         log.warning("vmigrate: could not fire %s: %s", tag, err)
 
 
-def gather(client, tgt, tgt_type, fun, arg, kwarg, wait):
+def gather(client, tgt, tgt_type, fun, arg, kwarg, wait, published=None):
     """Publish ``fun`` to ``tgt`` and collect each targeted minion's own return event until
     every one answered or ``wait`` seconds passed -- no ``saltutil.find_job`` pings, whose one
-    miss would end the wait early. Returns (jid, {minion: return data}, targeted minions)."""
+    miss would end the wait early. ``published(jid)`` is called once the job is out. Returns
+    (jid, {minion: return data}, targeted minions)."""
     pub = client.run_job(tgt, fun, arg, tgt_type=tgt_type, kwarg=kwarg, listen=True,
                          timeout=wait)
     if not pub or not pub.get("jid"):
@@ -100,6 +101,8 @@ def gather(client, tgt, tgt_type, fun, arg, kwarg, wait):
             f"could not publish {fun} to {tgt}: is the salt master running and are the "
             "minions' keys accepted?")
     jid, expected = pub["jid"], set(pub.get("minions") or [])
+    if published:
+        published(jid)
     got = {}
     deadline = time.monotonic() + wait
     while not expected <= set(got):
@@ -241,6 +244,27 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
             # Sent, and then the master lost track: what the minion did is not known here.
             ret["status"] = "unknown"
         ret["comment"] = "; ".join(x for x in (ret["comment"], str(err)) if x)
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C or SIGTERM on salt-run: Salt's handler raises SystemExit wherever the process
+        # is. The request ends here, reported like any other (the state or runner returns it,
+        # salt-run exits non-zero), instead of a traceback from inside the state engine.
+        ret["result"] = False
+        if ret.get("jid") and ret["status"] != "refused":
+            # The job had returned; the verification or repair after it was cut short.
+            ret["status"] = "unknown"
+            ret["comment"] = "; ".join(x for x in (ret["comment"], (
+                f"interrupted on the master while checking the outcome: run salt-run "
+                f"vmigrate.reconcile {vm}")) if x)
+        elif ret.get("jid"):
+            ret["status"] = "unknown"
+            ret["comment"] = (
+                f"interrupted on the master while {vm} migrates from {ret.get('source')} to "
+                f"{dest} (job {ret['jid']}): the migration goes on there under its own timeout "
+                f"and ends with the guest on one host; check with salt-run vmigrate.locate "
+                f"{vm}, and salt-run vmigrate.reconcile {vm} if it reports a problem")
+        else:
+            ret["status"] = "refused"
+            ret["comment"] = f"interrupted on the master before anything was sent: {REFUSED}"
     finally:
         ret["wall"] = round(time.monotonic() - start, 3)
         fire(opts, f"vmigrate/{vm if _valid(vm) else '-'}/result", ret)
@@ -305,7 +329,7 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
     was_paused = where["hosts"][source]["state"] == "paused"
     with _client(opts) as client:
         jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
-                             wait_all)
+                             wait_all, published=lambda jid: ret.update(jid=jid))
     ret.update(jid=jid, status="failed")
     # Where it is now, whatever the call said: the report on failure, the check on success.
     after = locate(opts, vm, [source, dest])

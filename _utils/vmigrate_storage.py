@@ -52,6 +52,11 @@ FIX_SHARED = (
     "path exists (libvirtd ignores a listed path that did not exist when it started, and every "
     "entry after it); never migrate with unsafe=True"
 )
+FIX_CACHE = (
+    "set the disk's cache mode to 'none' (or 'writeback') in the domain definition and restart "
+    "the guest; libvirt allows 'unsafe' here only because QEMU drops the destination's page "
+    "cache, which does not bring back writes the source never flushed"
+)
 FIX_RESTART = (
     "restart libvirtd on this host now that the path exists (systemctl restart libvirtd, or "
     "virtqemud); on boot, order it after the mount (e.g. RequiresMountsFor=<path> in a drop-in); "
@@ -236,6 +241,61 @@ def gather(xml_text, conf=QEMU_CONF, mountinfo="/proc/self/mountinfo"):
     return facts
 
 
+PROBE_PREFIX = ".vmigrate-probe-"
+PROBE_FILE = "sentinel"
+
+
+def disk_dirs(facts):
+    """The distinct directories holding this domain's writable file disks (resolved)."""
+    return sorted({os.path.dirname(d["resolved"]) for d in facts["disks"] if d.get("resolved")})
+
+
+def probe_write(directory, token):
+    """Write a sentinel the other host must see: ``<directory>/.vmigrate-probe-<token>/sentinel``
+    holding ``token``, flushed to the storage. Returns the probe directory and the owner the
+    storage gave the file root created: not 0 means root is squashed there (NFS root_squash,
+    the owner being the export's anonymous uid)."""
+    probe = os.path.join(directory, PROBE_PREFIX + token)
+    os.mkdir(probe, 0o755)
+    path = os.path.join(probe, PROBE_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, token.encode("ascii"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    info = os.stat(path)
+    return {"probe": probe, "owner": info.st_uid, "group": info.st_gid}
+
+
+def probe_remove(probe):
+    """Remove what :func:`probe_write` made, and nothing else."""
+    for name in (PROBE_FILE,):
+        try:
+            os.unlink(os.path.join(probe, name))
+        except FileNotFoundError:
+            pass
+    try:
+        os.rmdir(probe)
+    except FileNotFoundError:
+        pass
+
+
+def image_owners(facts, stat=os.stat):
+    """Owner, group and mode of each writable file disk's image, by target."""
+    owners = {}
+    for disk in facts["disks"]:
+        if disk.get("resolved"):
+            try:
+                info = stat(disk["resolved"])
+            except OSError as err:
+                owners[disk["target"]] = {"path": disk["resolved"], "error": err.strerror}
+                continue
+            owners[disk["target"]] = {"path": disk["resolved"], "uid": info.st_uid,
+                                      "gid": info.st_gid, "mode": info.st_mode & 0o7777}
+    return owners
+
+
 # ---- verdict -------------------------------------------------------------------------------
 def _fs_name(disk):
     magic = disk.get("magic")
@@ -265,12 +325,31 @@ def _stamp(epoch):
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "?"
 
 
+def _cache_check(disk, label):
+    """libvirt refuses a cache mode other than none/directsync only when QEMU cannot drop the
+    destination's page cache; every QEMU libvirt 11 supports can. 'unsafe' is refused here
+    all the same: it skips the flush at switchover."""
+    cache = disk.get("cache") or "default"
+    name = f"disk_cache:{disk.get('target')}"
+    if cache == "unsafe" and not disk.get("shareable"):
+        return {"name": name, "ok": False, "fix": FIX_CACHE,
+                "detail": f"{label}: cache='unsafe' ignores flushes, including the one at "
+                          "switchover: the destination can read data the source never wrote "
+                          "back to the shared storage"}
+    if cache in ("none", "directsync"):
+        why = "QEMU bypasses the host page cache"
+    else:
+        why = ("the source flushes at switchover and QEMU on the destination drops its page "
+               "cache before reading (drop-cache)")
+    return {"name": name, "ok": True, "fix": None, "detail": f"{label}: cache={cache!r}: {why}"}
+
+
 def assess(facts, host):
     """Checks for live migration from ``host``: one per disk (``name``, ``ok``, ``detail``,
     ``fix``), ``ok`` False where libvirt will refuse. A disk that depends on
     ``shared_filesystems`` passes with a note: whether the running daemon took the entry in
     cannot be read from outside it, and libvirt itself has the last word."""
-    checks = []
+    checks, caches = [], []
     daemon = facts.get("daemon") or {}
     for disk in facts["disks"]:
         name = f"shared_storage:{disk.get('target') or disk.get('path')}"
@@ -291,6 +370,7 @@ def assess(facts, host):
                            "detail": f"{label}: a {disk['type']} disk is not shared storage "
                                      "to libvirt"})
             continue
+        caches.append(_cache_check(disk, label))
         magic = disk.get("magic")
         fuse_shared = magic == FUSE_MAGIC and disk.get("fstype") in SHARED_FUSE
         if magic in SHARED_MAGIC or fuse_shared:
@@ -320,7 +400,7 @@ def assess(facts, host):
                        "detail": f"{label}: on {_where(disk)}, which libvirt does not treat as "
                                  "shared storage, and no qemu.conf shared_filesystems entry "
                                  "covers it"})
-    return checks
+    return checks + caches
 
 
 def explain_unsafe(facts, host):

@@ -301,6 +301,40 @@ class Lab:
         self.libvirtd_up(host)
         self.wait_hypervisors_ready([host])
 
+    @contextlib.contextmanager
+    def tcg_cpu_without(self, host, feature):
+        """``host``'s hypervisor without one CPU feature, for as long as the block runs.
+
+        The lab's hosts run the same QEMU on the same machine, so their hypervisor CPUs are
+        identical; a destination that cannot run a guest's CPU needs one that differs. libvirt
+        builds the TCG host CPU model from its capabilities cache
+        (/var/cache/libvirt/qemu/capabilities, the ``<hostCPU type='tcg'>`` properties), which
+        it trusts while the QEMU binary and libvirt are unchanged; this turns ``feature`` off
+        there and restarts that libvirtd, then puts the cache back and restarts it again. The
+        comparison and every refusal stay libvirt's own. A cache left edited by a crashed run
+        is restored by the next ``up()``."""
+        files = sorted((self.libvirt_cache(host) / "qemu" / "capabilities").glob("*.xml"))
+        edited = []
+        try:
+            for path in files:
+                text = path.read_text()
+                start = text.find("<hostCPU type='tcg'")
+                end = text.find("</hostCPU>", start)
+                prop = f"<property name='{feature}' type='boolean' value='true'"
+                if start < 0 or prop not in text[start:end]:
+                    continue
+                shutil.copy2(path, f"{path}{DOCTORED}")
+                block = text[start:end].replace(prop, prop.replace("'true'", "'false'"))
+                path.write_text(text[:start] + block + text[end:])
+                edited.append(path)
+            if not edited:
+                raise LabError(f"no TCG host CPU with {feature} in {host}'s capabilities cache")
+            self.libvirtd_restart(host)
+            yield
+        finally:
+            if _restore_doctored(self.libvirt_cache(host)):
+                self.libvirtd_restart(host)
+
     def hosts_up(self):
         for host in HOST_OCTET:
             self._prepare_host_dirs(host)
@@ -532,6 +566,8 @@ class Lab:
         ``ctl=False`` keeps the control namespace (a test session runs inside it)."""
         self.down(ctl=ctl)
         self.wipe()
+        for host in HYPERVISORS:
+            _restore_doctored(self.libvirt_cache(host))
         self.root.mkdir(parents=True)
         self.network_up()
         self.hosts_up()
@@ -587,6 +623,18 @@ class Lab:
             raise LabError(f"refusing to wipe {self.root}: not a lab directory under {LAB_BASE}")
         if self.root.exists():
             shutil.rmtree(self.root)
+
+
+DOCTORED = ".vmlab-orig"
+
+
+def _restore_doctored(cache):
+    """Put back every capabilities file ``tcg_cpu_without`` edited under ``cache``."""
+    restored = False
+    for orig in pathlib.Path(cache).glob(f"qemu/capabilities/*.xml{DOCTORED}"):
+        os.replace(orig, str(orig)[: -len(DOCTORED)])
+        restored = True
+    return restored
 
 
 def _alive(pid):

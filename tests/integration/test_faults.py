@@ -2,16 +2,20 @@
 exactly one host and is defined on exactly one, its image passes qemu-img check, its counter is
 continuous with bad=0, the orchestration exited non-zero naming the cause, and a retried
 migration succeeds."""
+import copy
 import json
 import os
 import signal
+import subprocess
 import threading
 import time
 
 import pytest
 
 import vmlab
+from tests.support import labsalt
 
+from .test_contact import _minion_pids
 from .test_migrate import assert_guest_went_on, counter_before, orch_state
 
 
@@ -43,12 +47,13 @@ def _assert_one_intact_copy(lab, host, before):
     assert_guest_went_on(lab, host, before)
 
 
-def _during_migration(lab, salt_master, fault, bandwidth=2):
+def _during_migration(lab, salt_master, fault, bandwidth=2, timeout=120):
     """Start a throttled live migration host1 -> host2 and run ``fault`` once the incoming
     domain exists; return the orchestration's result."""
     cli = salt_master.salt_run_cli(timeout=240)
     outcome = {}
-    pillar = json.dumps({"vm": "vdisk", "dest": "host2", "bandwidth": bandwidth, "timeout": 120})
+    pillar = json.dumps({"vm": "vdisk", "dest": "host2", "bandwidth": bandwidth,
+                         "timeout": timeout})
     worker = threading.Thread(target=lambda: outcome.update(
         ret=cli.run("state.orch", "migrate", f"pillar={pillar}")))
     worker.start()
@@ -61,10 +66,13 @@ def _during_migration(lab, salt_master, fault, bandwidth=2):
     return outcome["ret"]
 
 
-def _retry_succeeds(salt_run_cli, lab):
-    ret = salt_run_cli.run("state.orch", "migrate", 'pillar={"vm": "vdisk", "dest": "host2"}')
+def _retry_succeeds(salt_run_cli, lab, dest="host2"):
+    """A new migration request works again (to ``dest``: host1 when the fault's migration
+    completed on its own)."""
+    pillar = json.dumps({"vm": "vdisk", "dest": dest})
+    ret = salt_run_cli.run("state.orch", "migrate", f"pillar={pillar}")
     assert ret.returncode == 0, orch_state(ret)["comment"]
-    assert _placement(lab) == (["host2"], ["host2"])
+    assert _placement(lab) == ([dest], [dest])
 
 
 def test_destination_libvirtd_killed_mid_copy(vdisk_on_host1, lab, salt_master, salt_run_cli):
@@ -128,5 +136,125 @@ def test_source_libvirtd_restarted_mid_copy(vdisk_on_host1, lab, salt_master, sa
     running, _ = _placement(lab)
     if running != ["host1"]:
         pytest.fail(f"after the source libvirtd restart vdisk runs on {running}: {comment}")
+    _assert_one_intact_copy(lab, "host1", before)
+    _retry_succeeds(salt_run_cli, lab)
+
+
+def _lift_cap(lab, host):
+    """Let the running migration job on ``host`` go at full speed (asked of libvirt directly:
+    the job outlives the client that started it)."""
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    conn = libvirt.open(lab.libvirt_uri(host))
+    try:
+        conn.lookupByName("vdisk").migrateSetMaxSpeed(100_000, 0)
+    finally:
+        conn.close()
+
+
+def _settles_on(lab, host):
+    vmlab.wait_for(f"vdisk to settle on {host} alone",
+                   lambda: _placement(lab) == ([host], [host]), 90, 0.5)
+
+
+@pytest.fixture
+def short_abort_deadline(lab, pillar_dir, salt_cli):
+    """host1's minion gives an abort 5 s (default 30): the master's wait for a lost return,
+    timeout + 2 x abort_deadline + return_margin, becomes 8 + 10 + 10 s."""
+    pillar = copy.deepcopy(lab.pillar())
+    pillar["vmigrate"]["abort_deadline"] = 5
+    labsalt.write_pillar(pillar_dir, pillar)
+    assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="host1").returncode == 0
+    yield
+    labsalt.write_pillar(pillar_dir, lab.pillar())
+    assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="host1").returncode == 0
+
+
+def test_source_salt_minion_killed_mid_migration(vdisk_on_host1, short_abort_deadline, minions,
+                                                 lab, salt_master, salt_run_cli):
+    before = counter_before(lab, "host1")
+
+    def kill():
+        pids = _minion_pids(lab, "host1")  # the daemon and the process running the job
+        assert len(pids) >= 2, pids
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        # libvirt 11.3 goes on with a peer-to-peer migration whose client is gone (the whole
+        # job runs inside the source daemon's one API call); let it finish soon.
+        _lift_cap(lab, "host1")
+
+    try:
+        ret = _during_migration(lab, salt_master, kill, timeout=8)
+    finally:
+        minions["host1"].terminate()
+        minions["host1"].start(start_timeout=120)
+    assert ret.returncode != 0
+    comment = orch_state(ret)["comment"]
+    assert "no return from host1 within 28s" in comment, comment
+    assert "may still be running" in comment and "host1: could not verify" in comment, comment
+    _settles_on(lab, "host2")
+    vmlab.wait_for("host1's minion back", lambda: salt_run_cli.run(
+        "vmigrate.locate", "vdisk").returncode == 0, 90, 1)
+    rec = salt_run_cli.run("vmigrate.reconcile", "vdisk")
+    assert rec.returncode == 0 and rec.data["actions"] == [], rec.data
+    _assert_one_intact_copy(lab, "host2", before)
+    _retry_succeeds(salt_run_cli, lab, dest="host1")
+
+
+def test_orchestration_interrupted_on_the_master(vdisk_on_host1, lab, salt_master,
+                                                 salt_run_cli):
+    before = counter_before(lab, "host1")
+    started = time.time()
+    pillar = json.dumps({"vm": "vdisk", "dest": "host2", "bandwidth": 2, "timeout": 120})
+    argv = salt_master.salt_run_cli().cmdline("state.orch", "migrate", f"pillar={pillar}")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lab.incoming_qemu("host2")
+        time.sleep(1)
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0, out
+    assert "interrupted on the master while vdisk migrates from host1 to host2" in out, out
+    # The migration is the source minion's job: it goes on, within its own timeout.
+    _lift_cap(lab, "host1")
+    _settles_on(lab, "host2")
+    events = salt_master.event_listener.get_events([(salt_master.id, "vmigrate/vdisk/result")],
+                                                   after_time=started)
+    assert [e.data["status"] for e in events] == ["unknown"], [e.data for e in events]
+    _assert_one_intact_copy(lab, "host2", before)
+    _retry_succeeds(salt_run_cli, lab, dest="host1")
+
+
+def test_destination_storage_not_mounted_is_refused_before_anything_moves(
+        vdisk_on_host1, lab, salt_cli, salt_run_cli):
+    before = counter_before(lab, "host1")
+    lab.host_run("host2", ["umount", str(lab.mountpoint)])
+    try:
+        ret = salt_run_cli.run("state.orch", "migrate", 'pillar={"vm": "vdisk", "dest": "host2"}')
+        assert ret.returncode != 0
+        comment = orch_state(ret)["comment"]
+        assert "precheck refused the migration of 'vdisk', nothing was moved" in comment, comment
+        assert (f"host2's libvirtd does not see the sentinel host1 wrote in {lab.mountpoint}"
+                in comment), comment
+        assert "Fix: mount the shared storage on host2 at the same path" in comment
+        assert "state.apply vmigrate.nfs.client on host2" in comment
+        _assert_one_intact_copy(lab, "host1", before)
+        # The probe left nothing behind on the shared storage.
+        assert not list(lab.export_dir.glob(".vmigrate-probe-*"))
+    finally:
+        ret = salt_cli.run("state.apply", "vmigrate.nfs.client", minion_tgt="host2")
+        assert ret.returncode == 0, ret
+    assert lab.is_mounted("host2", lab.mountpoint)
+    _retry_succeeds(salt_run_cli, lab)
+
+
+def test_offline_request_for_a_running_vm_is_refused(vdisk_on_host1, lab, salt_run_cli):
+    before = counter_before(lab, "host1")
+    ret = salt_run_cli.run("state.orch", "migrate",
+                           'pillar={"vm": "vdisk", "dest": "host2", "mode": "offline"}')
+    assert ret.returncode != 0
+    comment = orch_state(ret)["comment"]
+    assert "running on host1" in comment and "mode=live" in comment, comment
     _assert_one_intact_copy(lab, "host1", before)
     _retry_succeeds(salt_run_cli, lab)

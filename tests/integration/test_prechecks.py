@@ -1,7 +1,9 @@
 """Destination prechecks on real daemons: read through the migration's own libvirt URI,
 each blocker stops the migration before anything moves and names its fix."""
+import contextlib
 import copy
 import json
+import re
 
 import pytest
 
@@ -15,10 +17,15 @@ def test_plan_lists_every_check_and_changes_nothing(vdisk_on_host1, lab, salt_ru
     ret = salt_run_cli.run("vmigrate.plan", "vdisk", "host2")
     assert ret.returncode == 0, ret
     checks = {c["name"]: c for c in ret.data["checks"]}
-    for name in ("shared_storage:vda", "dest_reachable", "distinct_hosts", "dest_libvirt_version",
-                 "dest_qemu_version", "dest_memory", "dest_cpu", "dest_no_clash"):
+    for name in ("shared_storage:vda", "disk_cache:vda", "dest_reachable", "distinct_hosts",
+                 "dest_libvirt_version", "dest_qemu_version", "dest_memory", "dest_cpu",
+                 "dest_no_clash", f"shared_path:{lab.mountpoint}", "image_access:vda"):
         assert checks[name]["ok"] is True, checks.get(name)
     assert f"qemu+tcp://{lab.addr('host2')}/system" in checks["dest_reachable"]["detail"]
+    assert "seen by host2's libvirtd at the same path" in (
+        checks[f"shared_path:{lab.mountpoint}"]["detail"])
+    # The sentinel's directory is gone again: nothing is left on the shared storage.
+    assert not list(lab.export_dir.glob(".vmigrate-probe-*"))
     assert ret.data["blockers"] == [] and ret.data["source"] == "host1"
     assert lab.running_on() == ["host1"]
 
@@ -71,3 +78,60 @@ def test_not_enough_memory_on_the_destination_blocks(vdisk_on_host1, huge_reserv
     assert "plus a reserve of 100000000 MiB" in ret.data["comment"]
     assert "Fix: free memory on host2 or pick another destination" in ret.data["comment"]
     assert lab.running_on() == ["host1"]
+
+
+@contextlib.contextmanager
+def _variant(lab, name, edit):
+    """A second guest ``name`` running on host1, its definition changed by ``edit``."""
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    lab.remove_guest_everywhere(name)
+    lab.create_guest("host1", name, start=False)
+    conn = libvirt.open(lab.libvirt_uri("host1"))
+    try:
+        dom = conn.lookupByName(name)
+        dom = conn.defineXML(edit(dom.XMLDesc(0)))
+        dom.create()
+        yield dom
+    finally:
+        conn.close()
+        lab.remove_guest_everywhere(name)
+
+
+def _plan(salt_run_cli, name):
+    ret = salt_run_cli.run("vmigrate.plan", name, "host2")
+    return ret, {c["name"]: c for c in ret.data["checks"]}
+
+
+AVX2 = ("<cpu mode='custom' match='exact'><model fallback='forbid'>qemu64</model>"
+        "<feature policy='require' name='avx2'/></cpu>")
+
+
+def test_a_guest_cpu_the_destination_cannot_run_blocks(guest, lab, salt_run_cli):
+    """host2's hypervisor without avx2 (see vmlab.tcg_cpu_without); the guest needs it."""
+    with _variant(lab, "vavx", lambda xml: re.sub("(</vcpu>)", r"\1" + AVX2, xml, count=1)):
+        with lab.tcg_cpu_without("host2", "avx2"):
+            ret, checks = _plan(salt_run_cli, "vavx")
+            assert ret.returncode != 0 and ret.data["blockers"] == ["dest_cpu"], ret.data
+            assert "Host CPU does not provide required features: avx2" in (
+                checks["dest_cpu"]["detail"])
+            assert "hypervisor-cpu-baseline" in checks["dest_cpu"]["fix"]
+            ret = salt_run_cli.run("state.orch", "migrate",
+                                   'pillar={"vm": "vavx", "dest": "host2"}')
+            assert ret.returncode != 0
+            comment = orch_state(ret)["comment"]
+            assert "nothing was moved" in comment and "avx2" in comment, comment
+            assert salt_run_cli.run("vmigrate.locate", "vavx").data["running"] == ["host1"]
+        # The same host with avx2 again: the same request moves the guest.
+        ret = salt_run_cli.run("state.orch", "migrate", 'pillar={"vm": "vavx", "dest": "host2"}')
+        assert ret.returncode == 0, orch_state(ret)["comment"]
+        where = salt_run_cli.run("vmigrate.locate", "vavx").data
+        assert where["running"] == ["host2"] and where["defined"] == ["host2"]
+
+
+def test_cache_unsafe_blocks_with_its_fix(guest, lab, salt_run_cli):
+    with _variant(lab, "vunsafe", lambda xml: xml.replace("cache='none'", "cache='unsafe'")):
+        ret, checks = _plan(salt_run_cli, "vunsafe")
+        assert ret.returncode != 0 and ret.data["blockers"] == ["disk_cache:vda"], ret.data
+        assert "cache='unsafe' ignores flushes" in checks["disk_cache:vda"]["detail"]
+        assert "cache mode to 'none'" in checks["disk_cache:vda"]["fix"]
+        assert salt_run_cli.run("vmigrate.locate", "vunsafe").data["running"] == ["host1"]

@@ -63,3 +63,88 @@ def test_domain_needs_reads_cpu_networks_and_bridges():
     assert needs["machine"] == "pc-q35-10.0" and needs["networks"] == ["prod"]
     assert needs["bridges"] == ["br0"]
     assert ck.domain_needs("<domain type='qemu'><os><type>hvm</type></os></domain>")["cpu"] is None
+
+
+CAPS = """<capabilities><host><uuid>b</uuid>
+  <secmodel><model>selinux</model><doi>0</doi></secmodel>
+  <secmodel><model>dac</model><doi>0</doi>
+    <baselabel type='kvm'>+64055:+994</baselabel><baselabel type='qemu'>+64055:+995</baselabel>
+  </secmodel></host></capabilities>"""
+IMAGE = "/srv/vm/vdisk.qcow2"
+PROBE = {"dir": "/srv/vm", "probe": "/srv/vm/.vmigrate-probe-1", "owner": 0, "group": 0,
+         "seen": True, "detail": None}
+
+
+def _storage(probe=None, image=None, security=None):
+    return dict(FACTS, probes=[dict(PROBE, **(probe or {}))],
+                images={"vda": dict({"path": IMAGE, "uid": 64055, "gid": 994, "mode": 0o600},
+                                    **(image or {}))},
+                dest_security=security or {"models": ["dac"], "uid": 64055, "gid": 994})
+
+
+def test_security_models_reads_qemus_user_for_the_virt_type():
+    assert ck.security_models(CAPS, "kvm") == {"models": ["selinux", "dac"], "uid": 64055,
+                                               "gid": 994}
+    assert ck.security_models(CAPS, "qemu")["gid"] == 995
+    none = ck.security_models("<capabilities><host/></capabilities>")
+    assert none == {"models": [], "uid": None, "gid": None}
+
+
+def test_shared_storage_seen_from_the_destination_and_an_image_qemu_can_open():
+    checks = {c["name"]: c for c in ck.assess_dest(_storage(), "host1", "host2")}
+    assert checks["shared_path:/srv/vm"]["ok"], checks
+    assert "seen by host2's libvirtd at the same path" in checks["shared_path:/srv/vm"]["detail"]
+    assert checks["image_access:vda"]["ok"]
+    assert "runs as 64055:994 and can read and write it" in checks["image_access:vda"]["detail"]
+
+
+def test_a_sentinel_the_destination_does_not_see_blocks_naming_the_mount():
+    check = _check(_storage({"seen": False, "detail": "cannot open directory"}),
+                   "shared_path:/srv/vm")
+    assert not check["ok"] and "does not see the sentinel host1 wrote in /srv/vm" in check["detail"]
+    assert "state.apply vmigrate.nfs.client on host2" in check["fix"]
+
+
+def test_a_sentinel_that_cannot_be_written_blocks():
+    check = _check(_storage({"error": "Read-only file system (/srv/vm)"}), "shared_path:/srv/vm")
+    assert not check["ok"] and "Read-only file system" in check["detail"]
+
+
+def test_no_storage_driver_on_the_destination_is_reported_not_proven():
+    check = _check(_storage({"seen": None, "detail": "no storage driver"}), "shared_path:/srv/vm")
+    assert check["ok"] and check["detail"].startswith("not proven")
+
+
+def test_root_squash_with_an_image_qemu_cannot_open_blocks_with_the_seed_recipes_pitfall():
+    facts = _storage(probe={"owner": 65534, "group": 65534},
+                     image={"uid": 0, "gid": 0, "mode": 0o600})
+    check = _check(facts, "image_access:vda")
+    assert not check["ok"]
+    assert "squashes root (a file root wrote became uid 65534)" in check["detail"]
+    assert "Permission denied" in check["detail"]
+    assert "chown the image to 64055:994" in check["fix"] and "no_root_squash" in check["fix"]
+
+
+def test_root_squash_with_root_qemu_counts_as_the_anonymous_user():
+    security = {"models": ["dac"], "uid": 0, "gid": 0}
+    squashed = {"owner": 65534, "group": 65534}
+    assert not _check(_storage(squashed, {"uid": 0, "gid": 0, "mode": 0o600}, security),
+                      "image_access:vda")["ok"]
+    assert _check(_storage(squashed, {"uid": 0, "gid": 0, "mode": 0o666}, security),
+                  "image_access:vda")["ok"]
+    assert _check(_storage(None, {"uid": 5, "gid": 5, "mode": 0o600}, security),
+                  "image_access:vda")["ok"]
+
+
+def test_without_squash_libvirt_hands_the_image_over_and_selinux_is_named():
+    facts = _storage(image={"uid": 0, "gid": 0, "mode": 0o600},
+                     security={"models": ["selinux", "dac"], "uid": 64055, "gid": 994})
+    check = _check(facts, "image_access:vda")
+    assert check["ok"] and "dynamic_ownership" in check["detail"]
+    assert "virt_use_nfs" in check["detail"]
+
+
+def test_group_access_counts():
+    facts = _storage(probe={"owner": 65534, "group": 65534},
+                     image={"uid": 1, "gid": 994, "mode": 0o660})
+    assert _check(facts, "image_access:vda")["ok"]

@@ -342,3 +342,37 @@ def test_mode_and_state_must_agree_before_anything_is_sent(env, state, mode, wor
     ret = env["flow"].migrate(OPTS, "vdisk", "host2", mode=mode)
     assert ret["status"] == "refused" and words in ret["comment"], ret["comment"]
     assert not _published(client, "vmigrate.migrate")
+
+
+@pytest.mark.parametrize("signal_exc", [KeyboardInterrupt, SystemExit])
+def test_interrupted_while_the_job_runs_is_reported_unknown_with_the_job(env, monkeypatch,
+                                                                         signal_exc):
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, migrate=None)
+
+    deliver = client.event.get_event
+
+    def interrupted(wait, tag, full):
+        if client.calls[-1][0] == "vmigrate.migrate":
+            raise signal_exc("Ctrl-c")
+        return deliver(wait, tag, full)
+
+    monkeypatch.setattr(client.event, "get_event", interrupted)
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["result"] is False and ret["status"] == "unknown", ret
+    assert ret["jid"] == "j1" and "interrupted on the master while vdisk migrates from host1 " \
+                                  "to host2 (job j1)" in ret["comment"]
+    assert [t for t, _ in env["fired"]] == ["vmigrate/vdisk/result"]
+    assert env["fired"][0][1]["status"] == "unknown"
+    assert client.opened == client.closed
+
+
+def test_interrupted_before_anything_was_sent_is_a_refusal(env, monkeypatch):
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
+
+    def interrupted(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client.event, "get_event", interrupted)
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["status"] == "refused" and "before anything was sent" in ret["comment"]
+    assert not _published(client, "vmigrate.migrate")

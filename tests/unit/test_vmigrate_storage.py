@@ -114,3 +114,39 @@ def test_explain_unsafe_names_disk_fs_daemon_start_and_fix():
     for words in ("disk vda (/srv/bind/vdisk.qcow2)", "ext4", "libvirtd on host1 (pid 42",
                   "did not take that entry in: the path did not exist yet", "Fix: restart libvirtd"):
         assert words in text, text
+
+
+@pytest.mark.parametrize("cache, ok", [(None, True), ("none", True), ("directsync", True),
+                                       ("writeback", True), ("writethrough", True),
+                                       ("unsafe", False)])
+def test_cache_mode(cache, ok):
+    xml = XML.replace("cache='none'", f"cache='{cache}'" if cache else "")
+    facts = st.disk_facts(st.domain_disks(xml), "", MOUNTINFO, statfs=lambda p: NFS,
+                          realpath=lambda p: p, exists=lambda p: True)
+    facts["daemon"] = {}
+    check = {c["name"]: c for c in st.assess(facts, "host1")}["disk_cache:vda"]
+    assert check["ok"] is ok, check
+    if not ok:
+        assert "switchover" in check["detail"] and "cache mode to 'none'" in check["fix"]
+
+
+def test_probe_writes_a_sentinel_and_removes_only_what_it_made(tmp_path):
+    image = tmp_path / "vdisk.qcow2"
+    image.write_bytes(b"QFI")
+    probe = st.probe_write(str(tmp_path), "abc123")
+    assert (tmp_path / ".vmigrate-probe-abc123" / "sentinel").read_text() == "abc123"
+    assert probe["owner"] == 0 and probe["probe"].endswith(".vmigrate-probe-abc123")
+    st.probe_remove(probe["probe"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vdisk.qcow2"]
+    st.probe_remove(probe["probe"])  # twice is harmless
+
+
+def test_image_owners_and_disk_dirs(tmp_path):
+    image = tmp_path / "vdisk.qcow2"
+    image.write_bytes(b"QFI")
+    image.chmod(0o600)
+    xml = XML.replace("/srv/vm/vdisk.qcow2", str(image))
+    facts = st.disk_facts(st.domain_disks(xml), "", MOUNTINFO, statfs=lambda p: NFS)
+    assert st.disk_dirs(facts) == [str(tmp_path)]
+    owners = st.image_owners(facts)
+    assert owners["vda"] == {"path": str(image), "uid": 0, "gid": 0, "mode": 0o600}
