@@ -16,7 +16,7 @@ install-master:     ## copy only the plugin into DEST, a directory listed in the
 	@for d in $(PLUGIN_DIRS); do \
 	  mkdir -p "$(DEST)/$$d" && rm -f "$(DEST)/$$d"/vmigrate*.py && cp $$d/vmigrate*.py "$(DEST)/$$d/"; \
 	done
-	@rm -rf "$(DEST)/vmigrate" && cp -r salt/vmigrate salt/migrate.sls "$(DEST)/"
+	@rm -rf "$(DEST)/vmigrate" && cp -r salt/vmigrate salt/migrate.sls salt/evacuate.sls "$(DEST)/"
 	@echo "vmigrate installed in $(DEST): list it in file_roots, then run salt-run saltutil.sync_all and salt '*' saltutil.sync_all"
 
 demo: install       ## a real live migration in the lab: vdisk host1 -> host2

@@ -20,6 +20,7 @@ CLI Example:
     salt-run vmigrate.migrate vdisk host2
     salt-run vmigrate.migrate vdisk host2 mode=offline
     salt-run vmigrate.reconcile vdisk
+    salt-run vmigrate.evacuate host1
 """
 
 import logging
@@ -154,4 +155,31 @@ def reconcile(vm, dry_run=False):
         out = __utils__["vmigrate_flow.reconcile"](__opts__, vm, dry_run=dry_run)
     except (SaltException, OSError) as err:
         out = {"name": vm, "result": False, "comment": str(err), "actions": []}
+    return _finish(out, out["result"] is not False)
+
+
+def evacuate(host, targets=None, concurrency=2, bandwidth=None, timeout=None, dry_run=False):
+    """
+    Move every domain off hypervisor ``host``: running ones live, shut-off ones offline, each
+    to the least busy target whose prechecks and caps take it, ``concurrency`` at a time
+    (bounded by master config ``vmigrate:max_outgoing``). Exits non-zero if any domain could
+    not move; each one that did not stays where it was, running or defined.
+
+    :param host: the hypervisor to empty
+    :param targets: destination minion ids (default: every other answering hypervisor)
+    :param concurrency: migrations at once (1..16)
+    :param bandwidth: MiB/s cap for each live migration
+    :param timeout: abort each live migration after this many seconds
+    :param dry_run: list the moves, move nothing
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.evacuate host1
+        salt-run vmigrate.evacuate host1 targets='[host2, host3]' concurrency=2
+        salt-run state.orch evacuate pillar='{host: host1}'
+    """
+    out = __utils__["vmigrate_flow.evacuate"](__opts__, host, targets, concurrency, bandwidth,
+                                              timeout, trigger="runner", dry_run=dry_run)
     return _finish(out, out["result"] is not False)

@@ -20,6 +20,18 @@ and changes nothing.
       vmigrate.migrated:
         - name: vdisk
         - host: host2
+
+    # salt/evacuate.sls: `salt-run state.orch evacuate pillar='{host: host1}'`
+    host1-empty:
+      vmigrate.evacuated:
+        - name: host1
+        - concurrency: 2
+
+    # salt/vmigrate/orch/request.sls, started by the reactor: authorize, then act
+    vmigrate-orch-request-vmigrate-requested:
+      vmigrate.requested:
+        - name: vmigrate/request     # the event's tag
+        - data: {...}                # the event's data, untrusted
 """
 
 __virtualname__ = "vmigrate"
@@ -68,3 +80,58 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
                                        "iterations", "data_stream", "wall")}
     return dict(ret, comment=out["comment"],
                 changes={"host": {"old": out["source"], "new": host}, "migration": numbers})
+
+
+def evacuated(name, targets=None, concurrency=2, bandwidth=None, timeout=None):
+    """
+    Make sure hypervisor ``name`` runs no domain and defines none: each moves to another
+    hypervisor (see ``salt-run vmigrate.evacuate``). ``test=True`` lists the moves.
+
+    :param name: the hypervisor minion id to empty
+    :param targets: destination minion ids (default: every other answering hypervisor)
+    :param concurrency: migrations at once
+    :param bandwidth: MiB/s cap for each live migration
+    :param timeout: abort each live migration after this many seconds
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    out = __utils__["vmigrate_flow.evacuate"](__opts__, name, targets, concurrency, bandwidth,
+                                              timeout, trigger="state",
+                                              dry_run=bool(__opts__.get("test")))
+    if out["result"] is False:
+        return dict(ret, result=False, comment=out["comment"],
+                    changes=_moved(out))
+    if __opts__.get("test"):
+        if not out.get("moves"):
+            return dict(ret, comment=f"{name} runs and defines no domain to move")
+        return dict(ret, result=None, comment=out["comment"],
+                    changes={"moves": {vm: mode for vm, mode in out["moves"]}})
+    if not out["vms"]:
+        return dict(ret, comment=f"{name} runs and defines no domain to move")
+    return dict(ret, comment=out["comment"], changes=_moved(out))
+
+
+def _moved(out):
+    return {vm: {"old": out["host"], "new": r.get("dest")}
+            for vm, r in out.get("vms", {}).items() if r.get("result")}
+
+
+def requested(name, data=None):
+    """
+    Handle one request from the event bus, as the reactor hands it over: ``name`` is the
+    event's tag, ``data`` its data, trusted for nothing. Authorized from master config
+    (``vmigrate:requests``) before anything is located; a refusal changes nothing and is
+    logged. ``test=True`` changes nothing and authorizes nothing (a signed request's nonce
+    would be spent).
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    if __opts__.get("test"):
+        return dict(ret, result=None, comment=f"would authorize and handle {name}")
+    out = __utils__["vmigrate_flow.request"](__opts__, name, data)
+    if not out["result"]:
+        return dict(ret, result=False, comment=out["comment"])
+    if "vms" in out:
+        return dict(ret, comment=out["comment"], changes=_moved(out))
+    if out.get("status") == "unchanged":
+        return dict(ret, comment=out["comment"])
+    return dict(ret, comment=out["comment"],
+                changes={"host": {"old": out.get("source"), "new": out.get("dest")}})

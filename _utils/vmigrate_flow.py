@@ -19,10 +19,12 @@ Master config (``/etc/salt/master.d/vmigrate.conf``):
       return_margin: 30                  # seconds past a migration's timeout to wait for it
 """
 
+import concurrent.futures
 import importlib.util
 import logging
 import os
 import sys
+import threading
 import time
 
 import salt.client
@@ -46,6 +48,7 @@ def _sibling(name):
 
 validate = _sibling("vmigrate_validate")
 locks = _sibling("vmigrate_locks")
+authz = _sibling("vmigrate_authz")
 
 ACTIVE = ("running", "blocked", "paused")
 # A source paused for one of these reasons is mid-migration: resuming it may start a second copy.
@@ -229,15 +232,17 @@ def decide(where, vm, dest, force=False, already_ok=False, mode="live"):
 
 
 def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=False,
-            already_ok=False, trigger="cli"):
+            already_ok=False, trigger="cli", owner=None):
     """Locate, decide, migrate on the source minion, verify. Returns the result dict
     (``result``, ``status``: migrated | unchanged | refused | failed | unknown, ``comment``
-    and the numbers)."""
+    and the numbers). ``owner``: refuse unless the VM runs on that minion (a requester
+    allowed only its own VMs)."""
     start = time.monotonic()
     ret = {"result": False, "status": "refused", "name": vm, "dest": dest, "mode": mode,
            "trigger": trigger, "comment": ""}
     try:
-        _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger)
+        _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger,
+                 owner)
     except (SaltException, OSError) as err:
         ret["result"] = False
         if ret.get("jid") and ret["status"] != "refused":
@@ -267,19 +272,20 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
             ret["comment"] = f"interrupted on the master before anything was sent: {REFUSED}"
     finally:
         ret["wall"] = round(time.monotonic() - start, 3)
-        fire(opts, f"vmigrate/{vm if _valid(vm) else '-'}/result", ret)
+        fire(opts, f"vmigrate/{vm if _valid(validate.vm_name, vm) else '-'}/result", ret)
     return ret
 
 
-def _valid(vm):
+def _valid(check, value):
     try:
-        validate.vm_name(vm)
+        check(value)
         return True
     except SaltInvocationError:
         return False
 
 
-def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger):
+def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger,
+             owner=None):
     validate.vm_name(vm)
     if dest is None:
         raise SaltInvocationError("dest is required: pass pillar='{vm: <name>, dest: <minion>}'")
@@ -293,11 +299,11 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
     # One request per VM at a time, held from before it is located (Busy names the other).
     with locks.hold(opts, vm, trigger) as held:
         _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
-                        already_ok)
+                        already_ok, owner)
 
 
 def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
-                    already_ok):
+                    already_ok, owner=None):
     where = locate(opts, vm)
     ret["located"] = _summary(where)
     if force and where["unaccounted"]:
@@ -311,6 +317,10 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
         ret["source"] = source
     if why:
         ret["comment"] = why
+        return
+    if owner is not None and source != owner:
+        ret["comment"] = (f"requester {owner} may move only VMs running on itself; {vm} runs "
+                          f"on {source}: {REFUSED}")
         return
     held.take_slots(source, dest)
     if held.recovered:
@@ -532,3 +542,147 @@ def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):
     steps = ", ".join(f"{a['action']} on {a['host']}{'' if a['done'] else ' FAILED'}"
                       for a in out["actions"])
     return dict(out, result=ok, comment=f"{vm}: {steps}; now {placement(after)}")
+
+
+def request(opts, tag, data):
+    """A request from the event bus (the reactor hands each ``vmigrate/request``,
+    ``vmigrate/evacuate`` and ``salt/run/<jid>/new`` of ``event.send`` here): authorized from
+    master config (see ``vmigrate_authz.py``: what it guarantees and what it cannot), then
+    done. A refusal touches nothing, is logged, and fires ``vmigrate/refused``."""
+    try:
+        req = authz.authorize(opts, tag, data, validate)
+    except SaltInvocationError as err:
+        why = str(err)
+        log.warning("vmigrate: refused a request from the event bus (%s): %s", tag, why)
+        fire(opts, "vmigrate/refused", {"tag": tag, "reason": why})
+        return {"result": False, "status": "refused", "comment": f"refused: {why}"}
+    trigger = f"reactor:{req['requester']}"
+    if req["kind"] == "evacuate":
+        out = evacuate(opts, req["host"], trigger=trigger)
+    else:
+        out = migrate(opts, req["vm"], req["dest"], req["mode"], trigger=trigger,
+                      owner=req["requester"] if req["own"] else None)
+    if out.get("status") == "refused":
+        log.warning("vmigrate: refused %s from %s: %s", req["kind"], req["requester"],
+                    out["comment"])
+    return out
+
+
+def _evacuation_plan(listing):
+    """What leaves a host: running (and paused, not mid-migration) domains live, shut-off
+    persistent ones offline; the rest is named and left."""
+    moves, left = [], {}
+    for name, info in sorted(listing["domains"].items()):
+        if info["state"] == "paused" and info.get("reason") in MIGRATION_PAUSE:
+            left[name] = f"paused ({info['reason']}): a migration of it is unfinished"
+        elif info["state"] in ACTIVE:
+            moves.append((name, "live"))
+        elif info["persistent"]:
+            moves.append((name, "offline"))
+        else:
+            left[name] = f"{info['state']} and transient: nothing to move"
+    return moves, left
+
+
+def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=None,
+             trigger="cli", dry_run=False):
+    """Every domain off hypervisor ``host``: running ones live, shut-off ones offline, each to
+    the least busy of ``targets`` (default: every other answering hypervisor) that takes it
+    -- a destination whose prechecks or caps refuse is skipped for the next -- ``concurrency``
+    at a time within the per-host caps. Each move is a full :func:`migrate` (locks, prechecks,
+    verification, reconciliation, one result event). Returns ``result`` (True only if every
+    domain moved), ``vms`` ({vm: that migration's result}), ``left`` and ``comment``.
+    ``dry_run`` lists the moves (``moves``: [[vm, mode]]) and the candidates, moving nothing:
+    each move's own prechecks run when it is made."""
+    start = time.monotonic()
+    ret = {"result": False, "host": host, "trigger": trigger, "vms": {}, "left": {},
+           "comment": ""}
+    try:
+        validate.minion_id(host, "host")
+        if targets is not None:
+            if not isinstance(targets, list) or not targets:
+                raise SaltInvocationError(f"targets {targets!r}: a list of minion ids")
+            for target in targets:
+                validate.minion_id(target, "target")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
+                or not 1 <= concurrency <= 16:
+            raise SaltInvocationError(f"concurrency {concurrency!r}: an integer 1..16")
+        validate.mib_per_s(bandwidth)
+        validate.seconds(timeout, "timeout")
+        _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger, dry_run)
+    except (SaltException, OSError) as err:
+        ret["comment"] = "; ".join(x for x in (ret["comment"], str(err)) if x)
+    ret["wall"] = round(time.monotonic() - start, 3)
+    if dry_run:
+        return ret
+    fire(opts, f"vmigrate/evacuate/{host if _valid(validate.minion_id, host) else '-'}/result",
+         ret)
+    return ret
+
+
+def _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger, dry_run):
+    conf = settings(opts)
+    with _client(opts) as client:
+        _jid, got, expected = gather(client, conf["tgt"], conf["tgt_type"], "vmigrate.domains",
+                                     [], {}, conf["query_timeout"])
+    listings = {h: _listing(got.get(h)) for h in expected}
+    if listings.get(host) is None:
+        raise CommandExecutionError(f"{host} is not an answering hypervisor: nothing to "
+                                    "evacuate can be read")
+    candidates = [h for h in (targets or sorted(expected)) if h != host]
+    silent = [h for h in candidates if listings.get(h) is None]
+    candidates = [h for h in candidates if listings.get(h) is not None]
+    if silent:
+        ret["skipped_targets"] = silent
+    if not candidates:
+        raise CommandExecutionError(f"no answering hypervisor to evacuate {host} to")
+    moves, ret["left"] = _evacuation_plan(listings[host])
+    load = {h: sum(1 for i in listings[h]["domains"].values() if i["state"] in ACTIVE)
+            for h in candidates}
+    guard = threading.Lock()
+    workers = min(concurrency, locks.caps(opts)["max_outgoing"])
+    ret["concurrency"] = workers
+    if dry_run:
+        ret.update(result=None if moves else True, moves=[list(m) for m in moves],
+                   candidates=candidates,
+                   comment=f"{host}: would move {len(moves)} domain(s) to {', '.join(candidates)}"
+                           f", {workers} at a time")
+        return
+
+    def move(vm, mode):
+        tried, result = set(), None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            with guard:
+                order = sorted((h for h in candidates if h not in tried),
+                               key=lambda h: (load[h], h))
+                if not order:
+                    break
+                dest = order[0]
+                load[dest] += 1
+            result = migrate(opts, vm, dest, mode, bandwidth, timeout,
+                             trigger=f"evacuate:{trigger}")
+            if result["result"] or result["status"] != "refused":
+                if not result["result"]:
+                    with guard:
+                        load[dest] -= 1
+                return result
+            with guard:
+                load[dest] -= 1
+            if "already sends" in result["comment"] or "already receives" in result["comment"]:
+                time.sleep(1)  # a cap: wait for a slot, same destinations again
+                continue
+            tried.add(dest)
+        return result or {"result": False, "status": "refused", "name": vm,
+                          "comment": "no destination took it"}
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(move, vm, mode): vm for vm, mode in moves}
+        for future in concurrent.futures.as_completed(futures):
+            ret["vms"][futures[future]] = future.result()
+    failed = sorted(vm for vm, r in ret["vms"].items() if not r["result"])
+    moved = len(ret["vms"]) - len(failed)
+    ret["result"] = not failed and not ret["left"]
+    ret["comment"] = (f"{host}: {moved} of {len(moves)} domain(s) moved"
+                      + (f"; not moved: {', '.join(failed)}" if failed else "")
+                      + (f"; left: {', '.join(sorted(ret['left']))}" if ret["left"] else ""))

@@ -7,6 +7,10 @@ Brings the demo lab up (vdisk on host1), then alternates host1 -> host2 -> host1
   orch      salt-run state.orch migrate pillar='{vm: vdisk, dest: <dest>}'
 and prints the median wall time of each, the ratio to the baseline, and the Salt layer's cost
 in seconds (orch - baseline). BENCH_ROUNDS round trips each (default 3).
+
+Then evacuation: three guests on host1 (vdisk and two more), `salt-run vmigrate.evacuate`
+host1 -> host2 and back, one at a time (concurrency=1) and two at a time (concurrency=2, the
+lab's max_outgoing), printing p4_parallel_over_sequential (below 1: parallel is faster).
 """
 import json
 import os
@@ -59,6 +63,10 @@ def main():
                                  f"{lab.running_on()}")
             where["at"] = dest
         results[name] = statistics.median(samples)
+    if where["at"] != "host1":
+        orch("host1")
+        where["at"] = "host1"
+    p4 = evacuation(lab)
     lines = lab.counter_lines()
     numbers = [n for n, _ in lines]
     intact = vmlab.vmguest.continuous(numbers) and all(b == 0 for _, b in lines)
@@ -69,8 +77,38 @@ def main():
                         ("orch", "salt-run state.orch migrate")):
         print(f"  {label:32s} {results[name]:6.2f} s   ratio {results[name] / base:5.2f}x   "
               f"+{results[name] - base:5.2f} s")
+    print(f"  evacuate 3 guests, sequential     {p4['sequential']:6.2f} s   (median of 2)")
+    print(f"  evacuate 3 guests, 2 at a time     {p4['parallel']:6.2f} s   "
+          f"p4_parallel_over_sequential {p4['parallel'] / p4['sequential']:.2f}")
     print(f"  guest intact across {len(numbers)} counter lines: {intact}")
     return 0 if intact else 1
+
+
+def evacuation(lab):
+    """Median wall of evacuating host1 -> host2 and back, sequential and two at a time."""
+    guests = ("vev1", "vev2")
+    for name in guests:
+        lab.create_guest("host1", name)
+    for name in guests:
+        lab.counter_lines_on("host1", name, count=1)
+    walls = {}
+    for label, concurrency in (("sequential", 1), ("parallel", 2)):
+        samples = []
+        for source in ("host1", "host2"):
+            t0 = time.perf_counter()
+            out = subprocess.run(lab.salt_cli("salt-run", "vmigrate.evacuate", source,
+                                              f"concurrency={concurrency}", "--out=json"),
+                                 capture_output=True, text=True, check=False)
+            samples.append(time.perf_counter() - t0)
+            dest = "host2" if source == "host1" else "host1"
+            for name in ("vdisk", *guests):
+                if lab.running_on(name) != [dest]:
+                    raise SystemExit(f"evacuate {source}: {name} is on {lab.running_on(name)}: "
+                                     f"{out.stdout[-2000:]}")
+        walls[label] = statistics.median(samples)
+    for name in guests:
+        lab.remove_guest_everywhere(name)
+    return walls
 
 
 if __name__ == "__main__":

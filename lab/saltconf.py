@@ -1,5 +1,7 @@
 """Salt configuration for the lab: its pillar (production defaults, lab exceptions stated)
 and the master/minion configs of the plain daemons that `make lab-up` and `make demo` start."""
+import hashlib
+import json
 import pathlib
 import subprocess
 
@@ -50,13 +52,58 @@ def lab_pillar(lab):
     }
 
 
+def request_key(lab, minion):
+    """A requester's signing key. Lab only: derived from the lab's name so the master config
+    and the minion's pillar agree without a secret store; real keys come from
+    `openssl rand -hex 32`, kept in master config and in that minion's pillar only."""
+    return hashlib.sha256(f"vmigrate-lab:{lab.name}:{minion}".encode()).hexdigest()
+
+
+# Which requester may ask what (see _utils/vmigrate_authz.py). nfs1 is not a requester.
+def request_policy(lab):
+    own = {"vms": "own", "dests": list(lab.hypervisors), "kinds": ["migrate", "evacuate"]}
+    requesters = {"master": {"vms": ["*"], "dests": ["*"], "kinds": ["migrate", "evacuate"]}}
+    requesters.update({h: dict(own, key=request_key(lab, h)) for h in lab.hypervisors})
+    return {"max_age": 60, "requesters": requesters}
+
+
+REACTOR = [
+    {"vmigrate/request": ["salt://vmigrate/reactor/migrate.sls"]},
+    {"vmigrate/evacuate": ["salt://vmigrate/reactor/evacuate.sls"]},
+    {"salt/run/*/new": ["salt://vmigrate/reactor/master.sls"]},
+]
+
+
+def minion_pillar(lab, minion):
+    """The pillar only ``minion`` sees: its request key (nfs1 gets one the master does not
+    know, as a minion outside the policy would)."""
+    return {"vmigrate": {"request_key": request_key(lab, minion)}}
+
+
+def write_pillar(pillar_dir, lab, pillar=None):
+    """The lab master's pillar: ``pillar`` (default: the lab's) for every minion, and each
+    minion's own request key for it alone."""
+    pillar_dir = pathlib.Path(pillar_dir)
+    pillar_dir.mkdir(parents=True, exist_ok=True)
+    top = "base:\n  '*':\n    - vmigrate\n"
+    for minion in (*lab.hypervisors, "nfs1"):
+        top += f"  '{minion}':\n    - minion_{minion}\n"
+        (pillar_dir / f"minion_{minion}.sls").write_text(
+            json.dumps(minion_pillar(lab, minion), indent=2))
+    (pillar_dir / "top.sls").write_text(top)
+    (pillar_dir / "vmigrate.sls").write_text(json.dumps(pillar or lab_pillar(lab), indent=2))
+
+
 def master_vmigrate(lab):
     """The master's vmigrate settings: the hypervisors are named, never guessed."""
     return {"hypervisors_target": list(lab.hypervisors), "hypervisors_target_type": "list",
             # A lab hypervisor lists its domains in well under a second.
             "query_timeout": 6,
             # Lab: returns travel over loopback; a lost one is reported sooner.
-            "return_margin": 10}
+            "return_margin": 10,
+            # Evacuation sends two at a time from one host.
+            "max_outgoing": 2,
+            "requests": request_policy(lab)}
 
 
 def master_config(lab, root_dir, pillar_dir, file_root):
@@ -70,6 +117,7 @@ def master_config(lab, root_dir, pillar_dir, file_root):
         "pillar_roots": {"base": [str(pillar_dir)]},
         "log_level_logfile": "info",
         "vmigrate": master_vmigrate(lab),
+        "reactor": REACTOR,
     }
 
 

@@ -518,8 +518,7 @@ class Lab:
         pillar_dir = self.salt_dir / "pillar"
         etc.mkdir(parents=True, exist_ok=True)
         pillar_dir.mkdir(parents=True, exist_ok=True)
-        (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - vmigrate\n")
-        (pillar_dir / "vmigrate.sls").write_text(json.dumps(self.pillar(), indent=2))
+        saltconf.write_pillar(pillar_dir, self)
         file_root = saltconf.install_plugin(self.salt_dir / "fileserver")
         (etc / "master").write_text(json.dumps(saltconf.master_config(
             self, self.salt_dir / "master", pillar_dir, file_root), indent=2))

@@ -4,6 +4,8 @@ import json
 
 import pytest
 import salt.config
+import salt.loader
+import salt.template
 from saltfactories.utils.functional import Loaders
 
 from tests.support.modload import REPO
@@ -75,3 +77,43 @@ def test_custom_module_and_state_load_through_the_real_loader(tmp_path):
         assert "vmigrate.migrate" in loaders.modules
     finally:
         loaders.reset_state()
+
+
+HOSTILE = {"vm": "{{ salt['cmd.run']('id') }}\n- force: true", "dest": "host2'\"; {% raw %}",
+           "mode": "live\n  unsafe: true", "id": "host1", "data": {"nested": "{{ 7 * 7 }}"}}
+
+
+def _render(path, pillar=None, **context):
+    opts = salt.config.master_config(None)
+    opts["pillar"] = pillar or {}
+    renderers = salt.loader.render(opts, {})
+    return salt.template.compile_template(
+        str(REPO / "salt" / path), renderers, "jinja|yaml", opts["renderer_blacklist"],
+        opts["renderer_whitelist"], **context)
+
+
+@pytest.mark.parametrize("path, sid", [("vmigrate/reactor/migrate.sls", "vmigrate-reactor-migrate"),
+                                       ("vmigrate/reactor/evacuate.sls",
+                                        "vmigrate-reactor-evacuate")])
+def test_reactors_hand_hostile_event_data_over_as_data(path, sid):
+    high = _render(path, tag="vmigrate/request", data=HOSTILE)
+    args = high[sid]["runner.state.orchestrate"][0]["args"]
+    assert args[0] == {"mods": "vmigrate.orch.request"}
+    assert args[1]["pillar"]["vmigrate_event"] == {"tag": "vmigrate/request", "data": HOSTILE}
+
+
+def test_master_reactor_takes_only_event_send_of_vmigrate_tags():
+    run_new = {"fun": "runner.event.send", "fun_args": ["vmigrate/request", HOSTILE]}
+    high = _render("vmigrate/reactor/master.sls", tag="salt/run/1/new", data=run_new)
+    pillar = high["vmigrate-reactor-master"]["runner.state.orchestrate"][0]["args"][1]["pillar"]
+    assert pillar["vmigrate_event"]["data"] == run_new
+    for other in ({"fun": "runner.state.orchestrate", "fun_args": ["vmigrate/request"]},
+                  {"fun": "runner.event.send", "fun_args": ["other/tag", {}]}, {}):
+        assert not _render("vmigrate/reactor/master.sls", tag="salt/run/1/new", data=other)
+
+
+def test_request_orchestration_passes_the_event_whole_to_its_state():
+    event = {"tag": "vmigrate/request", "data": HOSTILE}
+    high = _render("vmigrate/orch/request.sls", pillar={"vmigrate_event": event})
+    args = high["vmigrate-orch-request-vmigrate-requested"]["vmigrate.requested"]
+    assert args == [{"name": "vmigrate/request"}, {"data": HOSTILE}]

@@ -57,7 +57,7 @@ def lab():
 def pillar_dir(lab, tmp_path_factory):
     """The lab master's pillar directory (tests that change pillar restore it)."""
     path = tmp_path_factory.mktemp("pillar")
-    labsalt.write_pillar(path, lab.pillar())
+    labsalt.write_pillar(path, lab)
     return path
 
 

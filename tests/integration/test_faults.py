@@ -2,7 +2,6 @@
 exactly one host and is defined on exactly one, its image passes qemu-img check, its counter is
 continuous with bad=0, the orchestration exited non-zero naming the cause, and a retried
 migration succeeds."""
-import copy
 import json
 import os
 import signal
@@ -160,13 +159,8 @@ def _settles_on(lab, host):
 def short_abort_deadline(lab, pillar_dir, salt_cli):
     """host1's minion gives an abort 5 s (default 30): the master's wait for a lost return,
     timeout + 2 x abort_deadline + return_margin, becomes 8 + 10 + 10 s."""
-    pillar = copy.deepcopy(lab.pillar())
-    pillar["vmigrate"]["abort_deadline"] = 5
-    labsalt.write_pillar(pillar_dir, pillar)
-    assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="host1").returncode == 0
-    yield
-    labsalt.write_pillar(pillar_dir, lab.pillar())
-    assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="host1").returncode == 0
+    with labsalt.host1_pillar(lab, pillar_dir, salt_cli, abort_deadline=5):
+        yield
 
 
 def test_source_salt_minion_killed_mid_migration(vdisk_on_host1, short_abort_deadline, minions,

@@ -20,4 +20,5 @@ def test_master_serves_only_the_plugin(synced, salt_cli):
     for forbidden in (".git", ".venv", "lab", "tests", "bench", "Makefile", "README.md"):
         assert not any(pathlib.PurePath(f).parts[0] == forbidden for f in served), forbidden
     # The SLS other than the orchestration entry point live under the vmigrate/ namespace.
-    assert {f for f in served if f.endswith(".sls") and "/" not in f} == {"migrate.sls"}
+    assert {f for f in served if f.endswith(".sls") and "/" not in f} == {"migrate.sls",
+                                                                          "evacuate.sls"}

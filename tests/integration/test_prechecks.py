@@ -1,7 +1,6 @@
 """Destination prechecks on real daemons: read through the migration's own libvirt URI,
 each blocker stops the migration before anything moves and names its fix."""
 import contextlib
-import copy
 import json
 import re
 
@@ -58,13 +57,8 @@ def test_a_domain_with_the_guests_uuid_on_the_destination_blocks(clash, lab, sal
 
 @pytest.fixture
 def huge_reserve(lab, pillar_dir, salt_cli):
-    pillar = copy.deepcopy(lab.pillar())
-    pillar["vmigrate"]["memory_reserve_mib"] = 100_000_000
-    labsalt.write_pillar(pillar_dir, pillar)
-    assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="host1").returncode == 0
-    yield
-    labsalt.write_pillar(pillar_dir, lab.pillar())
-    assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="host1").returncode == 0
+    with labsalt.host1_pillar(lab, pillar_dir, salt_cli, memory_reserve_mib=100_000_000):
+        yield
 
 
 def test_not_enough_memory_on_the_destination_blocks(vdisk_on_host1, huge_reserve, lab,

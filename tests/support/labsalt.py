@@ -6,7 +6,8 @@ Each minion is started inside its host's namespaces: :class:`LabMinion` prefixes
 command line with ``nsenter`` into the host's holder process, so ``qemu:///system``,
 ``/etc/exports`` and the mounts it sees are that host's own.
 """
-import json
+import contextlib
+import copy
 import pathlib
 
 import attr
@@ -35,6 +36,7 @@ def master_overrides(lab, pillar_dir, file_root):
         "file_roots": {"base": [saltconf.install_plugin(file_root)]},
         "pillar_roots": {"base": [str(pillar_dir)]},
         "vmigrate": saltconf.master_vmigrate(lab),
+        "reactor": saltconf.REACTOR,
         "user": "root",
     }
 
@@ -48,10 +50,27 @@ def minion_overrides(lab):
     }
 
 
-def write_pillar(pillar_dir, pillar):
-    pillar_dir.mkdir(parents=True, exist_ok=True)
-    (pillar_dir / "top.sls").write_text("base:\n  '*':\n    - vmigrate\n")
-    (pillar_dir / "vmigrate.sls").write_text(json.dumps(pillar, indent=2))
+def write_pillar(pillar_dir, lab, pillar=None):
+    """The lab master's pillar (``pillar`` replaces the shared part; per-minion keys stay)."""
+    import saltconf  # pylint: disable=import-outside-toplevel
+
+    saltconf.write_pillar(pillar_dir, lab, pillar)
+
+
+@contextlib.contextmanager
+def host1_pillar(lab, pillar_dir, salt_cli, **settings):
+    """host1's ``vmigrate`` pillar with ``settings`` for the block, refreshed there; the lab's
+    pillar back afterwards."""
+    pillar = copy.deepcopy(lab.pillar())
+    pillar["vmigrate"].update(settings)
+    write_pillar(pillar_dir, lab, pillar)
+    assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="host1").returncode == 0
+    try:
+        yield
+    finally:
+        write_pillar(pillar_dir, lab)
+        assert salt_cli.run("saltutil.refresh_pillar", "wait=True",
+                            minion_tgt="host1").returncode == 0
 
 
 def state_results(ret):

@@ -376,3 +376,90 @@ def test_interrupted_before_anything_was_sent_is_a_refusal(env, monkeypatch):
     ret = env["flow"].migrate(OPTS, "vdisk", "host2")
     assert ret["status"] == "refused" and "before anything was sent" in ret["comment"]
     assert not _published(client, "vmigrate.migrate")
+
+
+class MovingClient(FakeClient):
+    """vmigrate.migrate moves the domain from its host to the destination and succeeds."""
+
+    def run_job(self, tgt, fun, arg, tgt_type, kwarg, listen, timeout):
+        if fun != "vmigrate.migrate":
+            return super().run_job(tgt, fun, arg, tgt_type, kwarg, listen, timeout)
+        jid = f"j{len(self.calls)}"
+        self.calls.append((fun, tgt, list(arg), dict(kwarg)))
+        (host,), (vm, dest) = tgt, arg
+        info = self.hosts[host].pop(vm)
+        if kwarg["mode"] == "live" or info["state"] == "shutoff":
+            self.hosts[dest][vm] = dict(info, reason="migrated")
+        self.pending.append((self.clock.now, {
+            "tag": f"salt/job/{jid}/ret/{host}",
+            "data": {"id": host, "fun": fun, "retcode": 0,
+                     "return": {"elapsed": 1.0, "downtime_ms": 5, "stats": {}}}}))
+        return {"jid": jid, "minions": [host]}
+
+
+SHUTOFF = dict(RUNNING, state="shutoff", reason="shutdown")
+
+
+def _evac_env(env, monkeypatch, hosts):
+    client = MovingClient(env["clock"], hosts=hosts)
+    monkeypatch.setattr(env["flow"], "_client", lambda opts: client)
+    return client
+
+
+def test_evacuation_moves_every_domain_live_or_offline_spread_over_targets(env, monkeypatch):
+    hosts = {"host1": {"a": dict(RUNNING), "b": dict(RUNNING), "c": dict(SHUTOFF)},
+             "host2": {}, "host3": {}}
+    client = _evac_env(env, monkeypatch, hosts)
+    opts = dict(OPTS, vmigrate={"hypervisors_target": ["host1", "host2", "host3"],
+                                "max_outgoing": 2})
+    ret = env["flow"].evacuate(opts, "host1", concurrency=2)
+    assert ret["result"] is True, ret
+    assert client.hosts["host1"] == {} and ret["concurrency"] == 2
+    modes = {c[2][0]: c[3]["mode"] for c in _published(client, "vmigrate.migrate")}
+    assert modes == {"a": "live", "b": "live", "c": "offline"}
+    assert {len(client.hosts["host2"]), len(client.hosts["host3"])} == {1, 2}
+    assert all(r["trigger"] == "evacuate:cli" for r in ret["vms"].values())
+    tags = [t for t, _ in env["fired"]]
+    assert tags.count("vmigrate/evacuate/host1/result") == 1 and len(tags) == 4
+
+
+def test_evacuation_dry_run_moves_nothing_and_caps_bound_concurrency(env, monkeypatch):
+    hosts = {"host1": {"a": dict(RUNNING)}, "host2": {}}
+    client = _evac_env(env, monkeypatch, hosts)
+    ret = env["flow"].evacuate(OPTS, "host1", concurrency=4, dry_run=True)
+    assert ret["result"] is None and ret["moves"] == [["a", "live"]]
+    assert ret["concurrency"] == 1  # max_outgoing defaults to 1
+    assert not _published(client, "vmigrate.migrate")
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"host": "host1\n"}, "not a valid minion id"),
+    ({"host": "host1", "concurrency": 0}, "concurrency 0"),
+    ({"host": "host1", "targets": "host2"}, "a list of minion ids"),
+    ({"host": "host9"}, "host9 is not an answering hypervisor"),
+    ({"host": "host1", "targets": ["host1"]}, "no answering hypervisor"),
+])
+def test_evacuation_refusals_move_nothing(env, monkeypatch, kwargs, words):
+    client = _evac_env(env, monkeypatch, {"host1": {"a": dict(RUNNING)}, "host2": {}})
+    ret = env["flow"].evacuate(OPTS, **kwargs)
+    assert ret["result"] is False and words in ret["comment"], ret
+    assert not _published(client, "vmigrate.migrate")
+
+
+def test_a_reactor_request_for_another_hosts_vm_is_refused_after_locating(env, monkeypatch,
+                                                                          tmp_path):
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
+    authz = load("_utils", "vmigrate_authz")
+    key = "33" * 32
+    opts = dict(OPTS, vmigrate={"hypervisors_target": ["host1", "host2"], "requests": {
+        "requesters": {"host2": {"key": key, "vms": "own", "dests": ["host*"]}}}})
+    payload = {"vm": "vdisk", "dest": "host2", "requester": "host2", "ts": 1e9,
+               "nonce": "ef" * 8}
+    payload["sig"] = authz.sign(key, "migrate", payload)
+    monkeypatch.setattr(env["flow"].authz.time, "time", lambda: 1e9)
+    ret = env["flow"].request(opts, "vmigrate/request", payload)
+    assert ret["status"] == "refused"
+    assert "requester host2 may move only VMs running on itself; vdisk runs on host1" \
+        in ret["comment"]
+    assert not _published(client, "vmigrate.migrate")
+    assert env["fired"][-1][1]["trigger"] == "reactor:host2"

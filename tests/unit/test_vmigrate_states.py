@@ -83,3 +83,67 @@ def test_not_found_fails(testmode):
                                      "comment": "vm vdisk was not found"})
     ret = mod.migrated("vdisk", "host2")
     assert ret["result"] is False and "not found" in ret["comment"]
+
+
+def _evac_state(testmode, out):
+    calls = []
+
+    def evacuate(opts, host, targets, concurrency, bandwidth, timeout, trigger, dry_run):
+        calls.append((host, concurrency, trigger, dry_run))
+        return out(dry_run)
+
+    def request(opts, tag, data):
+        calls.append(("request", tag, data))
+        return out(False)
+
+    mod = load("_states", "vmigrate", opts={"test": testmode},
+               utils={"vmigrate_flow.evacuate": evacuate, "vmigrate_flow.request": request})
+    return mod, calls
+
+
+def test_evacuated_moves_everything_or_lists_the_moves(testmode):
+    def out(dry_run):
+        if dry_run:
+            return {"result": None, "host": "host1", "moves": [["a", "live"], ["c", "offline"]],
+                    "comment": "host1: would move 2 domain(s) to host2, 2 at a time"}
+        return {"result": True, "host": "host1", "comment": "host1: 2 of 2 domain(s) moved",
+                "vms": {"a": {"result": True, "dest": "host2"},
+                        "c": {"result": True, "dest": "host2"}}}
+
+    mod, calls = _evac_state(testmode, out)
+    ret = mod.evacuated("host1")
+    assert calls == [("host1", 2, "state", testmode)]
+    if testmode:
+        assert ret["result"] is None and ret["changes"] == {"moves": {"a": "live",
+                                                                      "c": "offline"}}
+    else:
+        assert ret["result"] is True
+        assert ret["changes"] == {"a": {"old": "host1", "new": "host2"},
+                                  "c": {"old": "host1", "new": "host2"}}
+
+
+def test_evacuated_with_nothing_to_move_is_no_change(testmode):
+    mod, _ = _evac_state(testmode, lambda dry: {"result": True, "host": "host1", "vms": {},
+                                                "moves": [], "comment": "host1: 0 of 0"})
+    ret = mod.evacuated("host1")
+    assert ret["result"] is True and ret["changes"] == {} and "no domain" in ret["comment"]
+
+
+def test_evacuated_fails_naming_what_did_not_move(testmode):
+    mod, _ = _evac_state(testmode, lambda dry: {
+        "result": False, "host": "host1", "comment": "host1: 1 of 2 domain(s) moved; not "
+        "moved: b", "vms": {"a": {"result": True, "dest": "host2"}, "b": {"result": False}}})
+    ret = mod.evacuated("host1")
+    assert ret["result"] is False and "not moved: b" in ret["comment"]
+    assert ret["changes"] == {"a": {"old": "host1", "new": "host2"}}
+
+
+def test_requested_authorizes_only_when_applied(testmode):
+    mod, calls = _evac_state(testmode, lambda dry: {"result": False, "status": "refused",
+                                                    "comment": "refused: unsigned request"})
+    ret = mod.requested("vmigrate/request", {"vm": "vdisk"})
+    if testmode:
+        assert ret["result"] is None and calls == []
+    else:
+        assert ret["result"] is False and "unsigned" in ret["comment"]
+        assert calls == [("request", "vmigrate/request", {"vm": "vdisk"})]
