@@ -9,7 +9,7 @@ install:            ## Debian packages, the venv, the guest kernel (idempotent)
 	bash lab/install.sh
 
 # What a Salt master serves for vmigrate, and nothing else: no .git, .venv, lab or tests.
-PLUGIN_DIRS := _modules _states _runners _utils
+PLUGIN_DIRS := _modules _states _runners _utils _beacons
 
 install-master:     ## copy only the plugin into DEST, a directory listed in the master's file_roots
 	@test -n "$(DEST)" || { echo "usage: make install-master DEST=/srv/salt/vmigrate" >&2; exit 2; }

@@ -183,3 +183,29 @@ def evacuate(host, targets=None, concurrency=2, bandwidth=None, timeout=None, dr
     out = __utils__["vmigrate_flow.evacuate"](__opts__, host, targets, concurrency, bandwidth,
                                               timeout, trigger="runner", dry_run=dry_run)
     return _finish(out, out["result"] is not False)
+
+
+def placement(vm=None):
+    """
+    Where the hypervisors' ``vmigrate`` beacons say each domain is, from libvirt's lifecycle
+    events (the master's record; see ``_utils/vmigrate_placement.py``). Asks no minion. A
+    record, not what a migration decides on: ``locate`` asks every hypervisor.
+
+    :param vm: one domain (default: all)
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.placement
+        salt-run vmigrate.placement vdisk
+    """
+    return __utils__["vmigrate_placement.placement"](__opts__, vm)
+
+
+def record(tag, data):
+    """
+    Take one ``salt/beacon/<minion>/vmigrate/...`` event into the placement record (the
+    reactor ``vmigrate/reactor/beacon.sls`` calls this).
+    """
+    return __utils__["vmigrate_placement.record"](__opts__, tag, data)

@@ -71,7 +71,14 @@ REACTOR = [
     {"vmigrate/request": ["salt://vmigrate/reactor/migrate.sls"]},
     {"vmigrate/evacuate": ["salt://vmigrate/reactor/evacuate.sls"]},
     {"salt/run/*/new": ["salt://vmigrate/reactor/master.sls"]},
+    {"salt/beacon/*/vmigrate/*": ["salt://vmigrate/reactor/beacon.sls"]},
 ]
+
+
+def minion_beacons(lab, host):
+    """The vmigrate beacon on the hypervisors: libvirt's lifecycle events to the master."""
+    return {"beacons": {"vmigrate": [{"uri": "qemu:///system"}]}} if host in lab.hypervisors \
+        else {}
 
 
 def minion_pillar(lab, minion):
@@ -123,6 +130,7 @@ def master_config(lab, root_dir, pillar_dir, file_root):
 
 def minion_config(lab, host, root_dir):
     return {
+        **minion_beacons(lab, host),
         "id": host,
         "root_dir": str(root_dir),
         "master": lab.ctl_addr,

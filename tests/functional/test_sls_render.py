@@ -117,3 +117,10 @@ def test_request_orchestration_passes_the_event_whole_to_its_state():
     high = _render("vmigrate/orch/request.sls", pillar={"vmigrate_event": event})
     args = high["vmigrate-orch-request-vmigrate-requested"]["vmigrate.requested"]
     assert args == [{"name": "vmigrate/request"}, {"data": HOSTILE}]
+
+
+def test_beacon_reactor_hands_the_event_to_the_record_as_data():
+    high = _render("vmigrate/reactor/beacon.sls", tag="salt/beacon/host1/vmigrate/domain/started",
+                   data=HOSTILE)
+    args = high["vmigrate-reactor-beacon"]["runner.vmigrate.record"][0]["args"]
+    assert args == [{"tag": "salt/beacon/host1/vmigrate/domain/started"}, {"data": HOSTILE}]

@@ -73,7 +73,7 @@ def salt_master(salt_factories, lab, pillar_dir, tmp_path_factory):
 def _minion(salt_master, lab, host):
     return salt_master.salt_minion_daemon(
         host, factory_class=labsalt.LabMinion, ns_prefix=lab.host_argv(host, []),
-        overrides=labsalt.minion_overrides(lab))
+        overrides=labsalt.minion_overrides(lab, host))
 
 
 @pytest.fixture(scope="session")

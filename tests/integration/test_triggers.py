@@ -178,3 +178,27 @@ def test_evacuation_drains_a_host_concurrently_and_the_reactor_brings_them_back(
     for name in ("vdisk", *GUESTS):
         assert _where(lab, name) == {"host1": (True, True)}, name
 
+
+
+def test_the_beacons_record_where_a_migrated_vm_runs(vdisk_on_host1, lab, salt_master,
+                                                     salt_run_cli):
+    """libvirt's lifecycle events, sent by each hypervisor's vmigrate beacon, keep the
+    master's placement record: after a migration it says host2, running, by migration."""
+    since = time.time()
+    ret = salt_run_cli.run("state.orch", "migrate", 'pillar={"vm": "vdisk", "dest": "host2"}')
+    assert ret.returncode == 0, ret
+    arrived = _wait_event(salt_master, ["salt/beacon/host2/vmigrate/domain/*"], since,
+                          lambda e: e.data.get("vm") == "vdisk"
+                          and e.data.get("detail") == "migrated", timeout=30)
+    assert arrived[0].data["host"] == "host2", arrived[0].data
+    _wait_event(salt_master, ["salt/beacon/host1/vmigrate/domain/stopped"], since,
+                lambda e: e.data.get("detail") == "migrated", timeout=30)
+
+    def recorded():
+        rec = salt_run_cli.run("vmigrate.placement", "vdisk").data
+        hosts = rec.get("hosts", {})
+        return rec if list(hosts) == ["host2"] and hosts["host2"]["state"] == "running" else None
+
+    rec = vmlab.wait_for("the placement record to show vdisk on host2", recorded, 30, 0.5)
+    assert rec["hosts"]["host2"]["persistent"] is True
+    assert rec["hypervisors"]["host1"]["connected"] is True

@@ -41,9 +41,12 @@ def master_overrides(lab, pillar_dir, file_root):
     }
 
 
-def minion_overrides(lab):
+def minion_overrides(lab, host):
+    import saltconf  # pylint: disable=import-outside-toplevel
+
     pytest_addr = {"host": lab.ctl_addr}
     return {
+        **saltconf.minion_beacons(lab, host),
         "master": lab.ctl_addr,
         "user": "root",
         "pytest-minion": {"log": dict(pytest_addr), "returner_address": dict(pytest_addr)},
