@@ -386,7 +386,8 @@ def _probes(dconn, facts):
         try:
             result["seen"], result["detail"] = _probe_seen(dconn, result["probe"])
         finally:
-            __utils__["vmigrate_storage.probe_remove"](result["probe"])
+            __utils__["vmigrate_storage.probe_remove"](result["probe"],
+                                                       result.get("root_denied", False))
         results.append(result)
     return results
 

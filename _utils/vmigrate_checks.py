@@ -103,7 +103,9 @@ def assess_dest_storage(facts, source, dest):
                 f"could not write a sentinel in {directory} on {source}: {probe['error']}",
                 FIX_PROBE.format(source=source, dest=dest))
             continue
-        if probe["owner"] != 0:
+        if probe.get("root_denied"):
+            squashed[directory] = (None, None)  # squashed; the anonymous uid is not known
+        elif probe["owner"] != 0:
             squashed[directory] = (probe["owner"], probe["group"])
         seen = probe.get("seen")
         if seen is None:
@@ -149,8 +151,10 @@ def assess_dest_storage(facts, source, dest):
                             "as the guest arrives (qemu.conf dynamic_ownership)" + note)
         else:
             add(name, False,
-                f"{image['path']} ({owner}): {runs_as}, and this storage squashes root (a file "
-                f"root wrote became uid {squash[0]}), so libvirt on {dest} cannot give the image "
+                f"{image['path']} ({owner}): {runs_as}, and this storage squashes root ("
+                + (f"a file root wrote became uid {squash[0]}" if squash[0] is not None else
+                   "root may not even write beside the image")
+                + f"), so libvirt on {dest} cannot give the image "
                 "to that user: QEMU there would fail to open it (Permission denied)" + note,
                 FIX_ACCESS.format(dest=dest, uid=uid, gid=gid))
     return checks

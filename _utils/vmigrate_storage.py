@@ -23,6 +23,7 @@ No Salt dunders: callers reach these through ``__utils__["vmigrate_storage.<name
 
 import ctypes
 import ctypes.util
+import json
 import os
 import re
 import time
@@ -250,11 +251,7 @@ def disk_dirs(facts):
     return sorted({os.path.dirname(d["resolved"]) for d in facts["disks"] if d.get("resolved")})
 
 
-def probe_write(directory, token):
-    """Write a sentinel the other host must see: ``<directory>/.vmigrate-probe-<token>/sentinel``
-    holding ``token``, flushed to the storage. Returns the probe directory and the owner the
-    storage gave the file root created: not 0 means root is squashed there (NFS root_squash,
-    the owner being the export's anonymous uid)."""
+def _write_sentinel(directory, token):
     probe = os.path.join(directory, PROBE_PREFIX + token)
     os.mkdir(probe, 0o755)
     path = os.path.join(probe, PROBE_FILE)
@@ -268,17 +265,70 @@ def probe_write(directory, token):
     return {"probe": probe, "owner": info.st_uid, "group": info.st_gid}
 
 
-def probe_remove(probe):
-    """Remove what :func:`probe_write` made, and nothing else."""
-    for name in (PROBE_FILE,):
-        try:
-            os.unlink(os.path.join(probe, name))
-        except FileNotFoundError:
-            pass
+def _remove_sentinel(probe):
+    try:
+        os.unlink(os.path.join(probe, PROBE_FILE))
+    except FileNotFoundError:
+        pass
     try:
         os.rmdir(probe)
     except FileNotFoundError:
         pass
+
+
+def _as_owner(directory, step, *args):
+    """Run ``step(*args)`` in a forked child with the user and group of ``directory``'s owner,
+    for storage where root has no rights of its own (NFS root_squash with an image directory
+    only libvirt-qemu may write). The child makes system calls only, then leaves with
+    ``os._exit``; its result comes back as JSON through a pipe."""
+    info = os.stat(directory)
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: no return from here
+        code = 1
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setgid(info.st_gid)
+            os.setuid(info.st_uid)
+            os.write(wfd, json.dumps({"ok": step(*args)}).encode())
+            code = 0
+        except BaseException as err:  # pylint: disable=broad-except
+            os.write(wfd, json.dumps({"error": f"{type(err).__name__}: {err}"}).encode())
+        finally:
+            os._exit(code)  # pylint: disable=protected-access
+    os.close(wfd)
+    chunks = []
+    while chunk := os.read(rfd, 65536):
+        chunks.append(chunk)
+    os.close(rfd)
+    os.waitpid(pid, 0)
+    out = json.loads(b"".join(chunks) or b'{"error": "no answer"}')
+    if "error" in out:
+        raise PermissionError(f"as {directory}'s owner {info.st_uid}:{info.st_gid}: "
+                              f"{out['error']}")
+    return out["ok"]
+
+
+def probe_write(directory, token):
+    """Write a sentinel the other host must see: ``<directory>/.vmigrate-probe-<token>/sentinel``
+    holding ``token``, flushed to the storage. Returns the probe directory and the owner the
+    storage gave the file: root writes it, and an owner other than 0 means root is squashed
+    there (NFS root_squash: the export's anonymous uid). Where root may not write at all
+    (squashed root in a directory only its owner may write), the directory's owner writes it,
+    and ``root_denied`` says root is squashed."""
+    try:
+        return _write_sentinel(directory, token)
+    except PermissionError:
+        return dict(_as_owner(directory, _write_sentinel, directory, token), root_denied=True)
+
+
+def probe_remove(probe, root_denied=False):
+    """Remove what :func:`probe_write` made, and nothing else (as whoever made it)."""
+    if root_denied:
+        _as_owner(os.path.dirname(probe), _remove_sentinel, probe)
+    else:
+        _remove_sentinel(probe)
 
 
 def image_owners(facts, stat=os.stat):

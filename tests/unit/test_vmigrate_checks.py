@@ -148,3 +148,10 @@ def test_group_access_counts():
     facts = _storage(probe={"owner": 65534, "group": 65534},
                      image={"uid": 1, "gid": 994, "mode": 0o660})
     assert _check(facts, "image_access:vda")["ok"]
+
+
+def test_root_denied_counts_as_squashed_and_qemus_own_access_decides():
+    denied = {"owner": 64055, "group": 994, "root_denied": True}
+    assert _check(_storage(denied), "image_access:vda")["ok"]  # owned 64055:994, 0600
+    check = _check(_storage(denied, {"uid": 0, "gid": 0, "mode": 0o600}), "image_access:vda")
+    assert not check["ok"] and "root may not even write beside the image" in check["detail"]

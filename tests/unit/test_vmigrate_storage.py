@@ -1,4 +1,9 @@
 """The storage precheck: libvirt's shared-storage rules as pure functions over facts."""
+import os
+import pathlib
+import shutil
+import tempfile
+
 import pytest
 
 from tests.support.modload import load
@@ -150,3 +155,34 @@ def test_image_owners_and_disk_dirs(tmp_path):
     assert st.disk_dirs(facts) == [str(tmp_path)]
     owners = st.image_owners(facts)
     assert owners["vda"] == {"path": str(image), "uid": 0, "gid": 0, "mode": 0o600}
+
+
+@pytest.fixture
+def open_tmp():
+    """A directory every user can reach (pytest's own tmp_path is root's alone)."""
+    path = pathlib.Path(tempfile.mkdtemp(prefix="vmigrate-probe-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_where_root_may_not_write_the_directorys_owner_writes_the_probe(open_tmp, monkeypatch):
+    """Squashed root in a directory only its owner may write: root's own write fails (made
+    to fail here: root is not squashed on this machine), and a child with the owner's ids
+    writes and removes the probe for real."""
+    shared = open_tmp / "shared"
+    shared.mkdir(mode=0o700)
+    os.chown(shared, 65534, 65534)
+    real = st._write_sentinel  # pylint: disable=protected-access
+
+    def root_denied(directory, token):
+        if os.geteuid() == 0:
+            raise PermissionError(13, "Permission denied", directory)
+        return real(directory, token)
+
+    monkeypatch.setattr(st, "_write_sentinel", root_denied)
+    probe = st.probe_write(str(shared), "feed" * 4)
+    assert probe["root_denied"] is True and (probe["owner"], probe["group"]) == (65534, 65534)
+    assert (shared / f".vmigrate-probe-{'feed' * 4}" / "sentinel").stat().st_uid == 65534
+    st.probe_remove(probe["probe"], root_denied=True)
+    assert list(shared.iterdir()) == []
