@@ -4,3 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/python bench/exports.py
 .venv/bin/python bench/migrate.py
+.venv/bin/python bench/locate.py
