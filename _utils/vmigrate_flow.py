@@ -239,7 +239,8 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
     allowed only its own VMs)."""
     start = time.monotonic()
     ret = {"result": False, "status": "refused", "name": vm, "dest": dest, "mode": mode,
-           "trigger": trigger, "comment": ""}
+           "trigger": trigger, "comment": "",
+           "options": {"bandwidth": bandwidth, "timeout": timeout, "force": force}}
     try:
         _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger,
                  owner)

@@ -463,3 +463,11 @@ def test_a_reactor_request_for_another_hosts_vm_is_refused_after_locating(env, m
         in ret["comment"]
     assert not _published(client, "vmigrate.migrate")
     assert env["fired"][-1][1]["trigger"] == "reactor:host2"
+
+
+def test_the_result_event_records_the_options_for_the_audit(env):
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
+    env["flow"].migrate(OPTS, "vdisk", "host1", bandwidth=50, timeout=30, trigger="reactor:mon1")
+    tag, data = env["fired"][-1]
+    assert tag == "vmigrate/vdisk/result" and data["trigger"] == "reactor:mon1"
+    assert data["options"] == {"bandwidth": 50, "timeout": 30, "force": False}
