@@ -19,7 +19,8 @@ So vmigrate accepts a request from exactly two origins:
 1. **The master** (requester ``master``): read from the ``salt/run/<jid>/new`` announcement of
    ``salt-run event.send vmigrate/request ...``, never from the ``vmigrate/request`` event
    itself (which a minion can imitate; it is refused and logged like any unsigned event).
-   Anyone who can run ``salt-run`` on the master is this requester.
+   Anyone who can run runners (``salt-run``, salt-api/eauth users with runner rights, a minion
+   that ``peer_run`` allows ``event.send``) is this requester.
 2. **A named requester with a key**: a minion (or anything that can put an event on the bus)
    sends a payload signed with HMAC-SHA256 under a key the master config holds for that
    requester (the minion gets the same key through its own pillar; ``vmigrate.request`` signs
