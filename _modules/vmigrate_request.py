@@ -24,9 +24,6 @@ CLI Example:
     salt-call vmigrate_request.evacuate
 """
 
-import secrets
-import time
-
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 __virtualname__ = "vmigrate_request"
@@ -43,9 +40,8 @@ def _send(kind, tag, fields):
             "no pillar vmigrate:request_key on this minion: the master takes signed requests "
             "only; give this minion the key the master config holds for it "
             "(vmigrate:requests:requesters:<id>:key)")
-    payload = dict(fields, requester=__opts__["id"], ts=time.time(), nonce=secrets.token_hex(16))
     try:
-        payload["sig"] = __utils__["vmigrate_authz.sign"](key, kind, payload)
+        payload = __utils__["vmigrate_authz.signed_payload"](key, kind, fields, __opts__["id"])
     except ValueError as err:
         raise CommandExecutionError(f"pillar vmigrate:request_key is not hex: {err}") from err
     if not __salt__["event.send"](tag, payload):

@@ -209,3 +209,41 @@ def record(tag, data):
     reactor ``vmigrate/reactor/beacon.sls`` calls this).
     """
     return __utils__["vmigrate_placement.record"](__opts__, tag, data)
+
+
+def request(vm, dest, mode="live"):
+    """
+    Ask for a migration through the reactor, signed as requester ``master`` (master config
+    ``vmigrate:requests:requesters:master:key``), and return at once: the reactor moves it,
+    and ``vmigrate/<vm>/result`` reports the outcome. An unsigned event cannot do this: any
+    minion could send the same one (see README, "Triggers").
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.request vdisk host2
+    """
+    try:
+        out = __utils__["vmigrate_flow.send_request"](__opts__, "migrate",
+                                                      {"vm": vm, "dest": dest, "mode": mode})
+    except (SaltException, OSError) as err:
+        return _finish({"comment": str(err)}, False)
+    return _finish(out, True)
+
+
+def request_evacuate(host):
+    """
+    Ask for an evacuation of ``host`` through the reactor, signed as requester ``master``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.request_evacuate host1
+    """
+    try:
+        out = __utils__["vmigrate_flow.send_request"](__opts__, "evacuate", {"host": host})
+    except (SaltException, OSError) as err:
+        return _finish({"comment": str(err)}, False)
+    return _finish(out, True)

@@ -2,37 +2,31 @@
 Who may ask vmigrate for what through the event bus (the reactor), decided on the master from
 master config alone. No event field is trusted for who sent it.
 
-What Salt 3008.4 guarantees, and what it does not (read from its source):
+What Salt 3008.4 guarantees, and what it does not (read from its source): nothing about who
+put an event on the master's bus. A minion's single event reaches the bus as its whole load,
+into which ``event.fire_master``'s ``preload`` merges any keys, under any tag -- the minion
+event blacklist (``salt/run/*``, ``salt/key``...) is applied to batched events only. A batch
+(``events: [...]``, the path beacons use) fires each event's data verbatim, and with a
+``pretag`` even under a blacklisted tag. So an ``id`` proves nothing, its absence proves
+nothing, and neither does a ``salt/run/<jid>/new`` runner announcement: an event that looks
+fired on the master may come from any minion.
 
-- A minion's single event (``salt-call event.send``) reaches the bus as ``{"id": <minion>,
-  "cmd": "_minion_event", "data": ...}`` with an ``id`` the request server verified against the
-  minion's key. But a minion can also send a *batch* (``events: [...]``, the path beacons use):
-  each batched event's data is fired **verbatim**, so any minion can put any ``id`` -- or none,
-  looking exactly like an event fired on the master -- under any tag it is not blacklisted
-  from. An ``id`` on the bus therefore proves nothing, and neither does its absence.
-- Minions are blacklisted from ``salt/run/*`` tags. ``salt-run event.send <tag> <data>`` on the
-  master runs a runner job, announced as ``salt/run/<jid>/new`` with ``fun:
-  runner.event.send`` and its arguments: that announcement can only come from the master.
-
-So vmigrate accepts a request from exactly two origins:
-
-1. **The master** (requester ``master``): read from the ``salt/run/<jid>/new`` announcement of
-   ``salt-run event.send vmigrate/request ...``, never from the ``vmigrate/request`` event
-   itself (which a minion can imitate; it is refused and logged like any unsigned event).
-   Anyone who can run runners (``salt-run``, salt-api/eauth users with runner rights, a minion
-   that ``peer_run`` allows ``event.send``) is this requester.
-2. **A named requester with a key**: a minion (or anything that can put an event on the bus)
-   sends a payload signed with HMAC-SHA256 under a key the master config holds for that
-   requester (the minion gets the same key through its own pillar; ``vmigrate.request`` signs
-   and sends). The signature covers the kind, every field, a timestamp and a nonce; a request
-   older than ``max_age`` or a nonce seen before is refused. A minion without the key cannot
-   ask in that requester's name, whatever ``id`` it writes.
+So vmigrate takes a request from the bus only if it is **signed**: HMAC-SHA256 over the kind,
+every field, a timestamp and a nonce, under a key the master config holds for that requester.
+The requester ``master`` signs with its key from master config (``salt-run vmigrate.request``,
+``salt-run vmigrate.request_evacuate``); a minion requester gets its key through its own pillar
+(``vmigrate_request.migrate``/``.evacuate``). A request older than ``max_age`` or a nonce seen
+before is refused. A minion without the key cannot ask in that requester's name, whatever it
+writes in the event.
 
 It cannot protect against: a requester's key leaking (pillar readable by the wrong minion,
-logs); a person with ``salt-run`` on the master; a requester asking for something its policy
-allows. Policies limit which VMs (name patterns, or ``own``: only VMs running on the requester,
-checked where they run now) and which destinations (name patterns; always hypervisors of this
-deployment) each requester may use, and which kinds (``migrate``, ``evacuate``).
+logs); anyone who can run runners on the master (``salt-run``, salt-api or eauth users with
+runner rights, ``peer_run``) -- they can call ``vmigrate.migrate`` anyway; a requester asking
+for something its policy allows. Policies limit which VMs (name patterns, or ``own``: only VMs
+running on the requester, checked where they run now) and which destinations (name patterns;
+always hypervisors of this deployment) each requester may use, and which kinds (``migrate``,
+``evacuate``; an evacuation is allowed only with ``vms`` ``own`` -- the requester's own host --
+or ``['*']``, and its destinations follow ``dests``).
 
 Master config:
 
@@ -42,7 +36,7 @@ Master config:
       requests:
         max_age: 60
         requesters:
-          master: {vms: ['*'], dests: ['*'], kinds: [migrate, evacuate]}
+          master: {key: <64 hex>, vms: ['*'], dests: ['*'], kinds: [migrate, evacuate]}
           host1:  {key: <64 hex>, vms: own, dests: ['host*'], kinds: [migrate]}
 
 Plain functions; no Salt dunders.
@@ -55,6 +49,7 @@ import hmac
 import json
 import os
 import re
+import secrets
 import time
 
 from salt.exceptions import SaltInvocationError
@@ -83,9 +78,7 @@ def policy(opts):
             raise SaltInvocationError(f"master config vmigrate:requests:requesters:{name}: "
                                       "a mapping")
         key = rule.get("key")
-        if name == "master" and key is not None:
-            raise SaltInvocationError("requester 'master' takes no key: it is the master itself")
-        if name != "master" and (not isinstance(key, str) or not _KEY_RE.fullmatch(key)):
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
             raise SaltInvocationError(f"requester {name!r}: key must be 32..256 hex digits "
                                       "(e.g. openssl rand -hex 32)")
         vms = rule.get("vms", [])
@@ -106,8 +99,9 @@ def _patterns(value):
 
 
 def canonical(kind, payload):
-    """The bytes a signature covers: the kind and every field but ``sig``, sorted."""
-    body = {k: v for k, v in payload.items() if k != "sig"}
+    """The bytes a signature covers: the kind and every field but ``sig`` and the ``_stamp``
+    the master's event bus adds to an event fired on the master, sorted."""
+    body = {k: v for k, v in payload.items() if k not in ("sig", "_stamp")}
     return json.dumps([kind, body], sort_keys=True, separators=(",", ":")).encode()
 
 
@@ -116,34 +110,28 @@ def sign(key, kind, payload):
 
 
 def _origin(tag, data):
-    """(kind, payload, requester-or-None) from the event; requester None means signed."""
+    """(kind, payload) from the event: a single minion event nests the payload in its load;
+    a batched one, or one fired on the master, is the payload itself."""
     if not isinstance(data, dict):
         raise Refused("event data is not a mapping")
-    if re.fullmatch(r"salt/run/\d+/new", tag or ""):
-        # The master's own runner announcement: only the master can fire salt/run/*.
-        if data.get("fun") != "runner.event.send":
-            raise Refused(f"{tag} is not an event.send runner job")
-        args = data.get("fun_args") or []
-        if len(args) < 2 or args[0] not in KINDS:
-            raise Refused(f"{tag}: event.send of another tag")
-        payload = args[1]
-        if isinstance(payload, str):
-            try:
-                payload = json.loads(payload)
-            except ValueError as err:
-                raise Refused(f"request data is not JSON: {err}") from err
-        return KINDS[args[0]], payload, "master"
     if tag not in KINDS:
         raise Refused(f"tag {tag!r} is not a vmigrate request")
-    # A bus event: the single-event shape nests the payload; a batched one is verbatim.
     payload = data.get("data") if data.get("cmd") == "_minion_event" else data
-    return KINDS[tag], payload, None
+    return KINDS[tag], payload
 
 
-def _check_fields(kind, payload, signed):
+def signed_payload(key, kind, fields, requester, now=None, nonce=None):
+    """A request ready for the bus: ``fields`` plus requester, timestamp, nonce and sig."""
+    payload = dict(fields, requester=requester, ts=time.time() if now is None else now,
+                   nonce=nonce or secrets.token_hex(16))
+    payload["sig"] = sign(key, kind, payload)
+    return payload
+
+
+def _check_fields(kind, payload):
     if not isinstance(payload, dict):
         raise Refused("request is not a mapping")
-    allowed = FIELDS[kind] | (SIGNED if signed else set()) | {"_stamp"}
+    allowed = FIELDS[kind] | SIGNED | {"_stamp"}
     extra = set(payload) - allowed
     if extra:
         raise Refused(f"unexpected field(s) {sorted(extra)} (allowed: {sorted(allowed)})")
@@ -180,41 +168,31 @@ def authorize(opts, tag, data, validate, now=None):
     is the vmigrate_validate module (the field checks every entry point uses)."""
     now = time.time() if now is None else now
     pol = policy(opts)
-    kind, payload, requester = _origin(tag, data)
-    signed = requester is None
-    _check_fields(kind, payload, signed)
-    if signed:
-        if "sig" not in payload:
-            raise Refused("unsigned request on the event bus: any minion can put one there, "
-                          "with any id, so only signed requests are taken (vmigrate.request "
-                          "on a requester with a key); on the master, salt-run event.send is "
-                          "read from its runner record instead")
-        requester = payload.get("requester")
-        if not isinstance(requester, str) or requester == "master" \
-                or requester not in pol["requesters"]:
-            raise Refused(f"requester {requester!r} is not in master config "
-                          "vmigrate:requests:requesters")
-        rule = pol["requesters"][requester]
-        expect = sign(rule["key"], kind, payload)
-        if not isinstance(payload["sig"], str) or not hmac.compare_digest(expect,
-                                                                          payload["sig"]):
-            raise Refused(f"signature does not match requester {requester!r}'s key")
-        ts, nonce = payload.get("ts"), payload.get("nonce")
-        if isinstance(ts, bool) or not isinstance(ts, (int, float)) \
-                or abs(now - ts) > pol["max_age"]:
-            raise Refused(f"request timestamp {ts!r} is outside {pol['max_age']}s of now")
-        if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
-            raise Refused("nonce must be 16..64 hex digits")
-        if not _fresh_nonce(opts, requester, nonce, pol["max_age"], now):
-            raise Refused(f"replayed request (nonce {nonce} seen before)")
-        claimed = data.get("id")
-        if data.get("cmd") == "_minion_event" and claimed != requester:
-            raise Refused(f"sent by minion {claimed!r} in the name of {requester!r}")
-    else:
-        if "master" not in pol["requesters"]:
-            raise Refused("requests fired on the master are not allowed (no 'master' "
-                          "requester in vmigrate:requests:requesters)")
-        rule = pol["requesters"]["master"]
+    kind, payload = _origin(tag, data)
+    _check_fields(kind, payload)
+    if "sig" not in payload:
+        raise Refused("unsigned request: any minion can put any event on the master's bus, "
+                      "so only signed requests are taken (salt-run vmigrate.request on the "
+                      "master, vmigrate_request.migrate on a minion requester)")
+    requester = payload.get("requester")
+    if not isinstance(requester, str) or requester not in pol["requesters"]:
+        raise Refused(f"requester {requester!r} is not in master config "
+                      "vmigrate:requests:requesters")
+    rule = pol["requesters"][requester]
+    expect = sign(rule["key"], kind, payload)
+    if not isinstance(payload["sig"], str) or not hmac.compare_digest(expect, payload["sig"]):
+        raise Refused(f"signature does not match requester {requester!r}'s key")
+    ts, nonce = payload.get("ts"), payload.get("nonce")
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) \
+            or abs(now - ts) > pol["max_age"]:
+        raise Refused(f"request timestamp {ts!r} is outside {pol['max_age']}s of now")
+    if not isinstance(nonce, str) or not _NONCE_RE.fullmatch(nonce):
+        raise Refused("nonce must be 16..64 hex digits")
+    if not _fresh_nonce(opts, requester, nonce, pol["max_age"], now):
+        raise Refused(f"replayed request (nonce {nonce} seen before)")
+    claimed = data.get("id")
+    if data.get("cmd") == "_minion_event" and claimed != requester:
+        raise Refused(f"sent by minion {claimed!r} in the name of {requester!r}")
     if kind not in rule["kinds"]:
         raise Refused(f"requester {requester!r} may not {kind}")
     out = {"kind": kind, "requester": requester}
@@ -235,7 +213,12 @@ def authorize(opts, tag, data, validate, now=None):
             raise Refused(f"requester {requester!r} may not send VMs to {out['dest']!r}")
         out["own"] = rule["vms"] == "own"
     else:
-        if rule["vms"] == "own" and out["host"] != requester:
-            raise Refused(f"requester {requester!r} may evacuate only itself")
+        if rule["vms"] == "own":
+            if out["host"] != requester:
+                raise Refused(f"requester {requester!r} may evacuate only itself")
+        elif rule["vms"] != ["*"]:
+            raise Refused(f"requester {requester!r} may move only some VMs ({rule['vms']}): "
+                          "an evacuation moves every VM of a host")
         out["own"] = False
+        out["dests"] = rule["dests"]
     return out

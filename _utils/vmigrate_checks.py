@@ -70,10 +70,14 @@ def security_models(capabilities_xml, virt_type="qemu"):
 
 
 def _can_rw(image, uid, gid):
+    """Read and write for ``uid``:``gid``, as the kernel decides: the first class that
+    matches (owner, then group, then other) is the only one that counts."""
     mode = image["mode"]
-    return ((image["uid"] == uid and mode & 0o600 == 0o600)
-            or (image["gid"] == gid and mode & 0o060 == 0o060)
-            or mode & 0o006 == 0o006)
+    if image["uid"] == uid:
+        return mode & 0o600 == 0o600
+    if image["gid"] == gid:
+        return mode & 0o060 == 0o060
+    return mode & 0o006 == 0o006
 
 
 FIX_PROBE = ("mount the shared storage on {dest} at the same path as on {source} "

@@ -20,6 +20,7 @@ Master config (``/etc/salt/master.d/vmigrate.conf``):
 """
 
 import concurrent.futures
+import fnmatch
 import importlib.util
 import logging
 import os
@@ -320,8 +321,8 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
         ret["comment"] = why
         return
     if owner is not None and source != owner:
-        ret["comment"] = (f"requester {owner} may move only VMs running on itself; {vm} runs "
-                          f"on {source}: {REFUSED}")
+        ret["comment"] = (f"only VMs running on {owner} may move here (a requester's own, or "
+                          f"the host being evacuated); {vm} runs on {source}: {REFUSED}")
         return
     held.take_slots(source, dest)
     if held.recovered:
@@ -546,8 +547,8 @@ def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):
 
 
 def request(opts, tag, data):
-    """A request from the event bus (the reactor hands each ``vmigrate/request``,
-    ``vmigrate/evacuate`` and ``salt/run/<jid>/new`` of ``event.send`` here): authorized from
+    """A request from the event bus (the reactor hands each ``vmigrate/request`` and
+    ``vmigrate/evacuate`` here): authorized from
     master config (see ``vmigrate_authz.py``: what it guarantees and what it cannot), then
     done. A refusal touches nothing, is logged, and fires ``vmigrate/refused``."""
     try:
@@ -559,7 +560,7 @@ def request(opts, tag, data):
         return {"result": False, "status": "refused", "comment": f"refused: {why}"}
     trigger = f"reactor:{req['requester']}"
     if req["kind"] == "evacuate":
-        out = evacuate(opts, req["host"], trigger=trigger)
+        out = evacuate(opts, req["host"], trigger=trigger, allowed=req["dests"])
     else:
         out = migrate(opts, req["vm"], req["dest"], req["mode"], trigger=trigger,
                       owner=req["requester"] if req["own"] else None)
@@ -567,6 +568,26 @@ def request(opts, tag, data):
         log.warning("vmigrate: refused %s from %s: %s", req["kind"], req["requester"],
                     out["comment"])
     return out
+
+
+def send_request(opts, kind, fields):
+    """Put a request on the bus as requester ``master``, signed with its key from master
+    config: the reactor then handles it like any other (asynchronously). Fields are checked
+    first; returns what was sent (without the signature)."""
+    if kind == "migrate":
+        validate.vm_name(fields["vm"])
+        validate.minion_id(fields["dest"])
+        validate.mode(fields["mode"])
+    else:
+        validate.minion_id(fields["host"], "host")
+    rule = authz.policy(opts)["requesters"].get("master")
+    if not rule:
+        raise SaltInvocationError("master config vmigrate:requests:requesters:master is not set: "
+                                  "give the master a key (openssl rand -hex 32) to sign with")
+    payload = authz.signed_payload(rule["key"], kind, fields, "master")
+    tag = next(t for t, k in authz.KINDS.items() if k == kind)
+    fire(opts, tag, payload)
+    return {"sent": tag, "request": fields, "nonce": payload["nonce"]}
 
 
 def _evacuation_plan(listing):
@@ -586,7 +607,7 @@ def _evacuation_plan(listing):
 
 
 def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=None,
-             trigger="cli", dry_run=False):
+             trigger="cli", dry_run=False, allowed=None):
     """Every domain off hypervisor ``host``: running ones live, shut-off ones offline, each to
     the least busy of ``targets`` (default: every other answering hypervisor) that takes it
     -- a destination whose prechecks or caps refuse is skipped for the next -- ``concurrency``
@@ -594,7 +615,8 @@ def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=No
     verification, reconciliation, one result event). Returns ``result`` (True only if every
     domain moved), ``vms`` ({vm: that migration's result}), ``left`` and ``comment``.
     ``dry_run`` lists the moves (``moves``: [[vm, mode]]) and the candidates, moving nothing:
-    each move's own prechecks run when it is made."""
+    each move's own prechecks run when it is made. ``allowed``: destination name patterns a
+    requester's policy permits. Each move refuses a VM that no longer runs on ``host``."""
     start = time.monotonic()
     ret = {"result": False, "host": host, "trigger": trigger, "vms": {}, "left": {},
            "comment": ""}
@@ -610,9 +632,14 @@ def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=No
             raise SaltInvocationError(f"concurrency {concurrency!r}: an integer 1..16")
         validate.mib_per_s(bandwidth)
         validate.seconds(timeout, "timeout")
-        _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger, dry_run)
+        _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger, dry_run,
+                  allowed)
     except (SaltException, OSError) as err:
         ret["comment"] = "; ".join(x for x in (ret["comment"], str(err)) if x)
+    except (KeyboardInterrupt, SystemExit):
+        ret["result"] = False
+        ret["comment"] = ("interrupted on the master: migrations under way go on under their "
+                          "own timeouts, none not yet started was begun; see ``vms``")
     ret["wall"] = round(time.monotonic() - start, 3)
     if dry_run:
         return ret
@@ -621,7 +648,8 @@ def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=No
     return ret
 
 
-def _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger, dry_run):
+def _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger, dry_run,
+              allowed=None):
     conf = settings(opts)
     with _client(opts) as client:
         _jid, got, expected = gather(client, conf["tgt"], conf["tgt_type"], "vmigrate.domains",
@@ -630,7 +658,8 @@ def _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger
     if listings.get(host) is None:
         raise CommandExecutionError(f"{host} is not an answering hypervisor: nothing to "
                                     "evacuate can be read")
-    candidates = [h for h in (targets or sorted(expected)) if h != host]
+    candidates = [h for h in (targets or sorted(expected)) if h != host and (
+        allowed is None or any(fnmatch.fnmatchcase(h, p) for p in allowed))]
     silent = [h for h in candidates if listings.get(h) is None]
     candidates = [h for h in candidates if listings.get(h) is not None]
     if silent:
@@ -662,7 +691,7 @@ def _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger
                 dest = order[0]
                 load[dest] += 1
             result = migrate(opts, vm, dest, mode, bandwidth, timeout,
-                             trigger=f"evacuate:{trigger}")
+                             trigger=f"evacuate:{trigger}", owner=host)
             if result["result"] or result["status"] != "refused":
                 if not result["result"]:
                     with guard:
@@ -677,10 +706,14 @@ def _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger
         return result or {"result": False, "status": "refused", "name": vm,
                           "comment": "no destination took it"}
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(move, vm, mode): vm for vm, mode in moves}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    futures = {pool.submit(move, vm, mode): vm for vm, mode in moves}
+    try:
         for future in concurrent.futures.as_completed(futures):
             ret["vms"][futures[future]] = future.result()
+    finally:
+        # Interrupted: the moves not yet started are dropped; those under way finish.
+        pool.shutdown(wait=True, cancel_futures=True)
     failed = sorted(vm for vm, r in ret["vms"].items() if not r["result"])
     moved = len(ret["vms"]) - len(failed)
     ret["result"] = not failed and not ret["left"]

@@ -254,14 +254,18 @@ def disk_dirs(facts):
 def _write_sentinel(directory, token):
     probe = os.path.join(directory, PROBE_PREFIX + token)
     os.mkdir(probe, 0o755)
-    path = os.path.join(probe, PROBE_FILE)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        os.write(fd, token.encode("ascii"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    info = os.stat(path)
+        path = os.path.join(probe, PROBE_FILE)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, token.encode("ascii"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        info = os.stat(path)
+    except BaseException:
+        _remove_sentinel(probe)  # what this call made, and only that
+        raise
     return {"probe": probe, "owner": info.st_uid, "group": info.st_gid}
 
 

@@ -62,7 +62,8 @@ def request_key(lab, minion):
 # Which requester may ask what (see _utils/vmigrate_authz.py). nfs1 is not a requester.
 def request_policy(lab):
     own = {"vms": "own", "dests": list(lab.hypervisors), "kinds": ["migrate", "evacuate"]}
-    requesters = {"master": {"vms": ["*"], "dests": ["*"], "kinds": ["migrate", "evacuate"]}}
+    requesters = {"master": {"key": request_key(lab, "master"), "vms": ["*"], "dests": ["*"],
+                             "kinds": ["migrate", "evacuate"]}}
     requesters.update({h: dict(own, key=request_key(lab, h)) for h in lab.hypervisors})
     return {"max_age": 60, "requesters": requesters}
 
@@ -70,7 +71,6 @@ def request_policy(lab):
 REACTOR = [
     {"vmigrate/request": ["salt://vmigrate/reactor/migrate.sls"]},
     {"vmigrate/evacuate": ["salt://vmigrate/reactor/evacuate.sls"]},
-    {"salt/run/*/new": ["salt://vmigrate/reactor/master.sls"]},
     {"salt/beacon/*/vmigrate/*": ["salt://vmigrate/reactor/beacon.sls"]},
 ]
 

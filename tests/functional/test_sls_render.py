@@ -102,16 +102,6 @@ def test_reactors_hand_hostile_event_data_over_as_data(path, sid):
     assert args[1]["pillar"]["vmigrate_event"] == {"tag": "vmigrate/request", "data": HOSTILE}
 
 
-def test_master_reactor_takes_only_event_send_of_vmigrate_tags():
-    run_new = {"fun": "runner.event.send", "fun_args": ["vmigrate/request", HOSTILE]}
-    high = _render("vmigrate/reactor/master.sls", tag="salt/run/1/new", data=run_new)
-    pillar = high["vmigrate-reactor-master"]["runner.state.orchestrate"][0]["args"][1]["pillar"]
-    assert pillar["vmigrate_event"]["data"] == run_new
-    for other in ({"fun": "runner.state.orchestrate", "fun_args": ["vmigrate/request"]},
-                  {"fun": "runner.event.send", "fun_args": ["other/tag", {}]}, {}):
-        assert not _render("vmigrate/reactor/master.sls", tag="salt/run/1/new", data=other)
-
-
 def test_request_orchestration_passes_the_event_whole_to_its_state():
     event = {"tag": "vmigrate/request", "data": HOSTILE}
     high = _render("vmigrate/orch/request.sls", pillar={"vmigrate_event": event})

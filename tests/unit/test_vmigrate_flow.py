@@ -459,8 +459,8 @@ def test_a_reactor_request_for_another_hosts_vm_is_refused_after_locating(env, m
     monkeypatch.setattr(env["flow"].authz.time, "time", lambda: 1e9)
     ret = env["flow"].request(opts, "vmigrate/request", payload)
     assert ret["status"] == "refused"
-    assert "requester host2 may move only VMs running on itself; vdisk runs on host1" \
-        in ret["comment"]
+    assert "only VMs running on host2 may move here" in ret["comment"] and \
+        "vdisk runs on host1" in ret["comment"]
     assert not _published(client, "vmigrate.migrate")
     assert env["fired"][-1][1]["trigger"] == "reactor:host2"
 
@@ -471,3 +471,12 @@ def test_the_result_event_records_the_options_for_the_audit(env):
     tag, data = env["fired"][-1]
     assert tag == "vmigrate/vdisk/result" and data["trigger"] == "reactor:mon1"
     assert data["options"] == {"bandwidth": 50, "timeout": 30, "force": False}
+
+
+def test_an_evacuation_request_keeps_to_the_requesters_destinations(env, monkeypatch):
+    hosts = {"host1": {"a": dict(RUNNING), "b": dict(RUNNING)}, "host2": {}, "host3": {}}
+    client = _evac_env(env, monkeypatch, hosts)
+    opts = dict(OPTS, vmigrate={"hypervisors_target": ["host1", "host2", "host3"]})
+    ret = env["flow"].evacuate(opts, "host1", allowed=["host3"])
+    assert ret["result"] is True and set(client.hosts["host3"]) == {"a", "b"}
+    assert client.hosts["host2"] == {}
