@@ -51,8 +51,11 @@ SRC
 fi
 libvirtd --version | grep -Eq ' (1[1-9]|[2-9][0-9])\.' || { echo "install: libvirt >= 11 is required, got: $(libvirtd --version)" >&2; exit 1; }
 
-# Guest kernel: from Debian's kernel package, extracted, never installed.
-if [ ! -s "$cache/vmlinuz" ]; then
+# Guest kernel: from Debian's kernel package, extracted, never installed. The modules: virtio for
+# the disk; evdev and button so the guest sees the ACPI power button (mode cold shuts it down).
+mods="virtio/virtio virtio/virtio_ring virtio/virtio_pci virtio/virtio_pci_modern_dev
+virtio/virtio_pci_legacy_dev block/virtio_blk input/evdev acpi/button"
+if [ ! -s "$cache/vmlinuz" ] || [ "$(cat "$cache/modules.list" 2>/dev/null)" != "$mods" ]; then
   tmp=$(mktemp -d)
   ( cd "$tmp"
     kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
@@ -61,8 +64,7 @@ if [ ! -s "$cache/vmlinuz" ]; then
     kver=$(ls root/lib/modules)
     cp root/boot/vmlinuz-* "$cache/vmlinuz.tmp"
     mkdir -p "$cache/modules"
-    for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci virtio/virtio_pci_modern_dev \
-             virtio/virtio_pci_legacy_dev block/virtio_blk; do
+    for m in $mods; do
       f=$(find root/lib/modules/"$kver" -name "$(basename $m).ko*" | head -1)
       out="$cache/modules/$(basename $m).ko"
       case "$f" in
@@ -72,7 +74,8 @@ if [ ! -s "$cache/vmlinuz" ]; then
         *) cp "$f" "$out" ;;
       esac
     done
-    echo "$kver" > "$cache/kernel-version" )
+    echo "$kver" > "$cache/kernel-version"
+    echo "$mods" > "$cache/modules.list" )
   mv "$cache/vmlinuz.tmp" "$cache/vmlinuz"
   rm -rf "$tmp"
 fi

@@ -18,6 +18,7 @@ def artifacts(cache, guest_src, run):
     if not kernel.exists():
         raise FileNotFoundError(f"guest kernel missing: {kernel} (run: make install)")
     sources = [guest_src / "init", guest_src / "memtick.c", pathlib.Path(__file__)]
+    sources += [p for p in (cache / "modules.list",) if p.exists()]
     if initrd.exists() and initrd.stat().st_mtime >= max(p.stat().st_mtime for p in sources):
         return kernel, initrd
     memtick = cache / "memtick"
