@@ -66,6 +66,8 @@ DEFAULTS = {
     "memory_reserve_mib": 256,
     "poll_interval": 0.5,
     "progress_events": True,
+    "shutdown_timeout": 120,
+    "options": {},
 }
 # Switches that weaken a safety check: False unless pillar says otherwise, each named in results.
 SAFETY_SWITCHES = ("allow_unsafe", "allow_insecure_transport", "allow_plain_migration_stream")
@@ -91,6 +93,10 @@ _EVENT_LOOP = {"pid": None}
 # a job that outlived its deadlines (its outcome unknown: nothing may be repaired yet).
 REFUSED = "nothing was moved"
 STILL_RUNNING = "still running after"
+# ... and a migration someone stopped (salt-run vmigrate.abort, virsh domjobabort).
+ABORTED = "was aborted on request"
+JOB_OPERATIONS = ("unknown", "start", "save", "restore", "migration_in", "migration_out",
+                  "snapshot", "snapshot_revert", "dump", "backup", "snapshot_delete")
 
 
 def __virtual__():
@@ -115,7 +121,7 @@ def _config():
         if not isinstance(conf.get(key, False), bool):
             raise SaltInvocationError(f"pillar vmigrate:{key} must be true or false")
         conf[key] = conf.get(key, False)
-    for key in ("timeout", "abort_deadline"):
+    for key in ("timeout", "abort_deadline", "shutdown_timeout"):
         conf[key] = _check("seconds", conf[key], f"pillar vmigrate:{key}", allow_none=False)
     return conf
 
@@ -476,13 +482,15 @@ def _dest_facts(conn, dom, uris, conf, xml=None, storage=None):
     return facts
 
 
-def _live_checks(conn, dom, dest, uris, conf):
-    """Storage on this host, then the destination, as libvirt will meet them."""
+def _live_checks(conn, dom, dest, uris, conf, mode="live"):
+    """Storage on this host, then the destination, as libvirt will meet them. A cold
+    migration boots the guest afresh there: the CPU it runs with here does not bind it."""
     xml = _xml(dom)  # read once for both
     storage = _storage_facts(dom, xml)
     checks = _storage_checks(dom, facts=storage)
     facts = _dest_facts(conn, dom, uris, conf, xml, storage)
-    return checks + __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
+    checks += __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
+    return [c for c in checks if mode != "cold" or c["name"] != "dest_cpu"]
 
 
 def precheck(name, dest=None, mode="live"):
@@ -503,7 +511,8 @@ def precheck(name, dest=None, mode="live"):
 
     :param name: the domain
     :param dest: the destination minion id (validated when given)
-    :param mode: ``live`` (default) or ``offline``
+    :param mode: ``live`` (default), ``cold`` or ``save`` (the same checks; cold leaves out
+        the CPU, as the guest boots afresh), or ``offline`` (none)
 
     Returns a dict: ``name``, ``host``, ``mode``, ``checks`` (each with ``name``, ``ok``,
     ``detail`` and ``fix``) and ``blockers`` (the names of the checks that failed).
@@ -519,12 +528,12 @@ def precheck(name, dest=None, mode="live"):
     if dest is not None:
         _check("minion_id", dest)
     conf = _config()
-    uris = dest_uris(dest) if dest is not None and mode == "live" else None
+    uris = dest_uris(dest, mode) if dest is not None and mode != "offline" else None
     with _connect(conf) as conn:
         dom = _lookup(conn, name)
         checks = []
-        if mode == "live":
-            checks = (_live_checks(conn, dom, dest, uris, conf) if uris
+        if mode != "offline":
+            checks = (_live_checks(conn, dom, dest, uris, conf, mode) if uris
                       else _storage_checks(dom))
     return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,
             "blockers": [c["name"] for c in checks if not c["ok"]]}
@@ -663,30 +672,41 @@ class _Progress:
             self.thread.join(wait)
 
 
-def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False):
+def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False, options=None):
     """
     Migrate domain ``name`` from this hypervisor to hypervisor ``dest``.
 
     Peer-to-peer (``migrateToURI3``): this host's libvirtd connects to the destination's. The
     domain is persisted on the destination and undefined here, so it ends defined on exactly
-    one host. For a live migration the storage precheck runs first (nothing moves if a disk is
-    not on shared storage); if the migration then fails, libvirt keeps the domain here.
+    one host. Except offline, the prechecks run first (nothing moves if a disk is not on
+    shared storage, the destination lacks memory, ...); if the migration then fails, the
+    domain stays here, running as it was.
 
     :param name: the domain to move
     :param dest: the destination's minion id (a key of pillar ``vmigrate:hypervisors``)
-    :param mode: ``live`` (default; the domain keeps running) or ``offline`` (a shut-off
-        domain's definition moves; refused for a running domain, which would stay running here)
+    :param mode: ``live`` (default; the domain keeps running), ``offline`` (a shut-off
+        domain's definition moves; refused for a running domain), ``cold`` (the ACPI power
+        button, a bounded wait, the definition moves, the domain starts there: a reboot) or
+        ``save`` (its memory is saved beside its disk on the shared storage, the definition
+        moves, and it is restored running there: it resumes where it stopped)
     :param bandwidth: cap in MiB/s for the memory transfer (default: unlimited)
-    :param timeout: abort a live migration still running after this many seconds (default:
-        pillar ``vmigrate:timeout``, 600); the domain stays here. An offline migration still
-        running then is reported as not finished.
+    :param timeout: a live migration still running after this many seconds gets option
+        ``timeout_action`` (default: abort; the domain stays here) (default: pillar
+        ``vmigrate:timeout``, 600). An offline migration still running then is reported as
+        not finished.
     :param unsafe: skip libvirt's storage safety checks; refused unless pillar
         ``vmigrate:allow_unsafe`` is true
+    :param options: more of ``virsh migrate``'s options, over pillar ``vmigrate:options``:
+        ``auto_converge``, ``max_downtime`` with ``downtime_steps``, ``timeout_action``
+        (``abort``, ``pause``, ``postcopy``), ``compressed``, ``parallel_connections``, ...;
+        cold's ``shutdown_timeout`` and ``force_off`` (README, "Every virsh migrate option")
 
     Returns a dict: ``name``, ``source``, ``dest``, ``mode``, ``data_stream``, ``elapsed``
-    (seconds of the call), ``downtime_ms``, ``bytes`` (memory transferred), ``iterations``,
-    ``stats`` (libvirt's job statistics), ``final`` (whether those are the completed job's,
-    not the last poll's) and ``switches`` (safety switches that were used).
+    (seconds of the call), ``downtime_ms`` (for cold and save: from the shutdown or save to
+    running there), ``bytes`` (memory transferred or saved), ``iterations``, ``stats``
+    (libvirt's job statistics), ``final`` (whether those are the completed job's, not the last
+    poll's), ``options`` (those used), ``policy`` (what the convergence policy did) and
+    ``switches`` (safety switches that were used).
 
     CLI Example:
 
@@ -694,10 +714,13 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
 
         salt host1 vmigrate.migrate vdisk host2
         salt host1 vmigrate.migrate vdisk host2 mode=offline
+        salt host1 vmigrate.migrate vdisk host2 mode=cold options='{force_off: true}'
         salt host1 vmigrate.migrate vdisk host2 bandwidth=100 timeout=300
+        salt host1 vmigrate.migrate vdisk host2 options='{auto_converge: true, max_downtime: 500}'
     """
     conf = _config()
     _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf)
+    opts = __utils__["vmigrate_options.merge"](conf["options"], options)
     uris = dest_uris(dest, mode)
     timeout = float(timeout or conf["timeout"])
     params = {}
@@ -706,7 +729,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
             params[libvirt.VIR_MIGRATE_PARAM_URI] = uris["migrate_uri"]
         if bandwidth:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = int(bandwidth)
-    flags = _flags(mode, unsafe, uris["data_stream"])
+    flags = _flags("live" if mode == "live" else "offline", unsafe, uris["data_stream"])
     source = __opts__["id"]
     switches = [s for s, used in (("allow_unsafe", unsafe),
                                   ("allow_insecure_transport", uris["transport"] == "tcp"),
@@ -719,31 +742,41 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
         try:
             active = bool(dom.isActive())
             persistent = bool(dom.isPersistent())
+            uuid = dom.UUIDString()
         except libvirt.libvirtError as err:
             raise _libvirt_error(err, f"reading vm {name!r}") from err
-        if mode == "live" and not active:
+        __utils__["vmigrate_options.check"](opts, mode, name, uuid, uris["data_stream"])
+        more_flags, more_params = __utils__["vmigrate_options.to_libvirt"](
+            libvirt, opts, mode, uris["data_stream"])
+        flags |= more_flags
+        params.update(more_params)
+        if mode != "offline" and not active:
             raise CommandExecutionError(
                 f"vm {name!r} is not running on {source}, {REFUSED}: use mode=offline to move "
-                "its definition"
-            )
+                "its definition")
         if mode == "offline" and active:
             raise CommandExecutionError(
                 f"vm {name!r} is running on {source}, {REFUSED}: an offline migration would leave "
-                "it running here; shut it down first or use mode=live"
-            )
-        if mode == "offline" and not persistent:
-            raise CommandExecutionError(f"vm {name!r} is transient, {REFUSED}: there is no "
-                                        "definition to migrate offline")
-        if mode == "live":
+                "it running here; shut it down first or use mode=live")
+        if mode != "live" and not persistent:
+            raise CommandExecutionError(
+                f"vm {name!r} is transient, {REFUSED}: there is no definition to move "
+                f"({'use mode=live' if active else 'nothing to migrate'})")
+        if mode != "offline":
             # unsafe=True (explicitly allowed) skips libvirt's storage check, not ours of the
             # destination.
-            checks = (_live_checks(conn, dom, dest, uris, conf) if not unsafe else
+            checks = (_live_checks(conn, dom, dest, uris, conf, mode) if not unsafe else
                       __utils__["vmigrate_checks.assess_dest"](
                           _dest_facts(conn, dom, uris, conf), source, dest))
             if any(not c["ok"] for c in checks):
                 raise _blocked(name, checks)
-        outcome = _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout,
-                           conf)
+        job = (source, dest, uris, conf, opts)
+        if mode in ("live", "offline"):
+            outcome = _run_job(conn, dom, name, mode, params, flags, timeout, job)
+        elif mode == "cold":
+            outcome = _cold(conn, dom, name, params, flags, timeout, job)
+        else:
+            outcome = _save(conn, dom, name, job)
 
     if "error" in outcome:
         raise outcome["error"]
@@ -756,10 +789,12 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False)
         "data_stream": uris["data_stream"] if mode == "live" else None,
         "switches": switches,
         "elapsed": round(outcome["elapsed"], 3),
-        "downtime_ms": stats.get("downtime"),
-        "bytes": stats.get("memory_processed", stats.get("data_processed")),
+        "downtime_ms": outcome.get("downtime_ms", stats.get("downtime")),
+        "bytes": outcome.get("bytes", stats.get("memory_processed", stats.get("data_processed"))),
         "iterations": stats.get("memory_iteration"),
         "final": outcome["final"],
+        "options": opts,
+        "policy": outcome.get("policy", {}),
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
     }
 
@@ -780,8 +815,100 @@ def _abort(dom, name, deadline):
             time.sleep(0.5)
 
 
-def _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout, conf):
-    """Run migrateToURI3 in a worker thread; poll, report progress, enforce the timeout."""
+def _try(what, call, *args):
+    """One libvirt call the policy makes; True if it took (a failure is logged, not raised)."""
+    try:
+        call(*args)
+        return True
+    except libvirt.libvirtError as err:
+        log.warning("vmigrate: %s failed: %s", what, err)
+        return False
+
+
+@contextlib.contextmanager
+def _dest_connection(uri, conf):
+    """The destination's libvirtd, through the migration's own URI, with keepalive."""
+    try:
+        dconn = libvirt.open(uri)
+    except libvirt.libvirtError as err:
+        raise _libvirt_error(err, f"cannot connect to the destination at {uri}") from err
+    try:
+        with contextlib.suppress(libvirt.libvirtError):
+            dconn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
+        yield dconn
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dconn.close()
+
+
+class _Policy:
+    """The convergence policy a live migration runs under, applied from the monitoring loop:
+    the allowed downtime rises in steps (``max_downtime``, ``downtime_steps``,
+    ``downtime_step_delay``); post-copy starts after the first pass when asked
+    (``postcopy_after_precopy``); at the timeout, ``timeout_action``: ``abort`` (default: the
+    guest stays here), ``pause`` (the guest stops here, the rest is copied, it resumes there)
+    or ``postcopy`` (it runs there at once; pages it lacks come over the network)."""
+
+    def __init__(self, dom, name, opts, timeout, conf):
+        self.dom, self.name, self.opts, self.conf = dom, name, opts, conf
+        self.timeout = timeout
+        self.downtime = None
+        self.postcopy = False
+        self.paused = False
+        self.aborted = self.abort_took = None
+        self.action = None
+        self.grace = None
+
+    def report(self):
+        out = {"timeout_action": self.action}
+        if self.downtime is not None:
+            out["max_downtime_ms"] = self.downtime
+        if self.postcopy:
+            out["postcopy"] = True
+        if self.paused:
+            out["paused_source"] = True
+        return out
+
+    def step(self, elapsed, stats, hard_deadline):
+        """Apply the policy at ``elapsed`` seconds; returns the (maybe later) hard deadline."""
+        target = __utils__["vmigrate_options.downtime_at"](self.opts, elapsed)
+        if target is not None and target != self.downtime and not self.postcopy:
+            if _try(f"{self.name}: max downtime {target} ms", self.dom.migrateSetMaxDowntime,
+                    target, 0):
+                self.downtime = target
+        if (self.opts.get("postcopy_after_precopy") and not self.postcopy
+                and (stats.get("memory_iteration") or 0) >= 2):
+            self.postcopy = _try(f"{self.name}: post-copy", self.dom.migrateStartPostCopy, 0)
+        now = time.monotonic()
+        if elapsed > self.timeout and self.action is None:
+            self.action = self.opts.get("timeout_action", "abort")
+            log.warning("vmigrate: %s: migration still running after %.0fs: %s", self.name,
+                        elapsed, self.action)
+            if self.action == "postcopy" and not self.postcopy:
+                self.postcopy = _try(f"{self.name}: post-copy", self.dom.migrateStartPostCopy, 0)
+            if self.action == "pause":
+                self.paused = _try(f"{self.name}: pause", self.dom.suspend)
+            if self.postcopy or self.paused:
+                # The rest is one bounded copy: allow it the abort deadline, then abort.
+                self.grace = now + self.conf["abort_deadline"]
+                return max(hard_deadline, self.grace + self.conf["abort_deadline"])
+            return self._abort(hard_deadline)
+        if self.grace is not None and now > self.grace and self.aborted is None \
+                and not self.postcopy:
+            return self._abort(hard_deadline)
+        return hard_deadline
+
+    def _abort(self, hard_deadline):
+        self.aborted = True
+        self.abort_took = _abort(self.dom, self.name, hard_deadline)
+        if self.abort_took:  # libvirt ends the job now: give it its grace period
+            return max(hard_deadline, time.monotonic() + self.conf["abort_deadline"])
+        return hard_deadline
+
+
+def _run_job(conn, dom, name, mode, params, flags, timeout, job):
+    """Run migrateToURI3 in a worker thread; poll, report progress, apply the policy."""
+    source, dest, uris, conf, opts = job
     completed = {}
     got_completed = threading.Event()
 
@@ -805,12 +932,12 @@ def _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout, 
              dest, uris["uri"], uris["data_stream"])
     progress = _Progress(conf["progress_events"], f"vmigrate/{name}/progress",
                          {"name": name, "source": source, "dest": dest, "mode": mode})
+    policy = _Policy(dom, name, opts, timeout, conf)
     start = time.monotonic()
     thread = threading.Thread(target=worker, name=f"vmigrate-{name}", daemon=True)
     thread.start()
     # A short job can finish before the first poll: a watcher always sees it start.
     progress.put("started", 0.0, {})
-    aborted = abort_took = None
     last = {}
     hard_deadline = start + timeout + conf["abort_deadline"]
     while thread.is_alive():
@@ -819,15 +946,9 @@ def _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout, 
             break
         elapsed = time.monotonic() - start
         if mode == "live":
-            if elapsed > timeout and aborted is None:
-                log.warning("vmigrate: %s: migration timed out after %.0fs, aborting", name,
-                            elapsed)
-                aborted = True
-                abort_took = _abort(dom, name, hard_deadline)
-                if abort_took:  # libvirt ends the job now: give it its grace period
-                    hard_deadline = max(hard_deadline, time.monotonic() + conf["abort_deadline"])
             with contextlib.suppress(libvirt.libvirtError):
                 last = dom.jobStats()
+            hard_deadline = policy.step(elapsed, last, hard_deadline)
             if last.get("type", 0):
                 progress.put("running", elapsed, last)
         if time.monotonic() > hard_deadline:
@@ -839,23 +960,23 @@ def _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout, 
     final = bool(completed)
     stats = completed or last
     failed = not finished or "libvirt_error" in outcome
-    progress.put("failed" if failed else "completed", elapsed, stats, final)
-    progress.close()
     if callback_id is not None:
         with contextlib.suppress(libvirt.libvirtError):
             conn.domainEventDeregisterAny(callback_id)
 
     what = f"{mode} migration of {name!r} from {source} to {dest}"
     if not finished:
-        state = ("the abort did not take" if aborted and not abort_took
+        state = ("the abort did not take" if policy.aborted and not policy.abort_took
                  else "it did not finish")
         outcome["error"] = CommandExecutionError(
             f"{what}: {STILL_RUNNING} {elapsed:.0f}s ({state}); it may yet complete: "
             f"check with salt-run vmigrate.locate {name} before acting")
     elif "libvirt_error" in outcome:
         err = outcome["libvirt_error"]
-        if aborted:
+        if policy.aborted:
             what += f" aborted after the {timeout:.0f}s timeout"
+        elif err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
+            what += f" {ABORTED} (salt-run vmigrate.abort or virsh domjobabort)"
         error = _libvirt_error(err, what)
         if (err.get_error_code() == libvirt.VIR_ERR_MIGRATE_UNSAFE
                 and "shared storage" in (err.get_error_message() or "")):
@@ -863,9 +984,250 @@ def _run_job(conn, dom, name, source, dest, mode, uris, params, flags, timeout, 
                 facts = _storage_facts(dom)
                 error = CommandExecutionError(
                     f"{error}: " + __utils__["vmigrate_storage.explain_unsafe"](facts, source))
+        if policy.paused and _try(f"{name}: resume after the failed migration", dom.resume):
+            error = CommandExecutionError(f"{error}; resumed here (timeout_action pause)")
         outcome["error"] = error
-    outcome.update(elapsed=elapsed, stats=stats, final=final)
+    elif policy.paused and not opts.get("suspend"):
+        # Paused here to converge; libvirt resumes it there unless it was paused when the job
+        # began. Make sure it runs there, as it ran here.
+        with contextlib.suppress(CommandExecutionError, libvirt.libvirtError):
+            with _dest_connection(uris["uri"], conf) as dconn:
+                ddom = dconn.lookupByName(name)
+                if ddom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                    ddom.resume()
+    progress.put("failed" if failed else "completed", elapsed, stats, final)
+    progress.close()
+    outcome.update(elapsed=elapsed, stats=stats, final=final, policy=policy.report())
     return outcome
+
+
+def _cold(conn, dom, name, params, flags, timeout, job):
+    """Shut the guest down (the ACPI power button; powered off after ``shutdown_timeout``
+    only with ``force_off``), move its definition, start it there. Any failure after the
+    shutdown starts it here again: it ends running on one host, or the error says how not."""
+    source, dest, uris, conf, opts = job
+    wait = opts.get("shutdown_timeout", conf["shutdown_timeout"])
+    progress = _Progress(conf["progress_events"], f"vmigrate/{name}/progress",
+                         {"name": name, "source": source, "dest": dest, "mode": "cold"})
+    start = time.monotonic()
+    progress.put("shutting down", 0.0, {})
+    try:
+        dom.shutdown()
+        while dom.isActive() and time.monotonic() - start < wait:
+            time.sleep(0.2)
+        forced = bool(dom.isActive())
+        if forced and opts.get("force_off"):
+            dom.destroy()
+    except libvirt.libvirtError as err:
+        progress.put("failed", time.monotonic() - start, {})
+        progress.close()
+        return {"error": _libvirt_error(err, f"shutting {name!r} down on {source}")}
+    if forced and not opts.get("force_off"):
+        progress.put("failed", time.monotonic() - start, {})
+        progress.close()
+        return {"error": CommandExecutionError(
+            f"vm {name!r} did not shut down within {wait:g}s of the ACPI power button, "
+            f"{REFUSED}: it runs on {source} (a guest that honours the request later ends shut "
+            "off there); shut it down from inside, or pass options {force_off: true} to power "
+            "it off after the wait")}
+    down_at = time.monotonic()
+    progress.put("moving", down_at - start, {})
+    progress.close()
+    outcome = _run_job(conn, dom, name, "offline", params, flags, timeout, job)
+    if "error" not in outcome:
+        try:
+            with _dest_connection(uris["uri"], conf) as dconn:
+                dconn.lookupByName(name).create()
+        except (libvirt.libvirtError, CommandExecutionError) as err:
+            text = err.get_error_message() if isinstance(err, libvirt.libvirtError) else err
+            outcome["error"] = CommandExecutionError(
+                f"cold migration of {name!r}: its definition moved to {dest} but it did not "
+                f"start there: {text}. Fix: salt {dest} vmigrate.repair {name} start")
+    else:
+        try:
+            dom.create()
+            note = f"started again on {source}"
+        except libvirt.libvirtError as err:
+            note = (f"could not start it again on {source}: {err.get_error_message()}; "
+                    f"salt {source} vmigrate.repair {name} start")
+        outcome["error"] = CommandExecutionError(f"{outcome['error']}; {note}")
+    end = time.monotonic()
+    outcome.update(elapsed=end - start, downtime_ms=round((end - start) * 1000),
+                   policy={"forced_off": forced, "shutdown_s": round(down_at - start, 3)})
+    return outcome
+
+
+def _save(conn, dom, name, job):
+    """Save the guest's memory beside its disk on the shared storage, define it there, restore
+    it running there, undefine it here, remove the save file. Any failure before it runs there
+    restores it here."""
+    source, dest, uris, conf, _opts = job
+    dirs = __utils__["vmigrate_storage.disk_dirs"](_storage_facts(dom))
+    if not dirs:
+        return {"error": CommandExecutionError(
+            f"vm {name!r} has no file disk on shared storage to save its memory beside, "
+            f"{REFUSED}: use mode=live")}
+    path = os.path.join(dirs[0], f".vmigrate-save-{name}-{secrets.token_hex(4)}.sav")
+    progress = _Progress(conf["progress_events"], f"vmigrate/{name}/progress",
+                         {"name": name, "source": source, "dest": dest, "mode": "save"})
+    start = time.monotonic()
+    progress.put("saving", 0.0, {})
+
+    def fail(error):
+        progress.put("failed", time.monotonic() - start, {})
+        progress.close()
+        return {"error": error}
+
+    try:
+        definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+        dom.save(path)
+    except libvirt.libvirtError as err:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        return fail(_libvirt_error(err, f"saving {name!r} on {source} ({REFUSED})"))
+    saved = time.monotonic()
+    size = os.path.getsize(path)
+    progress.put("restoring", saved - start, {})
+    try:
+        with _dest_connection(uris["uri"], conf) as dconn:
+            ddom = dconn.defineXML(definition)
+            try:
+                dconn.restore(path)
+            except libvirt.libvirtError:
+                with contextlib.suppress(libvirt.libvirtError):
+                    ddom.undefine()
+                raise
+    except (libvirt.libvirtError, CommandExecutionError) as err:
+        text = err.get_error_message() if isinstance(err, libvirt.libvirtError) else str(err)
+        try:
+            conn.restore(path)
+            os.unlink(path)
+            note = f"restored running on {source}"
+        except (libvirt.libvirtError, OSError) as err2:
+            note = (f"could not restore it on {source} either: {err2}; its memory is kept in "
+                    f"{path}: virsh restore {path} on {source}")
+        return fail(CommandExecutionError(
+            f"save migration of {name!r} to {dest} failed: {text}; {note}"))
+    running = time.monotonic()
+    try:
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+    except libvirt.libvirtError as err:
+        return fail(CommandExecutionError(
+            f"{name!r} runs on {dest} but its definition stays on {source} too: "
+            f"{err.get_error_message()}. Fix: salt-run vmigrate.reconcile {name}"))
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    elapsed = time.monotonic() - start
+    progress.put("completed", elapsed, {}, True)
+    progress.close()
+    return {"elapsed": elapsed, "downtime_ms": round((running - start) * 1000), "bytes": size,
+            "stats": {}, "final": True,
+            "policy": {"save_s": round(saved - start, 3), "restore_s": round(running - saved, 3)}}
+
+
+# ---- jobs: what migrates now, and stopping one ----------------------------------------------
+def _job_of(dom):
+    """The job libvirt runs for ``dom`` now, or None."""
+    try:
+        stats = dom.jobStats()
+    except libvirt.libvirtError as err:
+        # libvirt gives statistics only on the source: here, the domain is arriving.
+        if err.get_error_code() == libvirt.VIR_ERR_OPERATION_UNSUPPORTED:
+            return {"operation": "migration_in", "elapsed_ms": None, "percent": None,
+                    "memory_remaining": None, "memory_bps": None, "iteration": None,
+                    "dirty_rate": None}
+        raise
+    if not stats.get("type"):
+        return None
+    operation = stats.get("operation", 0)
+    total = stats.get("memory_total") or 0
+    remaining = stats.get("memory_remaining") or 0
+    return {
+        "operation": (JOB_OPERATIONS[operation] if 0 <= operation < len(JOB_OPERATIONS)
+                      else str(operation)),
+        "elapsed_ms": stats.get("time_elapsed"),
+        "percent": round(100.0 * (total - remaining) / total, 1) if total else None,
+        "memory_remaining": remaining,
+        "memory_bps": stats.get("memory_bps"),
+        "iteration": stats.get("memory_iteration"),
+        "dirty_rate": stats.get("memory_dirty_rate"),
+    }
+
+
+def jobs():
+    """
+    The jobs libvirt runs on this hypervisor now (migrations out and in, saves, ...).
+
+    Returns a dict: ``host`` and ``jobs`` ({domain: ``operation``, ``elapsed_ms``,
+    ``percent``, ``memory_remaining``, ``memory_bps``, ``iteration``, ``dirty_rate``}).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt host1 vmigrate.jobs
+    """
+    conf = _config()
+    out = {}
+    with _connect(conf) as conn:
+        try:
+            doms = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        except libvirt.libvirtError as err:
+            raise _libvirt_error(err, "listing domains") from err
+        for dom in doms:
+            with contextlib.suppress(libvirt.libvirtError):  # gone meanwhile
+                info = _job_of(dom)
+                if info:
+                    out[dom.name()] = info
+    return {"host": __opts__["id"], "jobs": out}
+
+
+def abort(name):
+    """
+    Abort the migration of ``name`` going out of this hypervisor: the domain stays here, as it
+    was (libvirt ends the job; the ``vmigrate.migrate`` call reports it aborted on request).
+    Nothing is done when no migration of it goes out from here.
+
+    :param name: the domain
+
+    Returns a dict: ``name``, ``host``, ``aborted`` (True when a migration was stopped),
+    ``comment`` and ``state`` (the domain's state here afterwards).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt host1 vmigrate.abort vdisk
+    """
+    _check("vm_name", name)
+    conf = _config()
+    host = __opts__["id"]
+    with _connect(conf) as conn:
+        dom = _lookup(conn, name)
+        try:
+            info = _job_of(dom)
+        except libvirt.libvirtError as err:
+            raise _libvirt_error(err, f"reading the job of {name!r}") from err
+        if not info or info["operation"] != "migration_out":
+            what = f" (its job here: {info['operation']})" if info else ""
+            return {"name": name, "host": host, "aborted": False, "state": _describe(dom),
+                    "comment": f"no migration of {name} goes out from {host}{what}"}
+        deadline = time.monotonic() + conf["abort_deadline"]
+        if not _abort(dom, name, deadline):
+            raise CommandExecutionError(
+                f"the migration of {name!r} from {host} did not take the abort within "
+                f"{conf['abort_deadline']:g}s (post-copy cannot be aborted); check with "
+                f"salt-run vmigrate.jobs")
+        while time.monotonic() < deadline:
+            with contextlib.suppress(libvirt.libvirtError):
+                if not _job_of(dom):
+                    break
+            time.sleep(0.2)
+        state = _describe(dom)
+    return {"name": name, "host": host, "aborted": True, "state": state,
+            "comment": f"aborted the migration of {name} from {host}: it is {state['state']} "
+                       f"here"}
 
 
 def _progress(base, phase, seq, elapsed, stats, final=False):

@@ -21,6 +21,9 @@ CLI Example:
     salt-run vmigrate.migrate vdisk host2 mode=offline
     salt-run vmigrate.reconcile vdisk
     salt-run vmigrate.evacuate host1
+    salt-run vmigrate.jobs
+    salt-run vmigrate.abort vdisk
+    salt-run vmigrate.watch vdisk
 """
 
 import logging
@@ -100,7 +103,8 @@ def plan(vm, dest, mode="live", force=False):
     return _finish(out, out["result"] is not False)
 
 
-def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force=False):
+def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force=False,
+            options=None):
     """
     Migrate domain ``vm`` to hypervisor ``dest``: locate, migrate on the source, verify.
 
@@ -110,13 +114,19 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force
 
     :param vm: the domain name
     :param dest: the destination minion id
-    :param mode: ``live`` (default) or ``offline`` (a shut-off domain)
+    :param mode: ``live`` (default), ``offline`` (a shut-off domain), ``cold`` (shutdown,
+        move, start) or ``save`` (save its memory, move, restore it)
     :param bandwidth: MiB/s cap for the memory transfer
-    :param timeout: abort a live migration after this many seconds (default: the source's
-        pillar ``vmigrate:timeout``)
+    :param timeout: a live migration still running after this many seconds gets option
+        ``timeout_action`` (default abort) (default: the source's pillar ``vmigrate:timeout``)
     :param force: go ahead although a hypervisor did not answer (named in ``forced``)
+    :param options: more of ``virsh migrate``'s options (README, "Every virsh migrate
+        option"), e.g. ``options='{auto_converge: true, max_downtime: 500}'``
 
-    Returns a dict: ``result``, ``status`` (migrated, refused, failed or unknown), ``comment``,
+    Run from ``salt-run``, progress lines are printed on standard error as they happen.
+
+    Returns a dict: ``result``, ``status`` (migrated, refused, aborted, failed or unknown),
+    ``comment``,
     ``name``, ``source``, ``dest``, ``mode``, the migration's numbers (``elapsed`` of the call,
     ``job_ms`` of libvirt's job, ``downtime_ms``, ``bytes``, ``iterations``), ``data_stream``,
     ``wall`` (seconds for the whole call), ``located`` and ``after`` (where it is now).
@@ -126,11 +136,79 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force
     .. code-block:: bash
 
         salt-run vmigrate.migrate vdisk host2
+        salt-run vmigrate.migrate vdisk host2 mode=save
+        salt-run vmigrate.migrate vdisk host2 options='{timeout_action: pause}' timeout=60
         salt-run state.orch migrate pillar='{vm: vdisk, dest: host2}'
     """
+    flow = __utils__["vmigrate_flow.terminal_report"]
     ret = __utils__["vmigrate_flow.migrate"](__opts__, vm, dest, mode, bandwidth, timeout,
-                                             force, trigger="runner")
+                                             force, trigger="runner", options=options,
+                                             report=flow(__opts__))
     return _finish(ret, ret["result"])
+
+
+def jobs():
+    """
+    What migrates now: libvirt's jobs on every hypervisor (migrations going out and coming
+    in, with percent, pass and rate), beside the requests the master holds (route, trigger).
+
+    Returns a dict: ``jobs`` (a list), ``requests``, ``unaccounted`` and ``comment`` (a line
+    per job).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.jobs
+    """
+    try:
+        out = __utils__["vmigrate_flow.jobs"](__opts__)
+    except SaltException as err:
+        return _finish({"result": False, "comment": str(err)}, False)
+    return _finish(dict(out, result=True), True)
+
+
+def abort(vm):
+    """
+    Abort the migration of ``vm``: the hypervisor sending it stops it, and the domain stays
+    there, as it was. The migration's own request then reports ``status: aborted``.
+
+    Returns a dict: ``result`` (True when a migration was aborted), ``comment``, ``hosts``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.abort vdisk
+    """
+    try:
+        out = __utils__["vmigrate_flow.abort"](__opts__, vm)
+    except SaltException as err:
+        return _finish({"result": False, "comment": str(err)}, False)
+    return _finish(out, out["result"])
+
+
+def watch(vm, timeout=600):
+    """
+    Follow the migration of ``vm`` started elsewhere (another terminal, a schedule, the
+    reactor): a progress line for each of its events, until it ends or ``timeout`` seconds.
+
+    Returns a dict: ``result`` (the migration's; None when none ended meanwhile),
+    ``status``, ``comment`` and ``progress`` (the lines).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.watch vdisk
+        salt-run vmigrate.watch vdisk timeout=60
+    """
+    flow = __utils__["vmigrate_flow.terminal_report"]
+    try:
+        out = __utils__["vmigrate_flow.watch"](__opts__, vm, timeout, flow(__opts__))
+    except SaltException as err:
+        return _finish({"result": False, "comment": str(err)}, False)
+    return _finish(out, out["result"] is not False)
 
 
 def reconcile(vm, dry_run=False):

@@ -42,23 +42,28 @@ def __virtual__():
 
 
 def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
-             require_move=False):
+             require_move=False, options=None):
     """
     Make sure domain ``name`` runs on hypervisor ``host`` (is defined there, for ``offline``).
 
     :param name: the domain
     :param host: the hypervisor minion id it must run on
-    :param mode: ``live`` (default) or ``offline`` (a shut-off domain's definition)
+    :param mode: ``live`` (default), ``offline`` (a shut-off domain's definition), ``cold``
+        (shutdown, move, start) or ``save`` (save its memory, move, restore it)
     :param bandwidth: MiB/s cap for the memory transfer
-    :param timeout: abort a live migration after this many seconds
+    :param timeout: a live migration still running after this many seconds gets option
+        ``timeout_action`` (default: abort)
     :param force: decide even if a hypervisor does not answer
     :param require_move: fail, rather than report no change, when it already is on ``host``
+    :param options: more of ``virsh migrate``'s options (README, "Every virsh migrate option")
+
+    Under ``salt-run state.orch``, progress lines are printed on standard error as they happen.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     if __opts__.get("test"):
         try:
             plan = __utils__["vmigrate_flow.plan"](__opts__, name, host, mode, force,
-                                             already_ok=not require_move)
+                                                   already_ok=not require_move, options=options)
         except Exception as err:  # pylint: disable=broad-except
             return dict(ret, result=False, comment=str(err))
         if plan["result"] is None:
@@ -70,14 +75,16 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
             return dict(ret, result=False, comment="\n".join(lines))
         return dict(ret, result=None, comment="\n".join(lines),
                     changes={"host": {"old": plan["source"], "new": host}, "mode": mode})
-    out = __utils__["vmigrate_flow.migrate"](__opts__, name, host, mode, bandwidth, timeout, force,
-                                       already_ok=not require_move, trigger="state")
+    out = __utils__["vmigrate_flow.migrate"](
+        __opts__, name, host, mode, bandwidth, timeout, force, already_ok=not require_move,
+        trigger="state", options=options,
+        report=__utils__["vmigrate_flow.terminal_report"](__opts__))
     if not out["result"]:
         return dict(ret, result=False, comment=out["comment"])
     if out["status"] == "unchanged":
         return dict(ret, comment=out["comment"])
     numbers = {k: out.get(k) for k in ("elapsed", "job_ms", "downtime_ms", "bytes",
-                                       "iterations", "data_stream", "wall")}
+                                       "iterations", "data_stream", "wall", "policy")}
     return dict(ret, comment=out["comment"],
                 changes={"host": {"old": out["source"], "new": host}, "migration": numbers})
 

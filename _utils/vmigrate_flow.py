@@ -20,7 +20,9 @@ Master config (``/etc/salt/master.d/vmigrate.conf``):
 """
 
 import concurrent.futures
+import contextlib
 import fnmatch
+import json
 import importlib.util
 import logging
 import os
@@ -50,13 +52,18 @@ def _sibling(name):
 validate = _sibling("vmigrate_validate")
 locks = _sibling("vmigrate_locks")
 authz = _sibling("vmigrate_authz")
+options_ = _sibling("vmigrate_options")
 
 ACTIVE = ("running", "blocked", "paused")
+MIB = 1024 * 1024
 # A source paused for one of these reasons is mid-migration: resuming it may start a second copy.
 MIGRATION_PAUSE = ("migration", "postcopy", "postcopy_failed")
 # What the minion's vmigrate.migrate says (see REFUSED and STILL_RUNNING there).
 REFUSED = "nothing was moved"
 STILL_RUNNING = "still running after"
+ABORTED = "was aborted on request"
+# Modes that move a running guest (live keeps it running; cold reboots it; save resumes it).
+RUNNING_MODES = ("live", "cold", "save")
 
 
 def settings(opts):
@@ -88,9 +95,110 @@ def fire(opts, tag, data):
     """Fire one event on the master's bus; never fails the caller."""
     try:
         with salt.utils.event.get_master_event(opts, opts["sock_dir"], listen=False) as bus:
-            bus.fire_event(data, tag)
+            bus.fire_event(dict(data), tag)  # a copy: Salt adds _stamp to what it fires
     except Exception as err:  # pylint: disable=broad-except
         log.warning("vmigrate: could not fire %s: %s", tag, err)
+
+
+def progress_line(data):
+    """One line for a person from a ``vmigrate/<vm>/progress`` event's data."""
+    head = (f"{data.get('name')} {data.get('source')} -> {data.get('dest')}: "
+            f"{data.get('phase')} {float(data.get('elapsed') or 0):.1f}s")
+    parts = []
+    if data.get("percent") is not None:
+        parts.append(f"{data['percent']:.0f}%")
+    if data.get("memory_remaining"):
+        parts.append(f"{data['memory_remaining'] / MIB:.1f} MiB left")
+    if data.get("memory_bps"):
+        parts.append(f"{data['memory_bps'] / MIB:.1f} MiB/s")
+    if data.get("iteration"):
+        parts.append(f"pass {data['iteration']}")
+    if data.get("dirty_rate"):  # pages/s of 4 KiB
+        parts.append(f"dirtying {data['dirty_rate'] * 4096 / MIB:.1f} MiB/s")
+    return head + (", " + ", ".join(parts) if parts else "")
+
+
+class Relay:
+    """While a migration runs, hands ``report`` a line for each progress event its source
+    minion sends (``vmigrate/<vm>/progress``), in order, as they arrive; ``stop_on_result``
+    also ends at the request's ``vmigrate/<vm>/result`` (salt-run vmigrate.watch). Listening
+    starts before the caller publishes; on exit it drains the last events for a moment. A
+    no-op when ``report`` is None."""
+
+    def __init__(self, opts, vm, source, report, stop_on_result=False):
+        self.opts, self.vm, self.source, self.report = opts, vm, source, report
+        self.stop_on_result = stop_on_result
+        self.stop = threading.Event()
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.last = None
+        self.thread = None
+
+    def __enter__(self):
+        if self.report is not None:
+            self.thread = threading.Thread(target=self._run, name="vmigrate-relay",
+                                           daemon=True)
+            self.thread.start()
+            self.ready.wait(5)
+        return self
+
+    def _run(self):
+        # The bus is opened in this thread, and used only here.
+        try:
+            with salt.utils.event.get_master_event(self.opts, self.opts["sock_dir"],
+                                                   listen=True) as bus:
+                self.ready.set()
+                self._loop(bus)
+        except Exception as err:  # pylint: disable=broad-except
+            log.warning("vmigrate: progress relay stopped: %s", err)
+        finally:
+            self.ready.set()
+            self.done.set()
+
+    def _loop(self, bus):
+        seen = -1
+        drain_until = None
+        prefix = f"vmigrate/{self.vm}/"
+        while True:
+            if self.stop.is_set() and drain_until is None:
+                if (self.last or {}).get("phase") in ("completed", "failed"):
+                    return
+                drain_until = time.monotonic() + 1.0
+            if drain_until is not None and time.monotonic() > drain_until:
+                return
+            event = bus.get_event(wait=0.2, tag=prefix, full=True)
+            if not event:
+                continue
+            data = event.get("data") or {}
+            if event.get("tag") == f"{prefix}result" and self.stop_on_result:
+                self.last = data
+                return
+            if event.get("tag") != f"{prefix}progress":
+                continue
+            body = data.get("data") or {}
+            if (self.source is not None and data.get("id") != self.source) \
+                    or not isinstance(body, dict):
+                continue
+            seq = body.get("seq", 0)
+            if isinstance(seq, int) and seq <= seen and body.get("phase") == "running":
+                continue  # each event.send is its own connection: a late one is stale
+            seen = max(seen, seq) if isinstance(seq, int) else seen
+            self.last = body
+            try:
+                self.report(progress_line(body))
+            except Exception as err:  # pylint: disable=broad-except
+                log.warning("vmigrate: could not report progress: %s", err)
+            if body.get("phase") in ("completed", "failed") and drain_until is not None:
+                return
+
+    def wait(self, timeout):
+        """Until the relay ended by itself (watch) or ``timeout`` seconds passed."""
+        return self.done.wait(timeout)
+
+    def __exit__(self, *exc):
+        if self.thread is not None:
+            self.stop.set()
+            self.thread.join(3)
 
 
 def gather(client, tgt, tgt_type, fun, arg, kwarg, wait, published=None):
@@ -223,8 +331,8 @@ def decide(where, vm, dest, force=False, already_ok=False, mode="live"):
         return source, (f"vm {vm} on {source} is paused by an unfinished migration "
                         f"({info['reason']}): do not resume it before checking the other host")
     active = info["state"] in ACTIVE
-    if mode == "live" and not active:
-        return source, (f"vm {vm} is {info['state']} on {source}: a live migration needs it "
+    if mode in RUNNING_MODES and not active:
+        return source, (f"vm {vm} is {info['state']} on {source}: a {mode} migration needs it "
                         "running; use mode=offline to move its definition")
     if mode == "offline" and active:
         return source, (f"vm {vm} is {info['state']} on {source}: an offline migration would "
@@ -233,18 +341,21 @@ def decide(where, vm, dest, force=False, already_ok=False, mode="live"):
 
 
 def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=False,
-            already_ok=False, trigger="cli", owner=None):
+            already_ok=False, trigger="cli", owner=None, options=None, report=None):
     """Locate, decide, migrate on the source minion, verify. Returns the result dict
-    (``result``, ``status``: migrated | unchanged | refused | failed | unknown, ``comment``
-    and the numbers). ``owner``: refuse unless the VM runs on that minion (a requester
-    allowed only its own VMs)."""
+    (``result``, ``status``: migrated | unchanged | refused | aborted | failed | unknown,
+    ``comment`` and the numbers). ``owner``: refuse unless the VM runs on that minion (a
+    requester allowed only its own VMs). ``options``: more of virsh's (vmigrate_options.py).
+    ``report(line)`` is called with a line for each progress event of the migration, as it
+    happens (the runner prints them)."""
     start = time.monotonic()
     ret = {"result": False, "status": "refused", "name": vm, "dest": dest, "mode": mode,
            "trigger": trigger, "comment": "",
-           "options": {"bandwidth": bandwidth, "timeout": timeout, "force": force}}
+           "options": {"bandwidth": bandwidth, "timeout": timeout, "force": force,
+                       **(options if isinstance(options, dict) else {})}}
     try:
         _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger,
-                 owner)
+                 owner, options, report)
     except (SaltException, OSError) as err:
         ret["result"] = False
         if ret.get("jid") and ret["status"] != "refused":
@@ -287,7 +398,7 @@ def _valid(check, value):
 
 
 def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger,
-             owner=None):
+             owner=None, options=None, report=None):
     validate.vm_name(vm)
     if dest is None:
         raise SaltInvocationError("dest is required: pass pillar='{vm: <name>, dest: <minion>}'")
@@ -297,15 +408,17 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
     validate.seconds(timeout, "timeout")
     if not isinstance(force, bool):
         raise SaltInvocationError(f"force {force!r}: true or false")
+    # Names, values and the rules between them; the minion checks again, with the domain.
+    options = options_.check(options_.merge(None, options), mode)
     conf = settings(opts)
     # One request per VM at a time, held from before it is located (Busy names the other).
     with locks.hold(opts, vm, trigger) as held:
         _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
-                        already_ok, owner)
+                        already_ok, owner, options, report)
 
 
 def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
-                    already_ok, owner=None):
+                    already_ok, owner=None, options=None, report=None):
     where = locate(opts, vm)
     ret["located"] = _summary(where)
     if force and where["unaccounted"]:
@@ -335,11 +448,15 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
     source_timeout, abort_deadline = where["timeouts"].get(source) or (None, 30)
     wait = float(timeout or source_timeout or conf["timeout"])
     kwarg = {"mode": mode, "bandwidth": bandwidth, "timeout": wait}
-    # The minion may take the timeout, then retry the abort and wait for libvirt to end the job
-    # (one abort_deadline each): wait for all of it, and a margin.
-    wait_all = wait + 2 * float(abort_deadline or 30) + conf["return_margin"]
+    if options:
+        kwarg["options"] = options
+    # The minion may take the timeout, then its timeout action's grace, retry the abort and
+    # wait for libvirt to end the job (one abort_deadline each): wait for all of it, a cold
+    # migration's shutdown too, and a margin.
+    wait_all = (wait + 3 * float(abort_deadline or 30) + conf["return_margin"]
+                + (options.get("shutdown_timeout", 120) if mode == "cold" else 0))
     was_paused = where["hosts"][source]["state"] == "paused"
-    with _client(opts) as client:
+    with _client(opts) as client, Relay(opts, vm, source, report) as _relay:
         jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
                              wait_all, published=lambda jid: ret.update(jid=jid))
     ret.update(jid=jid, status="failed")
@@ -366,17 +483,25 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
         if REFUSED in text:
             ret.update(status="refused", comment=f"{text}; now: {now}")
             return
-        ret["comment"] = (f"migration of {vm} from {source} to {dest} failed: {text}; now: "
-                          f"{now}")
+        if ABORTED in text:
+            ret["status"] = "aborted"
+        ret["comment"] = (f"migration of {vm} from {source} to {dest} "
+                          f"{'stopped' if ret['status'] == 'aborted' else 'failed'}: {text}; "
+                          f"now: {now}")
         _settle(opts, ret, vm, source, dest, mode, after, was_paused)
         return
     for key in ("elapsed", "downtime_ms", "bytes", "iterations", "data_stream", "switches",
-                "final"):
+                "final", "policy"):
         ret[key] = value.get(key)
     ret["job_ms"] = (value.get("stats") or {}).get("time_elapsed")
 
-    # A live migration keeps a paused guest paused.
-    want = ("paused" if was_paused else "running") if mode == "live" else "shutoff"
+    # A live or save migration keeps a paused guest paused; option suspend pauses it there.
+    if mode == "offline":
+        want = "shutoff"
+    elif mode == "cold":
+        want = "running"
+    else:
+        want = "paused" if was_paused or options.get("suspend") else "running"
     on_dest = after["hosts"].get(dest, {})
     problems = [f"could not verify {h} ({why})" for h, why in after["unaccounted"].items()]
     if dest not in after["unaccounted"] and (on_dest.get("state") != want
@@ -399,7 +524,7 @@ def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False):
     """After a definite failure (the source returned an error), repair anything but the state
     the migration started from -- one copy, on the source, as it was (live) or defined
     (offline) -- toward one running copy defined on one host (the destination's if it runs)."""
-    if mode == "live":
+    if mode in RUNNING_MODES:
         want = ("paused", "running") if was_paused else ("running",)
     else:
         want = ("shutoff", "shutdown")
@@ -415,13 +540,14 @@ def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False):
     ret["comment"] += f"; reconciled: {fixed['comment']}"
 
 
-def plan(opts, vm, dest, mode="live", force=False, already_ok=False):
+def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=None):
     """What a migration would do, changing nothing: where the domain is, the decision, and the
     source's prechecks. Returns ``result`` (True: it would go ahead; None: nothing to do;
     False: refused), ``comment``, ``source``, ``checks`` and ``blockers``."""
     validate.vm_name(vm)
     validate.minion_id(dest)
     validate.mode(mode)
+    options_.check(options_.merge(None, options), mode)
     where = locate(opts, vm)
     out = {"name": vm, "dest": dest, "mode": mode, "located": _summary(where), "checks": [],
            "blockers": []}
@@ -498,6 +624,139 @@ def repairs(where, prefer=None):
     if not hosts[keep]["persistent"]:
         actions.append((keep, "persist"))
     return actions, None
+
+
+def terminal_report(opts):
+    """Where progress lines go for the person who typed ``salt-run ...``: standard error, so
+    ``--out json`` stays clean. None when not run from that CLI (the reactor's and salt-api's
+    runs: there the minion's progress events on the bus are the record)."""
+    if opts.get("__cli") != "salt-run" or opts.get("quiet"):
+        return None
+
+    def report(line):
+        sys.stderr.write(f"[vmigrate] {line}\n")
+        sys.stderr.flush()
+
+    return report
+
+
+def _held_inodes():
+    """Inodes with a flock held now, from /proc/locks (read: nothing is taken)."""
+    held = set()
+    with contextlib.suppress(OSError):
+        with open("/proc/locks", encoding="ascii") as fh:
+            for line in fh:
+                fields = line.split()
+                if len(fields) > 5 and fields[1] == "FLOCK":
+                    held.add(int(fields[5].rsplit(":", 1)[-1]))
+    return held
+
+
+def requests(opts):
+    """The migration requests master processes hold now: {vm: record (route, trigger, pid,
+    since)}, read from the lock files without taking any."""
+    directory = locks.lock_dir(opts)
+    held = _held_inodes()
+    out = {}
+    for entry in sorted(os.listdir(directory)):
+        path = os.path.join(directory, entry)
+        with contextlib.suppress(OSError, ValueError):
+            if not entry.startswith("vm-") or os.stat(path).st_ino not in held:
+                continue
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+            out[entry[3:]] = json.loads(text) if text.strip() else {}
+    return out
+
+
+def jobs(opts):
+    """What migrates now: libvirt's jobs on every hypervisor that answered (one broadcast of
+    ``vmigrate.jobs``) beside the requests the master holds. Returns ``jobs`` (a list of
+    {vm, host, operation, percent, ...; route and trigger when a request holds the VM}),
+    ``requests``, ``unaccounted`` and ``comment`` (a line per job)."""
+    conf = settings(opts)
+    with _client(opts) as client:
+        _jid, got, expected = gather(client, conf["tgt"], conf["tgt_type"], "vmigrate.jobs",
+                                     [], {}, conf["query_timeout"])
+    held = requests(opts)
+    out, unaccounted = [], {}
+    for host in sorted(expected):
+        data = got.get(host) or {}
+        value = data.get("return")
+        if data.get("retcode", 1) != 0 or not isinstance(value, dict) \
+                or not isinstance(value.get("jobs"), dict):
+            unaccounted[host] = str(value) if host in got else "no answer"
+            continue
+        for vm, info in sorted(value["jobs"].items()):
+            entry = dict(info, vm=vm, host=host)
+            record = held.get(vm) or {}
+            if record.get("source"):
+                entry.update(route=f"{record['source']} -> {record['dest']}",
+                             trigger=record.get("trigger"))
+            out.append(entry)
+    lines = [f"{j['vm']} on {j['host']}: {j['operation']}"
+             + (f" {j['route']}" if j.get("route") else "")
+             + (f", {j['percent']:.0f}%" if j.get("percent") is not None else "")
+             + (f", {j['elapsed_ms'] / 1000:.1f}s" if j.get("elapsed_ms") else "")
+             for j in out]
+    lines += [f"{vm}: requested {r.get('source')} -> {r.get('dest')} by {r.get('trigger')}, "
+              "no libvirt job (yet)" for vm, r in held.items()
+              if not any(j["vm"] == vm for j in out)]
+    lines += [f"{h}: could not ask ({why})" for h, why in unaccounted.items()]
+    return {"jobs": out, "requests": held, "unaccounted": unaccounted,
+            "comment": "\n".join(lines) or "no migration runs now"}
+
+
+def abort(opts, vm):
+    """Abort the migration of ``vm`` wherever it goes out from (each hypervisor is asked; the
+    one sending it stops it): the domain stays on its source, as it was. Returns ``result``
+    (True when one was aborted), ``comment``, ``hosts`` (each answer)."""
+    validate.vm_name(vm)
+    conf = settings(opts)
+    with _client(opts) as client:
+        _jid, got, expected = gather(client, conf["tgt"], conf["tgt_type"], "vmigrate.abort",
+                                     [vm], {}, conf["query_timeout"] + 30)
+    answers, aborted = {}, []
+    for host in sorted(expected):
+        data = got.get(host) or {}
+        value = data.get("return")
+        if isinstance(value, dict) and data.get("retcode", 0) == 0:
+            answers[host] = value.get("comment")
+            if value.get("aborted"):
+                aborted.append(host)
+        else:
+            answers[host] = str(value) if host in got else "no answer"
+    if aborted:
+        comment = "; ".join(answers[h] for h in aborted)
+    else:
+        comment = f"no migration of {vm} runs now (asked {', '.join(sorted(expected))})"
+    out = {"result": bool(aborted), "name": vm, "comment": comment, "hosts": answers}
+    fire(opts, f"vmigrate/{vm}/abort", out)
+    return out
+
+
+def watch(opts, vm, timeout=600, report=None):
+    """Follow the migration of ``vm``, wherever it was started: ``report(line)`` for each
+    progress event, until its ``vmigrate/<vm>/result`` or ``timeout`` seconds. Returns
+    ``result`` (the migration's, None when none ended meanwhile), ``comment``, ``last``."""
+    validate.vm_name(vm)
+    validate.seconds(timeout, "timeout", allow_none=False)
+    lines = []
+
+    def keep(line):
+        lines.append(line)
+        if report is not None:
+            report(line)
+
+    with Relay(opts, vm, None, keep, stop_on_result=True) as relay:
+        ended = relay.wait(timeout)
+        last = relay.last
+    if ended and isinstance(last, dict) and "status" in last:
+        return {"result": bool(last.get("result")), "comment": last.get("comment"),
+                "status": last.get("status"), "progress": lines}
+    return {"result": None, "progress": lines,
+            "comment": (f"no migration of {vm} ended within {timeout:g}s"
+                        + ("" if lines else " (and none reported progress)"))}
 
 
 def reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):

@@ -11,7 +11,7 @@ import re
 
 from salt.exceptions import SaltInvocationError
 
-MODES = ("live", "offline")
+MODES = ("live", "offline", "cold", "save")
 # A libvirt domain name as vmigrate accepts it: no whitespace, quotes, slashes or shell syntax.
 _VM_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+:@-]{0,254}")
 # A Salt minion id as vmigrate accepts it.
@@ -35,7 +35,7 @@ def minion_id(value, what="dest"):
 
 
 def mode(value):
-    """``live`` or ``offline``."""
+    """``live``, ``offline``, ``cold`` or ``save``."""
     if value not in MODES:
         raise SaltInvocationError(f"mode {value!r}: must be one of {', '.join(MODES)}")
     return value

@@ -11,4 +11,5 @@ vmigrate-migrate-vmigrate-migrated:
     - bandwidth: {{ pillar.get('bandwidth') | json }}
     - timeout: {{ pillar.get('timeout') | json }}
     - force: {{ pillar.get('force', False) | json }}
+    - options: {{ pillar.get('options') | json }}
     - require_move: true

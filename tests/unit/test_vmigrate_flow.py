@@ -231,7 +231,8 @@ def test_runner_resets_retcode_between_jobs(env):
                   utils=utils("vmigrate_validate", **{
                       "vmigrate_flow.migrate": env["flow"].migrate,
                       "vmigrate_flow.locate": env["flow"].locate,
-                      "vmigrate_flow.plan": env["flow"].plan}))
+                      "vmigrate_flow.plan": env["flow"].plan,
+                      "vmigrate_flow.terminal_report": env["flow"].terminal_report}))
     env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
     assert runner.migrate("vdisk", "host1")["retcode"] == 1
     assert runner.__context__["retcode"] == 1

@@ -29,8 +29,8 @@ class FakeDomain:
         self.abort_calls = 0
 
     def migrateToURI3(self, uri, params, flags):  # noqa: N802  (libvirt's name)
-        deadline = None if self.finish_after is None else time.monotonic() + self.finish_after
-        while deadline is None or time.monotonic() < deadline:
+        start = time.monotonic()
+        while self.finish_after is None or time.monotonic() < start + self.finish_after:
             if self.aborted.wait(0.01):
                 raise _error(libvirt.VIR_ERR_OPERATION_ABORTED, "operation aborted by client")
         if self.fail:
@@ -44,6 +44,21 @@ class FakeDomain:
 
     def jobStats(self):  # noqa: N802
         return {"type": 2, "memory_total": 100, "memory_remaining": 40, "downtime": 9}
+
+    # What the convergence policy calls.
+    def suspend(self):
+        self.suspended = time.monotonic()
+        self.finish_after = 0  # paused: the last pass completes at once
+
+    def resume(self):
+        self.resumed = True
+
+    def migrateSetMaxDowntime(self, ms, flags):  # noqa: N802
+        self.downtimes = getattr(self, "downtimes", []) + [ms]
+
+    def migrateStartPostCopy(self, flags):  # noqa: N802
+        self.postcopy = True
+        self.finish_after = 0
 
 
 class FakeConn:
@@ -67,14 +82,16 @@ def mod():
         events.append((time.monotonic(), tag, data))
 
     module = load("_modules", "vmigrate", opts={"id": "host1"}, salt={"event.send": send},
-                  utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks"))
+                  utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
+                              "vmigrate_options"))
     module.events = events
     return module
 
 
-def _run(mod, dom, mode="live", timeout=0.3, conn=None, **conf):
-    return mod._run_job(conn or FakeConn(), dom, "vdisk", "host1", "host2", mode, URIS, {}, 0,
-                        timeout, dict(CONF, **conf))  # pylint: disable=protected-access
+def _run(mod, dom, mode="live", timeout=0.3, conn=None, options=None, **conf):
+    job = ("host1", "host2", URIS, dict(CONF, **conf), options or {})
+    return mod._run_job(conn or FakeConn(), dom, "vdisk", mode, {}, 0, timeout,
+                        job)  # pylint: disable=protected-access
 
 
 def test_timeout_aborts_and_retries_a_failed_abort(mod):
@@ -174,9 +191,66 @@ def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
             pass
 
     mod = load("_modules", "vmigrate", opts={"id": "host2"}, pillar={"vmigrate": {}},
-               utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks"))
+               utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
+                              "vmigrate_options"))
     monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
     monkeypatch.setattr(mod.libvirt, "open", lambda uri: Conn())
     out = mod.domains()
     assert out["domains"] == {"vdisk": {"uuid": "u-1", "state": "paused", "reason": "migration",
                                         "persistent": True}}
+
+
+def test_an_abort_from_elsewhere_is_reported_as_such(mod):
+    dom = FakeDomain()
+    threading.Timer(0.1, dom.aborted.set).start()  # salt-run vmigrate.abort, in another job
+    out = _run(mod, dom, timeout=30)
+    assert dom.abort_calls == 0
+    assert "was aborted on request" in str(out["error"]) and "timeout" not in str(out["error"])
+
+
+def test_timeout_action_pause_completes_paused_instead_of_aborting(mod, monkeypatch):
+    monkeypatch.setattr(mod, "_dest_connection", _no_dest)
+    dom = FakeDomain()
+    out = _run(mod, dom, timeout=0.2, options={"timeout_action": "pause"})
+    assert "error" not in out, out
+    assert dom.abort_calls == 0 and hasattr(dom, "suspended")
+    assert out["policy"] == {"timeout_action": "pause", "paused_source": True}
+
+
+def test_timeout_action_pause_that_still_does_not_finish_is_aborted_and_resumed(mod):
+    dom = FakeDomain()
+    dom.suspend = lambda: setattr(dom, "suspended", True)  # paused, yet the copy drags on
+    out = _run(mod, dom, timeout=0.2, options={"timeout_action": "pause"})
+    assert dom.abort_calls >= 1 and getattr(dom, "resumed", False)
+    assert "resumed here" in str(out["error"])
+
+
+def test_timeout_action_postcopy_switches_over(mod):
+    dom = FakeDomain()
+    out = _run(mod, dom, timeout=0.2, options={"postcopy": True, "timeout_action": "postcopy"})
+    assert "error" not in out and dom.postcopy and dom.abort_calls == 0
+    assert out["policy"]["postcopy"] is True
+
+
+def test_downtime_rises_in_steps_to_the_maximum(mod):
+    dom = FakeDomain(finish_after=0.5)
+    out = _run(mod, dom, timeout=5, options={"max_downtime": 400, "downtime_steps": 4,
+                                             "downtime_step_delay": 0.1})
+    assert "error" not in out
+    assert dom.downtimes[0] == 100 and dom.downtimes[-1] == 400, dom.downtimes
+    assert dom.downtimes == sorted(dom.downtimes) and len(set(dom.downtimes)) == len(dom.downtimes)
+
+
+class _no_dest:  # noqa: N801  (stands in for the _dest_connection context manager)
+    def __init__(self, uri, conf):
+        pass
+
+    def __enter__(self):
+        raise mod_error()
+
+    def __exit__(self, *exc):
+        return False
+
+
+def mod_error():
+    return CommandExecutionError("no destination in a unit test")

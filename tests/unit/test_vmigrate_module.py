@@ -13,7 +13,8 @@ HYPERVISORS = {"host1": {"address": "192.0.2.11"},
 def _module(monkeypatch, config_get=None, **pillar):
     conf = {"hypervisors": HYPERVISORS, **pillar}
     mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": conf},
-               utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks"),
+               utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
+                             "vmigrate_options"),
                salt={"config.get": config_get or (lambda key, default=None: default)})
     opened = MagicMock(side_effect=AssertionError("libvirt must not be opened"))
     monkeypatch.setattr(mod.libvirt, "open", opened)

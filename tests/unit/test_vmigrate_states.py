@@ -16,7 +16,7 @@ def _state(testmode, where, migrate_result=None):
     """``where``: the host vdisk runs on now; ``migrate_result``: what the flow returns."""
     calls = []
 
-    def plan(opts, vm, dest, mode="live", force=False, already_ok=False):
+    def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=None):
         if where == dest:
             if already_ok:
                 return {"result": None, "comment": "already", "checks": []}
@@ -28,12 +28,14 @@ def _state(testmode, where, migrate_result=None):
         return {"result": True, "source": where, "checks": [dict(CHECK, ok=True)],
                 "comment": f"would migrate {vm} {mode} from {where} to {dest}"}
 
-    def migrate(opts, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger):
+    def migrate(opts, vm, dest, mode, bandwidth, timeout, force, already_ok, trigger,
+                options=None, report=None):
         calls.append((vm, dest, mode, already_ok, trigger))
         return migrate_result
 
     mod = load("_states", "vmigrate", opts={"test": testmode},
-               utils={"vmigrate_flow.plan": plan, "vmigrate_flow.migrate": migrate})
+               utils={"vmigrate_flow.plan": plan, "vmigrate_flow.migrate": migrate,
+                      "vmigrate_flow.terminal_report": lambda opts: None})
     return mod, calls
 
 

@@ -1,0 +1,303 @@
+"""
+Migration options: every ``virsh migrate`` option vmigrate accepts, validated, and turned into
+libvirt's flags and typed parameters for ``migrateToURI3``.
+
+Plain functions: no Salt dunders, no libvirt import (the caller passes its ``libvirt`` module),
+so unit tests run without a hypervisor. Options come from pillar ``vmigrate:options`` (defaults)
+overlaid by the call's ``options`` mapping (``salt-run state.orch migrate pillar='{vm: vdisk,
+dest: host2, options: {auto_converge: true}}'``); an unknown name or a bad value raises
+``SaltInvocationError`` naming it before anything is touched.
+
+``TABLE`` maps each ``virsh migrate`` flag to its vmigrate name: the README's table is this one.
+"""
+
+import math
+import re
+import xml.etree.ElementTree as ET
+
+from salt.exceptions import SaltInvocationError
+
+COMPRESSION_METHODS = ("xbzrle", "mt", "zlib", "zstd")
+TIMEOUT_ACTIONS = ("abort", "pause", "postcopy")
+_URI_RE = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]{0,252})(:\d{1,5})?")
+_ADDR_RE = re.compile(r"\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
+_DISK_RE = re.compile(r"[a-z]{2,4}[a-z0-9]{0,8}")
+
+# virsh migrate flag -> how vmigrate spells it. "always" rows are not options: vmigrate sets them.
+TABLE = (
+    ("--live", "mode: live (default)"),
+    ("--offline", "mode: offline (a shut-off domain's definition)"),
+    ("(static migration)", "mode: cold (shutdown, move, start) / mode: save (save, restore)"),
+    ("(cold: shutdown wait)", "options shutdown_timeout (s, default 120), force_off: true"),
+    ("--p2p", "always: the source libvirtd connects to the destination's"),
+    ("--direct", "not offered: hypervisor-native transport, Xen only"),
+    ("--tunnelled", "transport: ssh (the memory stream rides the ssh-protected connection)"),
+    ("--persistent", "always: the domain is defined on the destination"),
+    ("--undefinesource", "always: and undefined on the source (defined on one host)"),
+    ("--suspend", "option suspend: true (the guest arrives paused)"),
+    ("--copy-storage-all / --copy-storage-inc / --copy-storage-synchronous-writes",
+     "not offered yet: vmigrate moves guests on shared storage"),
+    ("--migrate-disks / --migrate-disks-detect-zeroes", "not offered yet (goes with copy-storage)"),
+    ("--rdma-pin-all", "not offered: the RDMA transport is not supported"),
+    ("--postcopy-resume", "not offered yet: recovering a post-copy whose network failed"),
+    ("--change-protection", "option change_protection: true (implied by p2p)"),
+    ("--unsafe", "unsafe: true, only with pillar vmigrate:allow_unsafe: true"),
+    ("--verbose", "always: progress events and lines (salt-run vmigrate.watch)"),
+    ("--abort-on-error", "always for live migrations"),
+    ("--auto-converge", "option auto_converge: true"),
+    ("--auto-converge-initial / --auto-converge-increment",
+     "options auto_converge_initial / auto_converge_increment (%)"),
+    ("--postcopy", "option postcopy: true (opt-in: read its risk in the README)"),
+    ("--postcopy-after-precopy", "option postcopy_after_precopy: true"),
+    ("--postcopy-bandwidth", "option postcopy_bandwidth (MiB/s)"),
+    ("--timeout", "timeout (seconds), then option timeout_action"),
+    ("--timeout-suspend", "option timeout_action: pause"),
+    ("--timeout-postcopy", "option timeout_action: postcopy (needs postcopy: true)"),
+    ("--bandwidth", "bandwidth (MiB/s)"),
+    ("migrate-setmaxdowntime", "option max_downtime (ms), raised in downtime_steps"),
+    ("--compressed", "option compressed: true"),
+    ("--comp-methods", "option compression_methods: [xbzrle, mt, zlib, zstd]"),
+    ("--comp-mt-level / --comp-mt-threads / --comp-mt-dthreads",
+     "options compression_mt_level / compression_mt_threads / compression_mt_dthreads"),
+    ("--comp-xbzrle-cache", "option compression_xbzrle_cache (MiB)"),
+    ("--comp-zlib-level / --comp-zstd-level", "options compression_zlib_level / _zstd_level"),
+    ("--parallel / --parallel-connections", "option parallel_connections (2-255)"),
+    ("--zerocopy", "option zerocopy: true (needs parallel_connections)"),
+    ("--tls", "transport: tls (QEMU's own TLS memory stream)"),
+    ("--tls-destination", "option tls_destination (the name in the destination's certificate)"),
+    ("--available-switchover-bandwidth", "option switchover_bandwidth (MiB/s)"),
+    ("--xml", "option xml (the domain XML for the destination, same name and UUID)"),
+    ("--persistent-xml", "option persistent_xml (same name and UUID)"),
+    ("--dname", "not offered: the domain keeps its name (placement and locks follow it)"),
+    ("--migrateuri", "pillar vmigrate:hypervisors:<id>:migration_address, or option migrate_uri"),
+    ("--listen-address", "option listen_address"),
+    ("--disks-port / --disks-uri", "not offered yet (goes with copy-storage)"),
+    ("--graphicsuri", "option graphics_uri"),
+)
+
+
+def _bool(value, name):
+    if not isinstance(value, bool):
+        raise SaltInvocationError(f"option {name} {value!r}: true or false")
+    return value
+
+
+def _int(value, name, low, high, unit=""):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SaltInvocationError(f"option {name} {value!r}: a whole number {low}-{high}{unit}")
+    return value
+
+
+def _seconds(value, name):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or not 0 < value <= 86400):
+        raise SaltInvocationError(f"option {name} {value!r}: seconds, > 0")
+    return float(value)
+
+
+def _methods(value, name):
+    if (not isinstance(value, list) or not value
+            or any(m not in COMPRESSION_METHODS for m in value) or len(set(value)) != len(value)):
+        raise SaltInvocationError(
+            f"option {name} {value!r}: a list of {', '.join(COMPRESSION_METHODS)}")
+    return value
+
+
+def _action(value, name):
+    if value not in TIMEOUT_ACTIONS:
+        raise SaltInvocationError(f"option {name} {value!r}: one of {', '.join(TIMEOUT_ACTIONS)}")
+    return value
+
+
+def _uri(value, name):
+    if not isinstance(value, str) or not _URI_RE.fullmatch(value):
+        raise SaltInvocationError(f"option {name} {value!r}: tcp://<address>[:port]")
+    return value
+
+
+def _addr(value, name):
+    if not isinstance(value, str) or not _ADDR_RE.fullmatch(value):
+        raise SaltInvocationError(f"option {name} {value!r}: a host name or address")
+    return value
+
+
+def _domain_xml(value, name):
+    if not isinstance(value, str) or len(value) > 1 << 20:
+        raise SaltInvocationError(f"option {name}: a domain XML document (a string)")
+    try:
+        root = ET.fromstring(value)
+    except ET.ParseError as err:
+        raise SaltInvocationError(f"option {name} is not well-formed XML: {err}") from err
+    if root.tag != "domain":
+        raise SaltInvocationError(f"option {name}: the root element must be <domain>")
+    return value
+
+
+# name -> validator. Kept flat, as virsh's flags are.
+SCHEMA = {
+    "suspend": _bool,
+    "change_protection": _bool,
+    "auto_converge": _bool,
+    "auto_converge_initial": lambda v, n: _int(v, n, 0, 100, " %"),
+    "auto_converge_increment": lambda v, n: _int(v, n, 1, 100, " %"),
+    "postcopy": _bool,
+    "postcopy_after_precopy": _bool,
+    "postcopy_bandwidth": lambda v, n: _int(v, n, 1, 1 << 20, " MiB/s"),
+    "timeout_action": _action,
+    "max_downtime": lambda v, n: _int(v, n, 1, 600000, " ms"),
+    "downtime_steps": lambda v, n: _int(v, n, 1, 100),
+    "downtime_step_delay": _seconds,
+    "compressed": _bool,
+    "compression_methods": _methods,
+    "compression_mt_level": lambda v, n: _int(v, n, 0, 9),
+    "compression_mt_threads": lambda v, n: _int(v, n, 1, 255),
+    "compression_mt_dthreads": lambda v, n: _int(v, n, 1, 255),
+    "compression_xbzrle_cache": lambda v, n: _int(v, n, 1, 1 << 20, " MiB"),
+    "compression_zlib_level": lambda v, n: _int(v, n, 0, 9),
+    "compression_zstd_level": lambda v, n: _int(v, n, 0, 20),
+    "parallel_connections": lambda v, n: _int(v, n, 2, 255),
+    "zerocopy": _bool,
+    "xml": _domain_xml,
+    "persistent_xml": _domain_xml,
+    "migrate_uri": _uri,
+    "listen_address": _addr,
+    "graphics_uri": lambda v, n: _str(v, n),
+    "tls_destination": lambda v, n: _addr(v, n),
+    "switchover_bandwidth": lambda v, n: _int(v, n, 1, 1 << 20, " MiB/s"),
+    "shutdown_timeout": _seconds,
+    "force_off": _bool,
+}
+# Which options each mode takes: the memory-stream options only live; the definition's XML with
+# the modes that move a definition (cold moves it offline between shutdown and start).
+COLD_ONLY = {"shutdown_timeout", "force_off"}
+DEFINITION = {"xml", "persistent_xml"}
+ALLOWED = {
+    "live": set(SCHEMA) - COLD_ONLY,
+    "offline": DEFINITION,
+    "cold": DEFINITION | COLD_ONLY,
+    "save": set(),
+}
+
+
+def _str(value, name):
+    if not isinstance(value, str) or not value or len(value) > 4096 or "\n" in value:
+        raise SaltInvocationError(f"option {name} {value!r}: a one-line string")
+    return value
+
+
+def merge(defaults, options):
+    """Pillar ``vmigrate:options`` overlaid by a call's ``options``, both validated."""
+    out = {}
+    for where, given in (("pillar vmigrate:options", defaults), ("options", options)):
+        if given is None:
+            continue
+        if not isinstance(given, dict):
+            raise SaltInvocationError(f"{where} must be a mapping of option: value, got "
+                                      f"{type(given).__name__}")
+        for name, value in given.items():
+            if name not in SCHEMA:
+                raise SaltInvocationError(
+                    f"{where}: unknown option {name!r} (known: {', '.join(sorted(SCHEMA))}; "
+                    "README, 'Every virsh migrate option')")
+            out[name] = SCHEMA[name](value, name)
+    return out
+
+
+def check(options, mode, name=None, uuid=None, stream=None):
+    """Rules between options. ``mode`` the migration mode; ``name``/``uuid`` the domain's, for
+    the XML options; ``stream`` the data stream the transport chose. Returns ``options``."""
+    extra = sorted(set(options) - ALLOWED[mode])
+    if extra:
+        modes = [m for m in ALLOWED if set(extra) <= ALLOWED[m]]
+        raise SaltInvocationError(
+            f"options {', '.join(extra)} do not apply to mode={mode}"
+            + (f" (only to mode {' or '.join(modes)})" if modes else ""))
+    if options.get("timeout_action") == "postcopy" and not options.get("postcopy"):
+        raise SaltInvocationError("option timeout_action: postcopy needs postcopy: true "
+                                  "(opt-in: read its risk in the README)")
+    for needs, what in (("postcopy_after_precopy", "postcopy"), ("postcopy_bandwidth", "postcopy"),
+                        ("zerocopy", "parallel_connections")):
+        if options.get(needs) and not options.get(what):
+            raise SaltInvocationError(f"option {needs} needs {what}")
+    for key in ("auto_converge_initial", "auto_converge_increment"):
+        if key in options and not options.get("auto_converge"):
+            raise SaltInvocationError(f"option {key} needs auto_converge: true")
+    comp = [k for k in options if k.startswith("compression_")]
+    if comp and not options.get("compressed"):
+        raise SaltInvocationError(f"options {', '.join(sorted(comp))} need compressed: true")
+    methods = options.get("compression_methods", ["xbzrle"])
+    for key in comp:
+        method = key.split("_")[1]
+        if method in COMPRESSION_METHODS and method not in methods:
+            raise SaltInvocationError(f"option {key} needs {method} in compression_methods")
+    if "downtime_steps" in options and "max_downtime" not in options:
+        raise SaltInvocationError("option downtime_steps needs max_downtime (the last step, ms)")
+    if options.get("tls_destination") and stream not in (None, "tls"):
+        raise SaltInvocationError("option tls_destination needs transport tls")
+    if stream == "tunnelled" and (options.get("parallel_connections")
+                                  or options.get("migrate_uri")):
+        raise SaltInvocationError(
+            "transport ssh tunnels the memory stream: no migrate_uri or parallel_connections")
+    for key in ("xml", "persistent_xml"):
+        if key in options:
+            root = ET.fromstring(options[key])
+            if name is not None and root.findtext("name") != name:
+                raise SaltInvocationError(
+                    f"option {key}: <name> must stay {name!r} (vmigrate does not rename)")
+            if uuid is not None and (root.findtext("uuid") or "").lower() != uuid.lower():
+                raise SaltInvocationError(f"option {key}: <uuid> must stay {uuid}")
+    return options
+
+
+def downtime_at(options, elapsed):
+    """The max downtime (ms) the policy allows ``elapsed`` seconds into the job, or None: with
+    ``downtime_steps`` N it rises from max/N in N equal steps, one every
+    ``downtime_step_delay`` seconds (default 2), to ``max_downtime``."""
+    top = options.get("max_downtime")
+    if top is None:
+        return None
+    steps = options.get("downtime_steps", 1)
+    delay = options.get("downtime_step_delay", 2.0)
+    step = min(steps, 1 + int(elapsed // delay))
+    return max(1, top * step // steps)
+
+
+def to_libvirt(libvirt, options, mode, stream):
+    """(flags, params) these options add to a migration's."""
+    flags, params = 0, {}
+    if options.get("change_protection"):
+        flags |= libvirt.VIR_MIGRATE_CHANGE_PROTECTION
+    if "xml" in options:
+        params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = options["xml"]
+    if "persistent_xml" in options:
+        params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = options["persistent_xml"]
+    if mode != "live":
+        return flags, params
+    for key, flag in (("suspend", "PAUSED"), ("auto_converge", "AUTO_CONVERGE"),
+                      ("postcopy", "POSTCOPY"), ("compressed", "COMPRESSED"),
+                      ("zerocopy", "ZEROCOPY")):
+        if options.get(key):
+            flags |= getattr(libvirt, f"VIR_MIGRATE_{flag}")
+    if options.get("parallel_connections"):
+        flags |= libvirt.VIR_MIGRATE_PARALLEL
+        params[libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS] = options["parallel_connections"]
+    for key, param in (("auto_converge_initial", "AUTO_CONVERGE_INITIAL"),
+                       ("auto_converge_increment", "AUTO_CONVERGE_INCREMENT"),
+                       ("postcopy_bandwidth", "BANDWIDTH_POSTCOPY"),
+                       ("compression_mt_level", "COMPRESSION_MT_LEVEL"),
+                       ("compression_mt_threads", "COMPRESSION_MT_THREADS"),
+                       ("compression_mt_dthreads", "COMPRESSION_MT_DTHREADS"),
+                       ("compression_zlib_level", "COMPRESSION_ZLIB_LEVEL"),
+                       ("compression_zstd_level", "COMPRESSION_ZSTD_LEVEL"),
+                       ("migrate_uri", "URI"), ("listen_address", "LISTEN_ADDRESS"),
+                       ("graphics_uri", "GRAPHICS_URI"),
+                       ("tls_destination", "TLS_DESTINATION"),
+                       ("switchover_bandwidth", "BANDWIDTH_AVAIL_SWITCHOVER")):
+        if key in options:
+            params[getattr(libvirt, f"VIR_MIGRATE_PARAM_{param}")] = options[key]
+    if "compression_xbzrle_cache" in options:
+        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION_XBZRLE_CACHE] = (
+            options["compression_xbzrle_cache"] << 20)
+    if options.get("compressed") and "compression_methods" in options:
+        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = list(options["compression_methods"])
+    return flags, params

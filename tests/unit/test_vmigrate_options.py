@@ -1,0 +1,126 @@
+"""Every virsh migrate option: the table is complete, each option is validated with a clear
+error before anything is touched, and each reaches libvirt as the flag or parameter virsh
+would set."""
+import re
+import subprocess
+
+import libvirt
+import pytest
+from salt.exceptions import SaltInvocationError
+
+from tests.support.modload import load
+
+opt = load("_utils", "vmigrate_options")
+
+
+def _virsh_migrate_flags():
+    out = subprocess.run(["virsh", "help", "migrate"], capture_output=True, text=True,
+                         check=True).stdout
+    return set(re.findall(r"^\s+(--[a-z0-9-]+)", out, re.M))
+
+
+def test_the_table_names_every_flag_of_this_virsh():
+    flags = _virsh_migrate_flags()
+    assert len(flags) > 40, flags
+    named = set(re.findall(r"--[a-z0-9-]+", " ".join(row[0] for row in opt.TABLE)))
+    # positional arguments of virsh migrate, not options
+    assert flags - named - {"--domain", "--desturi"} == set()
+
+
+@pytest.mark.parametrize("given, words", [
+    ({"auto_converge": "yes"}, "option auto_converge 'yes': true or false"),
+    ({"autoconverge": True}, "unknown option 'autoconverge'"),
+    ({"max_downtime": 0}, "option max_downtime 0: a whole number 1-600000 ms"),
+    ({"max_downtime": True}, "option max_downtime True"),
+    ({"timeout_action": "shrug"}, "option timeout_action 'shrug': one of abort, pause, postcopy"),
+    ({"compression_methods": ["gzip"]}, "a list of xbzrle, mt, zlib, zstd"),
+    ({"parallel_connections": 1}, "2-255"),
+    ({"migrate_uri": "tcp://h;rm -rf /"}, "tcp://<address>[:port]"),
+    ({"xml": "<domain"}, "not well-formed XML"),
+    ({"xml": "<network/>"}, "root element must be <domain>"),
+    ({"graphics_uri": "spice://h\nx"}, "a one-line string"),
+    ({"shutdown_timeout": float("nan")}, "seconds, > 0"),
+])
+def test_bad_values_are_refused_naming_the_option(given, words):
+    with pytest.raises(SaltInvocationError, match=re.escape(words)):
+        opt.merge(None, given)
+
+
+def test_pillar_defaults_are_checked_and_the_call_wins():
+    assert opt.merge({"auto_converge": True, "max_downtime": 300}, {"max_downtime": 500}) == {
+        "auto_converge": True, "max_downtime": 500}
+    with pytest.raises(SaltInvocationError, match="pillar vmigrate:options: unknown option"):
+        opt.merge({"bogus": 1}, None)
+    with pytest.raises(SaltInvocationError, match="must be a mapping"):
+        opt.merge(None, "auto_converge")
+
+
+@pytest.mark.parametrize("given, mode, words", [
+    ({"timeout_action": "postcopy"}, "live", "needs postcopy: true"),
+    ({"postcopy_after_precopy": True}, "live", "needs postcopy"),
+    ({"zerocopy": True}, "live", "needs parallel_connections"),
+    ({"auto_converge_initial": 60}, "live", "needs auto_converge: true"),
+    ({"compression_zlib_level": 5}, "live", "need compressed: true"),
+    ({"compressed": True, "compression_zlib_level": 5}, "live", "needs zlib in compression_meth"),
+    ({"downtime_steps": 3}, "live", "needs max_downtime"),
+    ({"auto_converge": True}, "offline", "do not apply to mode=offline (only to mode live)"),
+    ({"force_off": True}, "live", "only to mode cold"),
+    ({"xml": "<domain/>"}, "save", "do not apply to mode=save"),
+])
+def test_rules_between_options_and_modes(given, mode, words):
+    with pytest.raises(SaltInvocationError, match=re.escape(words)):
+        opt.check(opt.merge(None, given), mode)
+
+
+def test_xml_must_keep_the_name_and_uuid():
+    xml = "<domain><name>other</name><uuid>u-1</uuid></domain>"
+    with pytest.raises(SaltInvocationError, match="vmigrate does not rename"):
+        opt.check(opt.merge(None, {"xml": xml}), "live", "vdisk", "u-1")
+    xml = "<domain><name>vdisk</name><uuid>u-2</uuid></domain>"
+    with pytest.raises(SaltInvocationError, match="<uuid> must stay u-1"):
+        opt.check(opt.merge(None, {"persistent_xml": xml}), "offline", "vdisk", "u-1")
+
+
+def test_ssh_tunnel_takes_no_migrate_uri_and_tls_destination_needs_tls():
+    with pytest.raises(SaltInvocationError, match="tunnels the memory stream"):
+        opt.check({"parallel_connections": 4}, "live", stream="tunnelled")
+    with pytest.raises(SaltInvocationError, match="needs transport tls"):
+        opt.check({"tls_destination": "hv2"}, "live", stream="tunnelled")
+
+
+def test_options_become_the_flags_and_parameters_virsh_sets():
+    given = opt.check(opt.merge(None, {
+        "suspend": True, "auto_converge": True, "auto_converge_initial": 60,
+        "auto_converge_increment": 20, "postcopy": True, "postcopy_bandwidth": 50,
+        "compressed": True, "compression_methods": ["mt", "zstd"], "compression_mt_level": 3,
+        "compression_zstd_level": 2, "parallel_connections": 4, "zerocopy": True,
+        "change_protection": True, "listen_address": "10.0.0.2",
+        "switchover_bandwidth": 100}), "live")
+    flags, params = opt.to_libvirt(libvirt, given, "live", "plain tcp")
+    for flag in ("PAUSED", "AUTO_CONVERGE", "POSTCOPY", "COMPRESSED", "PARALLEL", "ZEROCOPY",
+                 "CHANGE_PROTECTION"):
+        assert flags & getattr(libvirt, f"VIR_MIGRATE_{flag}"), flag
+    assert not flags & libvirt.VIR_MIGRATE_UNSAFE
+    assert params == {
+        libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INITIAL: 60,
+        libvirt.VIR_MIGRATE_PARAM_AUTO_CONVERGE_INCREMENT: 20,
+        libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_POSTCOPY: 50,
+        libvirt.VIR_MIGRATE_PARAM_COMPRESSION: ["mt", "zstd"],
+        libvirt.VIR_MIGRATE_PARAM_COMPRESSION_MT_LEVEL: 3,
+        libvirt.VIR_MIGRATE_PARAM_COMPRESSION_ZSTD_LEVEL: 2,
+        libvirt.VIR_MIGRATE_PARAM_PARALLEL_CONNECTIONS: 4,
+        libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS: "10.0.0.2",
+        libvirt.VIR_MIGRATE_PARAM_BANDWIDTH_AVAIL_SWITCHOVER: 100,
+    }
+
+
+def test_no_options_add_nothing():
+    assert opt.to_libvirt(libvirt, {}, "live", "plain tcp") == (0, {})
+
+
+def test_downtime_steps_rise_to_the_maximum():
+    given = {"max_downtime": 500, "downtime_steps": 5, "downtime_step_delay": 2.0}
+    assert [opt.downtime_at(given, t) for t in (0, 1.9, 2, 4, 8, 9, 100)] == [
+        100, 100, 200, 300, 500, 500, 500]
+    assert opt.downtime_at({"max_downtime": 300}, 0) == 300
+    assert opt.downtime_at({}, 5) is None
