@@ -453,7 +453,8 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
     # The minion may take the timeout, then its timeout action's grace, retry the abort and
     # wait for libvirt to end the job (one abort_deadline each): wait for all of it, a cold
     # migration's shutdown too, and a margin.
-    wait_all = (wait + 3 * float(abort_deadline or 30) + conf["return_margin"]
+    graces = 3 if options.get("timeout_action") in ("pause", "postcopy") else 2
+    wait_all = (wait + graces * float(abort_deadline or 30) + conf["return_margin"]
                 + (options.get("shutdown_timeout", 120) if mode == "cold" else 0))
     was_paused = where["hosts"][source]["state"] == "paused"
     with _client(opts) as client, Relay(opts, vm, source, report) as _relay:

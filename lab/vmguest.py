@@ -37,18 +37,21 @@ def artifacts(cache, guest_src, run):
     return kernel, initrd
 
 
-def domain_xml(name, shared, workset_mib=GUEST_WORKSET_MIB):
+def domain_xml(name, shared, workset_mib=GUEST_WORKSET_MIB, memory_mib=GUEST_MEMORY_MIB,
+               power_button=True):
     """The domain: direct kernel boot, qcow2 disk (cache=none) and console on ``shared``;
-    the guest keeps rewriting ``workset_mib`` MiB of its memory."""
+    ``memory_mib`` of RAM, of which the guest keeps rewriting ``workset_mib`` MiB. With
+    ``power_button`` False the guest ignores the ACPI power button."""
+    extra = "" if power_button else " vmguest_power_button=ignore"
     return f"""<domain type='qemu'>
   <name>{name}</name>
-  <memory unit='MiB'>{GUEST_MEMORY_MIB}</memory>
+  <memory unit='MiB'>{memory_mib}</memory>
   <vcpu>1</vcpu>
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{shared}/{name}.vmlinuz</kernel>
     <initrd>{shared}/{name}.initrd</initrd>
-    <cmdline>console=ttyS0 quiet memtick_mib={workset_mib}</cmdline>
+    <cmdline>console=ttyS0 quiet memtick_mib={workset_mib}{extra}</cmdline>
   </os>
   <features><acpi/></features>
   <clock offset='utc'/>
