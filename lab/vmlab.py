@@ -28,6 +28,7 @@ import time
 import uuid
 
 # lab/ is on sys.path: this script's directory, or inserted by the tests and benchmarks.
+import labcreds
 import saltconf
 import vmguest
 
@@ -43,6 +44,7 @@ LAB_BASE = pathlib.Path("/var/lib/vmigrate-lab")
 # survives: QEMU capabilities (~4 s per emulator probe), kept under lab/cache per lab and host.
 LIBVIRT_DIRS = ("var/lib/libvirt", "var/log/libvirt")
 LIBVIRT_CACHE_DIR = "var/cache/libvirt"
+QEMU_PKI = labcreds.QEMU_PKI
 
 
 class LabError(RuntimeError):
@@ -229,15 +231,22 @@ class Lab:
         shutil.rmtree(autostart, ignore_errors=True)
         host_uuid = uuid.uuid5(uuid.NAMESPACE_DNS, f"{self.name}.{host}.vmigrate-lab")
         (etc_libvirt / "libvirtd.conf").write_text(
+            # TLS (16514): libvirt's default PKI paths under /etc/pki, filled by labcreds
+            # from the lab's CA; only the hypervisors' client certificates get in.
+            "listen_tls = 1\n"
+            "tls_allowed_dn_list = [ "
+            + ", ".join(f'"{labcreds.client_dn(self, h)}"' for h in HYPERVISORS) + " ]\n"
             "# lab only: unauthenticated TCP inside the lab's namespaces\n"
-            "listen_tls = 0\n"
             "listen_tcp = 1\n"
             f'listen_addr = "{self.addr(host)}"\n'
             'auth_tcp = "none"\n'
             'auth_unix_rw = "none"\n'
             'auth_unix_ro = "none"\n'
             f'host_uuid = "{host_uuid}"\n'
-            'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
+            # Warnings, plus a line per TLS client let in (RPC_TLS_CONTEXT_SESSION_ALLOW): the
+            # transport tests read it.
+            'log_filters = "2:rpc.nettlscontext"\n'
+            'log_outputs = "2:file:/var/log/libvirt/libvirtd.log"\n'
         )
         (etc_libvirt / "qemu.conf").write_text(
             'user = "root"\n'
@@ -251,6 +260,11 @@ class Lab:
             "# lab only: a silent peer ends a peer-to-peer migration in ~8 s, not ~30 s\n"
             "keepalive_interval = 2\n"
             "keepalive_count = 4\n"
+            # VIR_MIGRATE_TLS: QEMU's own TLS for the memory stream, certificates from the
+            # lab's CA (the directory must exist when libvirtd starts).
+            f'default_tls_x509_cert_dir = "{QEMU_PKI}"\n'
+            f'migrate_tls_x509_cert_dir = "{QEMU_PKI}"\n'
+            "migrate_tls_x509_verify = 1\n"
         )
 
     def _start_holder(self, host):
@@ -341,6 +355,12 @@ class Lab:
     def hosts_up(self):
         for host in HOST_OCTET:
             self._prepare_host_dirs(host)
+        # ssh keys and the TLS PKI go into the hosts' /etc copies before any daemon reads them.
+        try:
+            labcreds.make(self)
+        except (OSError, RuntimeError) as err:
+            raise LabError(f"ssh keys / TLS certificates: {err}") from err
+        for host in HOST_OCTET:
             self._start_holder(host)
         # libvirtd resolves each qemu.conf `shared_filesystems` entry with realpath() once, when
         # it starts (libvirt 11.3 src/qemu/qemu_conf.c); a path that does not exist then is
@@ -350,6 +370,27 @@ class Lab:
         self.mountpoint.mkdir(parents=True, exist_ok=True)
         for host in HYPERVISORS:
             self.libvirtd_up(host)
+            self.sshd_up(host)
+
+    def sshd_log(self, host):
+        """``host``'s sshd log (LogLevel VERBOSE: every key login, with the client address)."""
+        return self.host_dir(host) / "sshd.log"
+
+    def sshd_up(self, host):
+        """Start ``host``'s sshd (its own config, keys and address; see labcreds) unless one runs
+        there. Returns once it accepts connections on the host's address."""
+        if not self.host_pids(host, "sshd"):
+            self.host_path(host, "/run/sshd").mkdir(mode=0o755, exist_ok=True)
+            # sshd re-executes itself: it wants its absolute path.
+            self.host_run(host, [shutil.which("sshd") or "/usr/sbin/sshd",
+                                 "-E", self.sshd_log(host)], capture=True)
+        addr = self.addr(host)
+
+        def listening():
+            out = self.host_run(host, ["ss", "-Hltn", f"src = {addr}:22"], capture=True).stdout
+            return bool(out.strip())
+
+        wait_for(f"sshd on {host}", listening, 10, 0.05)
 
     def wait_hypervisors_ready(self, hosts=HYPERVISORS, timeout=120):
         """Wait until each libvirtd answers capabilities (the first QEMU probe takes seconds)."""

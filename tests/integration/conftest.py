@@ -26,7 +26,8 @@ def _prerequisites(lab):
     if os.geteuid() != 0:
         missing.append("root (the lab makes namespaces and mounts)")
     for tool in ("libvirtd", "qemu-system-x86_64", "qemu-img", "exportfs", "nsenter", "unshare",
-                 "ip", "gcc"):
+                 "ip", "gcc", "sshd", "ssh", "ssh-keygen", "virt-ssh-helper", "certtool",
+                 "virt-admin"):
         if not shutil.which(tool):
             missing.append(f"{tool} (run: make install)")
     if not (vmlab.CACHE / "vmlinuz").exists():

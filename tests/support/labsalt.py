@@ -61,19 +61,36 @@ def write_pillar(pillar_dir, lab, pillar=None):
 
 
 @contextlib.contextmanager
+def lab_pillar_with(lab, pillar_dir, salt_cli, minions=("host1",), drop=(), **settings):
+    """The lab's ``vmigrate`` pillar with ``settings`` set and the keys in ``drop`` removed, for
+    the block, refreshed on ``minions``; the lab's pillar back (refreshed there) afterwards."""
+    pillar = copy.deepcopy(lab.pillar())
+    pillar["vmigrate"].update(settings)
+    for key in drop:
+        pillar["vmigrate"].pop(key, None)
+
+    def refresh():
+        ret = salt_cli.run("-L", "saltutil.refresh_pillar", "wait=True",
+                           minion_tgt=",".join(minions))
+        assert ret.returncode == 0, ret
+        data = ret.data if len(minions) > 1 else {minions[0]: ret.data}
+        assert data == {m: True for m in minions}, ret
+
+    write_pillar(pillar_dir, lab, pillar)
+    try:
+        refresh()
+        yield pillar
+    finally:
+        write_pillar(pillar_dir, lab)
+        refresh()
+
+
+@contextlib.contextmanager
 def host1_pillar(lab, pillar_dir, salt_cli, **settings):
     """host1's ``vmigrate`` pillar with ``settings`` for the block, refreshed there; the lab's
     pillar back afterwards."""
-    pillar = copy.deepcopy(lab.pillar())
-    pillar["vmigrate"].update(settings)
-    write_pillar(pillar_dir, lab, pillar)
-    assert salt_cli.run("saltutil.refresh_pillar", "wait=True", minion_tgt="host1").returncode == 0
-    try:
+    with lab_pillar_with(lab, pillar_dir, salt_cli, ("host1",), **settings):
         yield
-    finally:
-        write_pillar(pillar_dir, lab)
-        assert salt_cli.run("saltutil.refresh_pillar", "wait=True",
-                            minion_tgt="host1").returncode == 0
 
 
 def state_results(ret):
