@@ -140,14 +140,15 @@ def test_live_migration_over_ssh_tunnels_the_memory_stream(vdisk_on_host1, lab, 
                 and a.get("qom-type") == "tls-creds-x509"], commands
 
 
-def test_live_migration_over_tls_and_back(vdisk_on_host1, lab, pillar_dir, salt_master,
-                                          salt_cli, salt_run_cli):
+def test_live_migration_over_tls(vdisk_on_host1, lab, pillar_dir, salt_master, salt_cli,
+                                 salt_run_cli):
     with _transport(lab, pillar_dir, salt_cli, "tls"):
         uris = salt_cli.run("vmigrate.dest_uris", "host2", minion_tgt="host1").data
         assert uris == {"uri": f"qemu+tls://{lab.addr('host2')}/system",
                         "migrate_uri": f"tcp://{lab.addr('host2')}", "transport": "tls",
                         "data_stream": "tls"}
-        for source, dest in (("host1", "host2"), ("host2", "host1")):
+        # One way: the next test's fixture brings the guest back (CI time is counted).
+        for source, dest in (("host1", "host2"),):
             with _dest_qmp(lab, dest) as seen:
                 _migrate(lab, salt_master, salt_run_cli, source, dest, "tls")
                 commands, tls_sessions = seen()
