@@ -118,6 +118,16 @@ def test_timeout_action_pause_converges_where_abort_gives_up(vdisk_on_host1, lab
     assert_guest_went_on(lab, "host2", before)
 
 
+def test_timeout_action_postcopy_switches_the_guest_over(vdisk_on_host1, lab, salt_run_cli):
+    """Opt-in post-copy: at the timeout the guest runs on host2 and pulls the rest."""
+    before = counter_before(lab, "host1")
+    ret = salt_run_cli.run("vmigrate.migrate", "vdisk", "host2", "bandwidth=16", "timeout=3",
+                           "options={postcopy: true, timeout_action: postcopy}")
+    assert ret.returncode == 0, ret.data
+    assert ret.data["policy"] == {"timeout_action": "postcopy", "postcopy": True}, ret.data
+    _assert_one_intact_copy(lab, "host2", before)
+
+
 def test_bad_options_are_refused_before_anything_moves(vdisk_on_host1, lab, salt_run_cli):
     for options, words in (({"bogus": 1}, "unknown option 'bogus'"),
                            ({"timeout_action": "postcopy"}, "needs postcopy: true"),
