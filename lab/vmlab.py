@@ -114,11 +114,18 @@ class Lab:
         return CACHE / "libvirt" / f"{self.name}-{host}"
 
     def holder_pid(self, host):
+        """The pid of ``host``'s holder, or None. A pid file outliving its holder may name a
+        reused pid, maybe in another lab's namespaces, whose processes :meth:`down` would then
+        kill: the process counts only if its /etc is this host's private copy."""
         try:
             pid = int((self.host_dir(host) / "holder.pid").read_text())
+            ours = os.stat(self.host_dir(host) / "etc")
+            theirs = os.stat(f"/proc/{pid}/root/etc")
+            if _alive(pid) and (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+                return pid
         except (OSError, ValueError):
-            return None
-        return pid if _alive(pid) else None
+            pass
+        return None
 
     def host_argv(self, host, argv):
         """The command line that runs ``argv`` inside ``host``'s namespaces."""
