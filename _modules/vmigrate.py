@@ -235,14 +235,15 @@ def _ensure_event_loop():
 
 
 @contextlib.contextmanager
-def _connect(conf):
-    """Open this hypervisor's libvirt with keepalive (a dead peer fails instead of hanging)."""
-    uri = conf["uri"]
+def _connect(conf, uri=None, what="libvirt"):
+    """Open this hypervisor's libvirt (or ``uri``) with keepalive (a dead peer fails instead of
+    hanging)."""
+    uri = uri or conf["uri"]
     _ensure_event_loop()
     try:
         conn = libvirt.open(uri)
     except libvirt.libvirtError as err:
-        raise _libvirt_error(err, f"cannot connect to libvirt at {uri}") from err
+        raise _libvirt_error(err, f"cannot connect to {what} at {uri}") from err
     try:
         with contextlib.suppress(libvirt.libvirtError):
             conn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
@@ -825,20 +826,9 @@ def _try(what, call, *args):
         return False
 
 
-@contextlib.contextmanager
 def _dest_connection(uri, conf):
     """The destination's libvirtd, through the migration's own URI, with keepalive."""
-    try:
-        dconn = libvirt.open(uri)
-    except libvirt.libvirtError as err:
-        raise _libvirt_error(err, f"cannot connect to the destination at {uri}") from err
-    try:
-        with contextlib.suppress(libvirt.libvirtError):
-            dconn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
-        yield dconn
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            dconn.close()
+    return _connect(conf, uri, "the destination")
 
 
 class _Policy:
