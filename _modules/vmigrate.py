@@ -721,7 +721,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
     """
     conf = _config()
     _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf)
-    opts = __utils__["vmigrate_options.merge"](conf["options"], options)
+    opts = __utils__["vmigrate_options.merge"](conf["options"], options, mode)
     uris = dest_uris(dest, mode)
     timeout = float(timeout or conf["timeout"])
     params = {}

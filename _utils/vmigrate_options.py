@@ -185,8 +185,11 @@ def _str(value, name):
     return value
 
 
-def merge(defaults, options):
-    """Pillar ``vmigrate:options`` overlaid by a call's ``options``, both validated."""
+def merge(defaults, options, mode=None):
+    """Pillar ``vmigrate:options`` overlaid by a call's ``options``, both validated. With
+    ``mode``, a pillar default that does not apply to that mode is left out (a default
+    ``timeout_action`` must not refuse an offline move); the call's options are kept as given
+    for :func:`check` to judge."""
     out = {}
     for where, given in (("pillar vmigrate:options", defaults), ("options", options)):
         if given is None:
@@ -199,7 +202,10 @@ def merge(defaults, options):
                 raise SaltInvocationError(
                     f"{where}: unknown option {name!r} (known: {', '.join(sorted(SCHEMA))}; "
                     "README, 'Every virsh migrate option')")
-            out[name] = SCHEMA[name](value, name)
+            value = SCHEMA[name](value, name)
+            if given is defaults and mode is not None and name not in ALLOWED[mode]:
+                continue
+            out[name] = value
     return out
 
 

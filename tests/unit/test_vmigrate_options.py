@@ -46,6 +46,20 @@ def test_bad_values_are_refused_naming_the_option(given, words):
         opt.merge(None, given)
 
 
+def test_pillar_defaults_apply_only_to_the_modes_they_concern():
+    defaults = {"timeout_action": "pause", "max_downtime": 300, "persistent_xml": "<domain/>"}
+    # An evacuation's offline move must not be refused for the live policy in pillar.
+    assert opt.merge(defaults, None, "offline") == {"persistent_xml": "<domain/>"}
+    assert opt.check(opt.merge(defaults, None, "offline"), "offline")
+    assert opt.merge(defaults, None, "live") == {"timeout_action": "pause", "max_downtime": 300,
+                                                 "persistent_xml": "<domain/>"}
+    # ... while a call's own option that does not fit the mode is still refused.
+    with pytest.raises(SaltInvocationError, match="do not apply to mode=offline"):
+        opt.check(opt.merge(defaults, {"max_downtime": 500}, "offline"), "offline")
+    with pytest.raises(SaltInvocationError, match="pillar vmigrate:options: unknown option"):
+        opt.merge({"bogus": 1}, None, "offline")
+
+
 def test_pillar_defaults_are_checked_and_the_call_wins():
     assert opt.merge({"auto_converge": True, "max_downtime": 300}, {"max_downtime": 500}) == {
         "auto_converge": True, "max_downtime": 500}
