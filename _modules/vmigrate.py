@@ -1076,7 +1076,9 @@ def _save(conn, dom, name, job):
             os.unlink(path)
         return fail(_libvirt_error(err, f"saving {name!r} on {source} ({REFUSED})"))
     saved = time.monotonic()
-    size = os.path.getsize(path)
+    size = None
+    with contextlib.suppress(OSError):  # a number for the report: never a reason to stop here
+        size = os.path.getsize(path)
     progress.put("restoring", saved - start, {})
     try:
         with _dest_connection(uris["uri"], conf) as dconn:
