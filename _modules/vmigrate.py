@@ -1147,6 +1147,31 @@ def _job_of(dom):
     }
 
 
+def job(name):
+    """
+    The job libvirt runs for domain ``name`` on this hypervisor now (None when there is none).
+
+    :param name: the domain
+
+    Returns a dict: ``name``, ``host`` and ``job`` (``operation``, ``elapsed_ms``, ``percent``,
+    ``memory_remaining``, ``memory_bps``, ``iteration``, ``dirty_rate``; or None).
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt host1 vmigrate.job vdisk
+    """
+    _check("vm_name", name)
+    with _connect(_config()) as conn:
+        dom = _lookup(conn, name)
+        try:
+            info = _job_of(dom)
+        except libvirt.libvirtError as err:
+            raise _libvirt_error(err, f"reading the job of {name!r}") from err
+    return {"name": name, "host": __opts__["id"], "job": info}
+
+
 def jobs():
     """
     The jobs libvirt runs on this hypervisor now (migrations out and in, saves, ...).

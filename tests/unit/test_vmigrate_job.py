@@ -254,3 +254,50 @@ class _no_dest:  # noqa: N801  (stands in for the _dest_connection context manag
 
 def mod_error():
     return CommandExecutionError("no destination in a unit test")
+
+
+class _JobConn:
+    """A libvirt connection whose domains report the given jobStats (or raise)."""
+
+    def __init__(self, stats):
+        self.stats = stats
+
+    def lookupByName(self, name):  # noqa: N802
+        conn = self
+
+        class Dom:
+            def jobStats(self):  # noqa: N802
+                if isinstance(conn.stats, Exception):
+                    raise conn.stats
+                return conn.stats
+
+        return Dom()
+
+    def setKeepAlive(self, *a):  # noqa: N802
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("stats, want", [
+    ({"type": 0}, None),
+    ({"type": 2, "operation": 5, "memory_total": 200, "memory_remaining": 50,
+      "time_elapsed": 1500, "memory_iteration": 2},
+     {"operation": "migration_out", "percent": 75.0, "elapsed_ms": 1500, "iteration": 2}),
+    # libvirt keeps the statistics on the source: on the destination the domain is arriving.
+    (_error(libvirt.VIR_ERR_OPERATION_UNSUPPORTED, "only on the source host"),
+     {"operation": "migration_in", "percent": None}),
+])
+def test_job_names_what_libvirt_runs_for_the_domain(monkeypatch, stats, want):
+    mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}},
+               utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
+                           "vmigrate_options"))
+    monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
+    monkeypatch.setattr(mod.libvirt, "open", lambda uri: _JobConn(stats))
+    out = mod.job("vdisk")
+    assert out["name"] == "vdisk" and out["host"] == "host1"
+    if want is None:
+        assert out["job"] is None
+    else:
+        assert {k: out["job"][k] for k in want} == want, out
