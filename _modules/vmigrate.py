@@ -282,9 +282,10 @@ def domains():
     """
     List the domains on this hypervisor.
 
-    Returns a dict: ``host`` (this minion's id), ``timeout`` and ``abort_deadline`` (this
-    host's migration timeout and abort deadline, seconds: the master waits for both) and
-    ``domains``, keyed by domain name, each with ``uuid``, ``state`` (running,
+    Returns a dict: ``host`` (this minion's id), ``host_uuid`` (its libvirt host UUID: the
+    master checks that a migration's URI reaches this machine), ``timeout`` and
+    ``abort_deadline`` (this host's migration timeout and abort deadline, seconds: the master
+    waits for both) and ``domains``, keyed by domain name, each with ``uuid``, ``state`` (running,
     paused, shutoff, ...), ``reason`` (libvirt's reason for that state, e.g. paused by
     ``migration``) and ``persistent``. A domain that vanishes while it is being read (an
     incoming migration that failed) is left out.
@@ -310,8 +311,17 @@ def domains():
                     continue
                 raise _libvirt_error(err, "reading a domain") from err
             found[info.pop("name")] = info
-    return {"host": __opts__["id"], "timeout": conf["timeout"],
+        host_uuid = _host_uuid_of(conn)
+    return {"host": __opts__["id"], "host_uuid": host_uuid, "timeout": conf["timeout"],
             "abort_deadline": conf["abort_deadline"], "domains": found}
+
+
+def _host_uuid_of(conn):
+    """The libvirt host UUID ``conn`` reaches (its capabilities' <host><uuid>), or None."""
+    try:
+        return __utils__["vmigrate_checks.host_uuid"](conn.getCapabilities())
+    except libvirt.libvirtError:
+        return None
 
 
 def domain(name):
@@ -441,18 +451,38 @@ def _clash(dconn, dom):
     return None
 
 
-def _dest_facts(conn, dom, uris, conf, xml=None, storage=None):
-    """What the destination offers, read through the URI the migration will use."""
-    facts = {"uri": uris["uri"]}
+@contextlib.contextmanager
+def _dest_link(uris, conf):
+    """The destination's libvirtd through the migration's own URI, with keepalive, for the
+    prechecks and then the verification (one connection: over ssh, one handshake). Yields
+    (connection, None), or (None, why) when it cannot be opened: the prechecks report that."""
+    _ensure_event_loop()
     try:
         dconn = libvirt.open(uris["uri"])
     except libvirt.libvirtError as err:
-        return dict(facts, error=f"{err.get_error_message()} (libvirt error code "
-                                 f"{err.get_error_code()})")
-    checks = __utils__
+        yield None, f"{err.get_error_message()} (libvirt error code {err.get_error_code()})"
+        return
     try:
         with contextlib.suppress(libvirt.libvirtError):
             dconn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
+        yield dconn, None
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):
+            dconn.close()
+
+
+def _dest_facts(conn, dom, uris, conf, xml=None, storage=None, link=None):
+    """What the destination offers, read through the URI the migration will use (``link``:
+    an open (connection, error) from :func:`_dest_link`; else one is opened for this)."""
+    if link is None:
+        with _dest_link(uris, conf) as opened:
+            return _dest_facts(conn, dom, uris, conf, xml, storage, opened)
+    facts = {"uri": uris["uri"]}
+    dconn, why = link
+    if dconn is None:
+        return dict(facts, error=why)
+    checks = __utils__
+    try:
         needs = checks["vmigrate_checks.domain_needs"](xml or _xml(dom))
         if dom.isActive():
             # The CPU the guest runs with, as QEMU gave it (features it could not have are
@@ -477,24 +507,30 @@ def _dest_facts(conn, dom, uris, conf, xml=None, storage=None):
                 probes=_probes(dconn, storage))
     except libvirt.libvirtError as err:
         facts["error"] = f"reading it failed: {err.get_error_message()}"
-    finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            dconn.close()
     return facts
 
 
-def _live_checks(conn, dom, dest, uris, conf, mode="live"):
+def _live_checks(conn, dom, dest, uris, conf, mode="live", link=None):
     """Storage on this host, then the destination, as libvirt will meet them. A cold
     migration boots the guest afresh there: the CPU it runs with here does not bind it."""
     xml = _xml(dom)  # read once for both
     storage = _storage_facts(dom, xml)
     checks = _storage_checks(dom, facts=storage)
-    facts = _dest_facts(conn, dom, uris, conf, xml, storage)
+    facts = _dest_facts(conn, dom, uris, conf, xml, storage, link)
     checks += __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
     return [c for c in checks if mode != "cold" or c["name"] != "dest_cpu"]
 
 
-def precheck(name, dest=None, mode="live"):
+def _identity_check(link, uris, dest, expected):
+    """Whether the migration's URI reaches the machine minion ``dest`` runs on (``expected``:
+    the libvirt host UUID that minion reported to the master); None when not asked."""
+    if expected is None or link[0] is None:
+        return None  # unreachable: dest_reachable already says so
+    return __utils__["vmigrate_checks.identity"](dest, uris["uri"], _host_uuid_of(link[0]),
+                                                 expected)
+
+
+def precheck(name, dest=None, mode="live", dest_host_uuid=None):
     """
     What this source hypervisor can check before a migration moves anything.
 
@@ -513,7 +549,9 @@ def precheck(name, dest=None, mode="live"):
     :param name: the domain
     :param dest: the destination minion id (validated when given)
     :param mode: ``live`` (default), ``cold`` or ``save`` (the same checks; cold leaves out
-        the CPU, as the guest boots afresh), or ``offline`` (none)
+        the CPU, as the guest boots afresh), or ``offline`` (none but the next)
+    :param dest_host_uuid: the libvirt host UUID ``dest``'s minion reports (``vmigrate.domains``;
+        the master passes it): check ``dest_identity`` then verifies that the URI reaches it
 
     Returns a dict: ``name``, ``host``, ``mode``, ``checks`` (each with ``name``, ``ok``,
     ``detail`` and ``fix``) and ``blockers`` (the names of the checks that failed).
@@ -528,14 +566,20 @@ def precheck(name, dest=None, mode="live"):
     _check("mode", mode)
     if dest is not None:
         _check("minion_id", dest)
+    _check("host_uuid", dest_host_uuid)
     conf = _config()
-    uris = dest_uris(dest, mode) if dest is not None and mode != "offline" else None
+    uris = dest_uris(dest, mode) if dest is not None else None
     with _connect(conf) as conn:
         dom = _lookup(conn, name)
         checks = []
-        if mode != "offline":
-            checks = (_live_checks(conn, dom, dest, uris, conf, mode) if uris
-                      else _storage_checks(dom))
+        if uris is None:
+            checks = _storage_checks(dom) if mode != "offline" else []
+        else:
+            with _dest_link(uris, conf) as link:
+                if mode != "offline":
+                    checks = _live_checks(conn, dom, dest, uris, conf, mode, link)
+                identity = _identity_check(link, uris, dest, dest_host_uuid)
+                checks += [identity] if identity else []
     return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,
             "blockers": [c["name"] for c in checks if not c["ok"]]}
 
@@ -673,7 +717,8 @@ class _Progress:
             self.thread.join(wait)
 
 
-def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False, options=None):
+def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False, options=None,
+            dest_host_uuid=None):
     """
     Migrate domain ``name`` from this hypervisor to hypervisor ``dest``.
 
@@ -701,13 +746,17 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
         ``auto_converge``, ``max_downtime`` with ``downtime_steps``, ``timeout_action``
         (``abort``, ``pause``, ``postcopy``), ``compressed``, ``parallel_connections``, ...;
         cold's ``shutdown_timeout`` and ``force_off`` (README, "Every virsh migrate option")
+    :param dest_host_uuid: the libvirt host UUID ``dest``'s minion reports (the master passes
+        it from its locate): refused unless the URI reaches that machine (check
+        ``dest_identity``, in every mode)
 
     Returns a dict: ``name``, ``source``, ``dest``, ``mode``, ``data_stream``, ``elapsed``
     (seconds of the call), ``downtime_ms`` (for cold and save: from the shutdown or save to
     running there), ``bytes`` (memory transferred or saved), ``iterations``, ``stats``
     (libvirt's job statistics), ``final`` (whether those are the completed job's, not the last
-    poll's), ``options`` (those used), ``policy`` (what the convergence policy did) and
-    ``switches`` (safety switches that were used).
+    poll's), ``options`` (those used), ``policy`` (what the convergence policy did),
+    ``switches`` (safety switches that were used) and ``copies`` (where the domain is now,
+    read from both hosts' libvirtd after the move: the master's verification).
 
     CLI Example:
 
@@ -721,6 +770,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
     """
     conf = _config()
     _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf)
+    _check("host_uuid", dest_host_uuid)
     opts = __utils__["vmigrate_options.merge"](conf["options"], options, mode)
     uris = dest_uris(dest, mode)
     timeout = float(timeout or conf["timeout"])
@@ -763,21 +813,29 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
             raise CommandExecutionError(
                 f"vm {name!r} is transient, {REFUSED}: there is no definition to move "
                 f"({'use mode=live' if active else 'nothing to migrate'})")
-        if mode != "offline":
-            # unsafe=True (explicitly allowed) skips libvirt's storage check, not ours of the
-            # destination.
-            checks = (_live_checks(conn, dom, dest, uris, conf, mode) if not unsafe else
-                      __utils__["vmigrate_checks.assess_dest"](
-                          _dest_facts(conn, dom, uris, conf), source, dest))
+        with _dest_link(uris, conf) as link:
+            checks = []
+            if mode != "offline":
+                # unsafe=True (explicitly allowed) skips libvirt's storage check, not ours of
+                # the destination.
+                checks = (_live_checks(conn, dom, dest, uris, conf, mode, link) if not unsafe
+                          else __utils__["vmigrate_checks.assess_dest"](
+                              _dest_facts(conn, dom, uris, conf, link=link), source, dest))
+            identity = _identity_check(link, uris, dest, dest_host_uuid)
+            checks += [identity] if identity else []
             if any(not c["ok"] for c in checks):
                 raise _blocked(name, checks)
-        job = (source, dest, uris, conf, opts)
-        if mode in ("live", "offline"):
-            outcome = _run_job(conn, dom, name, mode, params, flags, timeout, job)
-        elif mode == "cold":
-            outcome = _cold(conn, dom, name, params, flags, timeout, job)
-        else:
-            outcome = _save(conn, dom, name, job)
+            job = (source, dest, uris, conf, opts)
+            if mode in ("live", "offline"):
+                outcome = _run_job(conn, dom, name, mode, params, flags, timeout, job)
+            elif mode == "cold":
+                outcome = _cold(conn, dom, name, params, flags, timeout, job)
+            else:
+                outcome = _save(conn, dom, name, job)
+            if "error" not in outcome:
+                outcome["copies"] = _copies(name, ((source, conn), (dest, link[0])))
+                # Read through the connection whose identity was checked (or not).
+                outcome["copies"]["dest_host_uuid"] = dest_host_uuid if identity else None
 
     if "error" in outcome:
         raise outcome["error"]
@@ -797,7 +855,30 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
         "options": opts,
         "policy": outcome.get("policy", {}),
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
+        "copies": outcome["copies"],
     }
+
+
+def _copies(name, links):
+    """Where domain ``name`` is after the move, read from each host's libvirtd (the
+    destination's through the migration's URI): ``hosts`` ({host: state, reason, persistent,
+    uuid} for each that has it, as :func:`domains` gives them) and ``unaccounted`` ({host:
+    why} for each that could not be read). The master verifies the move from this instead of
+    asking both hosts again; anything unexpected there, and it asks them itself."""
+    out = {"hosts": {}, "unaccounted": {}}
+    for host, conn in links:
+        if conn is None:
+            out["unaccounted"][host] = "no connection to it"
+            continue
+        try:
+            info = _describe(conn.lookupByName(name))
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                out["unaccounted"][host] = err.get_error_message()
+            continue
+        info.pop("name")
+        out["hosts"][host] = info
+    return out
 
 
 def _abort(dom, name, deadline):

@@ -164,6 +164,22 @@ def assess_dest_storage(facts, source, dest):
     return checks
 
 
+def identity(dest, uri, seen, expected):
+    """The check that ``uri`` (the migration's) reaches the machine minion ``dest`` runs on:
+    the libvirt host UUID read through it (``seen``) against the one ``dest``'s minion
+    reported to the master (``expected``)."""
+    ok = bool(seen) and seen == expected
+    return {"name": "dest_identity", "ok": ok,
+            "detail": (f"{uri} reaches libvirt host {seen}, the host minion {dest} runs on"
+                       if ok else
+                       f"{uri} reaches libvirt host {seen or '(unreadable)'}, but minion {dest} "
+                       f"runs on libvirt host {expected}: the migration would go to another "
+                       "machine than the one asked for"),
+            "fix": None if ok else (
+                f"correct pillar vmigrate:hypervisors:{dest}:address (and migration_address) "
+                f"so they name {dest}'s own host, then run salt '*' saltutil.refresh_pillar")}
+
+
 def assess_dest(facts, source, dest):
     """Checks from the destination facts (see the module's ``_dest_facts``)."""
     checks = []

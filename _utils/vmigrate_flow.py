@@ -166,7 +166,7 @@ class Relay:
                 drain_until = time.monotonic() + 1.0
             if drain_until is not None and time.monotonic() > drain_until:
                 return
-            event = bus.get_event(wait=0.2, tag=prefix, full=True)
+            event = bus.get_event(wait=0.05, tag=prefix, full=True)
             if not event:
                 continue
             data = event.get("data") or {}
@@ -243,7 +243,7 @@ def _listing(data):
     return ret
 
 
-def locate(opts, vm, hosts=None):
+def locate(opts, vm, hosts=None, client=None):
     """Where domain ``vm`` is: one broadcast of ``vmigrate.domains`` to the hypervisors (or to
     ``hosts``). A targeted hypervisor without a valid answer is ``unaccounted``: nothing is
     concluded about it (the domain may run there).
@@ -251,12 +251,15 @@ def locate(opts, vm, hosts=None):
     Returns ``name``, ``running``, ``paused`` (with libvirt's reasons), ``defined``
     (persistent), ``hosts`` (per host: ``state``, ``reason``, ``persistent``, ``uuid``),
     ``hypervisors`` (those that answered), ``unaccounted`` ({host: why}) and ``timeouts``
-    (each answering host's migration timeout)."""
+    (each answering host's migration timeout). ``client``: a LocalClient to use (one request
+    opens one)."""
+    if client is None:
+        with _client(opts) as opened:
+            return locate(opts, vm, hosts, opened)
     conf = settings(opts)
     wait = conf["query_timeout"]
     tgt, tgt_type = (sorted(hosts), "list") if hosts else (conf["tgt"], conf["tgt_type"])
-    with _client(opts) as client:
-        _jid, got, expected = gather(client, tgt, tgt_type, "vmigrate.domains", [], {}, wait)
+    _jid, got, expected = gather(client, tgt, tgt_type, "vmigrate.domains", [], {}, wait)
     listings, unaccounted = {}, {}
     for host in sorted(expected | set(hosts or ())):
         if host not in expected:
@@ -268,6 +271,12 @@ def locate(opts, vm, hosts=None):
         else:
             listings[host] = _listing(got[host])
     present = {h: ret["domains"][vm] for h, ret in listings.items() if vm in ret["domains"]}
+    return _where(vm, present, listings, unaccounted)
+
+
+def _where(vm, present, listings, unaccounted):
+    """A locate result from what each host holds (``present``: {host: domain info}),
+    the hosts that answered (``listings``: {host: their answer}) and those that did not."""
     return {
         "name": vm,
         "running": sorted(h for h, i in present.items() if i["state"] in ("running", "blocked")),
@@ -279,7 +288,41 @@ def locate(opts, vm, hosts=None):
         "unaccounted": unaccounted,
         "timeouts": {h: (ret.get("timeout"), ret.get("abort_deadline", 30))
                      for h, ret in listings.items()},
+        "host_uuids": {h: ret.get("host_uuid") for h, ret in listings.items()},
     }
+
+
+def _seen_by_source(vm, value, source, dest, dest_host_uuid):
+    """The source minion's own reading of both hosts after a move (``copies`` in its
+    return) as a locate result of those two, or None when it is missing or malformed, or
+    was not read from the machine ``dest``'s minion runs on (``dest_host_uuid``, checked by
+    the source before the move through the same connection)."""
+    copies = value.get("copies") if isinstance(value, dict) else None
+    if not isinstance(copies, dict) or not dest_host_uuid \
+            or copies.get("dest_host_uuid") != dest_host_uuid \
+            or not isinstance(copies.get("hosts"), dict) \
+            or not isinstance(copies.get("unaccounted"), dict) \
+            or not set(copies["hosts"]) | set(copies["unaccounted"]) <= {source, dest}:
+        return None
+    listing = _listing({"return": {"domains": copies["hosts"]}})
+    if listing is None:
+        return None
+    answered = {h: {} for h in (source, dest) if h not in copies["unaccounted"]}
+    return _where(vm, dict(copies["hosts"]), answered, dict(copies["unaccounted"]))
+
+
+def _misplaced(after, source, dest, want):
+    """What is wrong with ``after`` (a locate result) for a move to ``dest`` that should
+    leave the domain ``want`` (running, paused, shutoff) there and nothing on ``source``."""
+    on_dest = after["hosts"].get(dest, {})
+    problems = [f"could not verify {h} ({why})" for h, why in after["unaccounted"].items()]
+    if dest not in after["unaccounted"] and (on_dest.get("state") != want
+                                             or not on_dest.get("persistent")):
+        problems.append(f"on {dest} it is {on_dest.get('state', 'absent')}"
+                        f"{'' if on_dest.get('persistent', True) else ', not persistent'}")
+    if source in after["hosts"]:
+        problems.append(f"{source} still has it ({after['hosts'][source]['state']})")
+    return problems
 
 
 def placement(where, pair=()):
@@ -411,15 +454,16 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
     # Names, values and the rules between them; the minion checks again, with the domain.
     options = options_.check(options_.merge(None, options), mode)
     conf = settings(opts)
-    # One request per VM at a time, held from before it is located (Busy names the other).
-    with locks.hold(opts, vm, trigger) as held:
-        _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
-                        already_ok, owner, options, report)
+    # One request per VM at a time, held from before it is located (Busy names the other);
+    # one client for every publish it makes.
+    with locks.hold(opts, vm, trigger) as held, _client(opts) as client:
+        _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout,
+                        force, already_ok, owner, options, report)
 
 
-def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
+def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
                     already_ok, owner=None, options=None, report=None):
-    where = locate(opts, vm)
+    where = locate(opts, vm, client=client)
     ret["located"] = _summary(where)
     if force and where["unaccounted"]:
         ret["forced"] = sorted(where["unaccounted"])
@@ -450,6 +494,12 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
     kwarg = {"mode": mode, "bandwidth": bandwidth, "timeout": wait}
     if options:
         kwarg["options"] = options
+    # The source refuses unless the migration's URI reaches the machine dest's minion runs on.
+    dest_host_uuid = where["host_uuids"].get(dest)
+    if _valid(validate.host_uuid, dest_host_uuid) and dest_host_uuid:
+        kwarg["dest_host_uuid"] = dest_host_uuid
+    else:
+        dest_host_uuid = None
     # The minion may take the timeout, then its timeout action's grace, retry the abort and
     # wait for libvirt to end the job (one abort_deadline each): wait for all of it, a cold
     # migration's shutdown too, and a margin.
@@ -457,12 +507,28 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
     wait_all = (wait + graces * float(abort_deadline or 30) + conf["return_margin"]
                 + (options.get("shutdown_timeout", 120) if mode == "cold" else 0))
     was_paused = where["hosts"][source]["state"] == "paused"
-    with _client(opts) as client, Relay(opts, vm, source, report) as _relay:
+    # A live or save migration keeps a paused guest paused; option suspend pauses it there.
+    if mode == "offline":
+        want = "shutoff"
+    elif mode == "cold":
+        want = "running"
+    else:
+        want = "paused" if was_paused or options.get("suspend") else "running"
+    with Relay(opts, vm, source, report) as _relay:
         jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
                              wait_all, published=lambda jid: ret.update(jid=jid))
     ret.update(jid=jid, status="failed")
     # Where it is now, whatever the call said: the report on failure, the check on success.
-    after = locate(opts, vm, [source, dest])
+    # A move that succeeded returns what the source then read from both hosts' libvirtd;
+    # when that is as it should be it is the verification, else both are asked from here.
+    out = got.get(source) or {}
+    value = out.get("return")
+    after = (_seen_by_source(vm, value, source, dest, dest_host_uuid)
+             if out.get("retcode", 0) == 0 and isinstance(value, dict) else None)
+    ret["verified_by"] = source
+    if after is None or _misplaced(after, source, dest, want):
+        after = locate(opts, vm, [source, dest], client)
+        ret["verified_by"] = "master"
     ret["after"] = _summary(after)
     now = placement(after, (source, dest))
     if source not in got:
@@ -472,8 +538,6 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
             f"salt-run vmigrate.locate {vm} and salt-run jobs.lookup_jid {jid} before acting. "
             f"Now: {now}"))
         return
-    out = got[source]
-    value = out.get("return")
     if out.get("retcode", 0) != 0 or not isinstance(value, dict):
         text = str(value)
         if STILL_RUNNING in text:
@@ -496,21 +560,7 @@ def _migrate_locked(opts, ret, conf, held, vm, dest, mode, bandwidth, timeout, f
         ret[key] = value.get(key)
     ret["job_ms"] = (value.get("stats") or {}).get("time_elapsed")
 
-    # A live or save migration keeps a paused guest paused; option suspend pauses it there.
-    if mode == "offline":
-        want = "shutoff"
-    elif mode == "cold":
-        want = "running"
-    else:
-        want = "paused" if was_paused or options.get("suspend") else "running"
-    on_dest = after["hosts"].get(dest, {})
-    problems = [f"could not verify {h} ({why})" for h, why in after["unaccounted"].items()]
-    if dest not in after["unaccounted"] and (on_dest.get("state") != want
-                                             or not on_dest.get("persistent")):
-        problems.append(f"on {dest} it is {on_dest.get('state', 'absent')}"
-                        f"{'' if on_dest.get('persistent', True) else ', not persistent'}")
-    if source in after["hosts"]:
-        problems.append(f"{source} still has it ({after['hosts'][source]['state']})")
+    problems = _misplaced(after, source, dest, want)
     if problems:
         ret["comment"] = (f"migration of {vm} reported success but verification failed: "
                           + "; ".join(problems))
@@ -558,9 +608,12 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=Non
     out["source"] = source
     if why:
         return dict(out, result=False, comment=why, blockers=["placement"])
+    kwarg = {"mode": mode}
+    if where["host_uuids"].get(dest) and _valid(validate.host_uuid, where["host_uuids"][dest]):
+        kwarg["dest_host_uuid"] = where["host_uuids"][dest]
     with _client(opts) as client:
         _jid, got, _ = gather(client, [source], "list", "vmigrate.precheck", [vm, dest],
-                              {"mode": mode}, settings(opts)["query_timeout"])
+                              kwarg, settings(opts)["query_timeout"])
     data = got.get(source) or {}
     value = data.get("return")
     if data.get("retcode", 1) != 0 or not isinstance(value, dict):

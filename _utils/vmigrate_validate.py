@@ -27,6 +27,17 @@ def vm_name(value, what="vm"):
     return value
 
 
+_UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def host_uuid(value, what="dest_host_uuid"):
+    """A libvirt host UUID (lower-case hex, 8-4-4-4-12), or None."""
+    if value is not None and (not isinstance(value, str) or not _UUID_RE.fullmatch(value)):
+        raise SaltInvocationError(f"{what} {value!r}: a libvirt host UUID "
+                                  "(8-4-4-4-12 lower-case hex), as vmigrate.domains reports it")
+    return value
+
+
 def minion_id(value, what="dest"):
     """A minion id: letters, digits and ``_ . -``, at most 253 characters."""
     if not isinstance(value, str) or not _MINION_RE.fullmatch(value):

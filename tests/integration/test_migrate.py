@@ -75,6 +75,11 @@ def test_live_migration_round_trip_keeps_guest_running(vdisk_on_host1, lab, salt
         assert len(final) == 1, final  # exactly one result event per request
         assert final[0]["dest"] == dest and final[0]["downtime_ms"] == result["downtime_ms"]
         assert final[0]["status"] == "migrated" and final[0]["trigger"] == "state"
+        # Verified from the source's own reading of both libvirtds, without a second ask,
+        # and that reading agrees with the lab's and the master's above.
+        assert final[0]["verified_by"] == source, final[0]
+        assert final[0]["after"]["running"] == [dest] and final[0]["after"]["hosts"].keys() \
+            == {dest}
         # The guest keeps counting on the destination, without a gap and with memory intact.
         assert_guest_went_on(lab, dest, before)
 

@@ -18,7 +18,8 @@ def test_plan_lists_every_check_and_changes_nothing(vdisk_on_host1, lab, salt_ru
     checks = {c["name"]: c for c in ret.data["checks"]}
     for name in ("shared_storage:vda", "disk_cache:vda", "dest_reachable", "distinct_hosts",
                  "dest_libvirt_version", "dest_qemu_version", "dest_memory", "dest_cpu",
-                 "dest_no_clash", f"shared_path:{lab.mountpoint}", "image_access:vda"):
+                 "dest_no_clash", f"shared_path:{lab.mountpoint}", "image_access:vda",
+                 "dest_identity"):
         assert checks[name]["ok"] is True, checks.get(name)
     assert f"qemu+tcp://{lab.addr('host2')}/system" in checks["dest_reachable"]["detail"]
     assert "seen by host2's libvirtd at the same path" in (
@@ -52,6 +53,25 @@ def test_a_domain_with_the_guests_uuid_on_the_destination_blocks(clash, lab, sal
     assert "precheck refused the migration of 'vdisk', nothing was moved" in comment
     assert "host2 already has domain 'vclash' with this guest's UUID" in comment
     assert "Fix: remove or rename the other domain on host2" in comment
+    assert lab.running_on() == ["host1"]
+
+
+def test_an_address_that_leads_to_another_machine_is_refused(vdisk_on_host1, lab, pillar_dir,
+                                                            salt_cli, salt_run_cli):
+    """host1's pillar gives host2 the address of host1 itself: the URI reaches another libvirt
+    host than the one host2's minion reported to the master, and nothing moves."""
+    hypervisors = json.loads(json.dumps(lab.pillar()["vmigrate"]["hypervisors"]))
+    hypervisors["host2"]["address"] = lab.addr("host1")
+    hypervisors["host2"].pop("migration_address", None)
+    with labsalt.host1_pillar(lab, pillar_dir, salt_cli, hypervisors=hypervisors):
+        plan = salt_run_cli.run("vmigrate.plan", "vdisk", "host2")
+        assert plan.returncode != 0
+        assert "dest_identity" in plan.data["blockers"], plan.data
+        ret = salt_run_cli.run("vmigrate.migrate", "vdisk", "host2")
+    assert ret.returncode != 0
+    assert ret.data["status"] == "refused", ret.data
+    assert "but minion host2 runs on libvirt host" in ret.data["comment"]
+    assert "Fix: correct pillar vmigrate:hypervisors:host2:address" in ret.data["comment"]
     assert lab.running_on() == ["host1"]
 
 

@@ -1,5 +1,6 @@
 """Destination prechecks: pure verdicts over the facts read through the migration's URI."""
 import pytest
+from salt.exceptions import SaltInvocationError
 
 from tests.support.modload import load
 
@@ -155,3 +156,24 @@ def test_root_denied_counts_as_squashed_and_qemus_own_access_decides():
     assert _check(_storage(denied), "image_access:vda")["ok"]  # owned 64055:994, 0600
     check = _check(_storage(denied, {"uid": 0, "gid": 0, "mode": 0o600}), "image_access:vda")
     assert not check["ok"] and "root may not even write beside the image" in check["detail"]
+
+
+def test_identity_passes_only_for_the_machine_the_dests_minion_runs_on():
+    checks = ck.identity
+    uri = "qemu+ssh://root@192.0.2.12/system"
+    ok = checks("host2", uri, "6f1e4b9a-0000-4000-8000-000000000002",
+                "6f1e4b9a-0000-4000-8000-000000000002")
+    assert ok["ok"] is True and ok["fix"] is None
+    for seen in ("6f1e4b9a-0000-4000-8000-000000000001", None):
+        bad = checks("host2", uri, seen, "6f1e4b9a-0000-4000-8000-000000000002")
+        assert bad["ok"] is False and "another machine than the one asked for" in bad["detail"]
+        assert "vmigrate:hypervisors:host2:address" in bad["fix"]
+
+
+@pytest.mark.parametrize("value", ["6F1E4B9A-0000-4000-8000-000000000002", "x", 7,
+                                   "6f1e4b9a-0000-4000-8000-00000000000&"])
+def test_a_host_uuid_argument_is_a_uuid_or_nothing(value):
+    check = load("_utils", "vmigrate_validate").host_uuid
+    assert check(None) is None
+    with pytest.raises(SaltInvocationError, match="dest_host_uuid"):
+        check(value)

@@ -16,6 +16,10 @@ def _cachedir(tmp_path, monkeypatch):
     monkeypatch.setitem(OPTS, "cachedir", str(tmp_path))
 
 
+def host_uuid(host):
+    return f"00000000-0000-4000-8000-{host[-1]:0>12}"
+
+
 class Clock:
     def __init__(self):
         self.now = 0.0
@@ -69,7 +73,8 @@ class FakeClient:
                 if host in self.errors:
                     retcode, value = 1, "ERROR: cannot connect to libvirt"
                 else:
-                    value = {"host": host, "timeout": 600, "domains": self.hosts[host]}
+                    value = {"host": host, "timeout": 600, "domains": self.hosts[host],
+                             "host_uuid": host_uuid(host)}
             elif fun == "vmigrate.migrate":
                 if self.after is not None:
                     self.hosts.update(self.after)
@@ -207,6 +212,69 @@ def test_verification_never_reads_silence_as_absence(env):
     client.run_job = run_job
     ret = env["flow"].migrate(OPTS, "vdisk", "host2")
     assert ret["result"] is False and "could not verify host1" in ret["comment"]
+
+
+def _moved(copies, read_on="host2"):
+    if copies is not None:
+        copies = dict(copies, dest_host_uuid=host_uuid(read_on))
+    return (1, 0, {"elapsed": 1.0, "downtime_ms": 5, "stats": {}, "copies": copies})
+
+
+def test_the_sources_own_reading_of_both_hosts_is_the_verification(env):
+    after = {"host1": {}, "host2": {"vdisk": RUNNING}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=after,
+                         migrate=_moved({"hosts": {"host2": RUNNING}, "unaccounted": {}}))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["result"] is True and ret["verified_by"] == "host1", ret["comment"]
+    assert len(_published(client, "vmigrate.domains")) == 1  # the locate, no second ask
+    # The source was told which machine host2's minion runs on, to check its URI reaches it.
+    assert _published(client, "vmigrate.migrate")[0][3]["dest_host_uuid"] == host_uuid("host2")
+    assert ret["after"]["running"] == ["host2"] and ret["after"]["defined"] == ["host2"]
+
+
+@pytest.mark.parametrize("copies", [
+    None,                                                          # an older minion
+    {"hosts": {"host2": RUNNING}},                                 # malformed
+    {"hosts": {"host2": RUNNING, "host3": RUNNING}, "unaccounted": {}},  # not its to say
+    {"hosts": {"host2": dict(RUNNING, state=7)}, "unaccounted": {}},
+    {"hosts": {"host2": RUNNING}, "unaccounted": {"host1": "connection closed"}},
+    {"hosts": {"host1": RUNNING, "host2": RUNNING}, "unaccounted": {}},  # two copies
+    {"hosts": {"host2": dict(RUNNING, persistent=False)}, "unaccounted": {}},
+])
+def test_anything_but_a_clean_reading_is_checked_again_from_the_master(env, copies):
+    """The master asks both hosts itself, and decides from that answer alone: here the
+    move did complete, so the outcome is a success verified by the master."""
+    after = {"host1": {}, "host2": {"vdisk": RUNNING}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=after,
+                         migrate=_moved(copies))
+    _a_clean_reading_is_not_trusted_blindly(env, client)
+
+
+def test_a_reading_from_another_machine_than_the_dests_is_checked_again(env):
+    after = {"host1": {}, "host2": {"vdisk": RUNNING}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=after,
+                         migrate=_moved({"hosts": {"host2": RUNNING}, "unaccounted": {}},
+                                        read_on="host3"))
+    _a_clean_reading_is_not_trusted_blindly(env, client)
+
+
+def _a_clean_reading_is_not_trusted_blindly(env, client):
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["result"] is True and ret["verified_by"] == "master", ret["comment"]
+    asked = _published(client, "vmigrate.domains")
+    assert len(asked) == 2 and asked[1][1] == ["host1", "host2"]
+
+
+def test_a_wrong_placement_the_master_confirms_is_repaired_not_reported_migrated(env):
+    # (copies: the repairs below change the fake hosts' entries in place)
+    both = {"host1": {"vdisk": dict(RUNNING)}, "host2": {"vdisk": dict(RUNNING)}}
+    env["make"](hosts={"host1": {"vdisk": dict(RUNNING)}, "host2": {}}, after=both,
+                migrate=_moved({"hosts": {"host1": RUNNING, "host2": RUNNING},
+                                "unaccounted": {}}))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["result"] is False and ret["verified_by"] == "master"
+    assert "host1 still has it (running)" in ret["comment"]
+    assert ret["reconciled"]["result"] is True, ret["reconciled"]
 
 
 def test_failure_reports_where_it_is_now(env):

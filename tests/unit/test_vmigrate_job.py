@@ -187,6 +187,10 @@ def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
         def setKeepAlive(self, *a):  # noqa: N802
             pass
 
+        def getCapabilities(self):  # noqa: N802
+            return "<capabilities><host><uuid>6f1e4b9a-0000-4000-8000-000000000002</uuid>" \
+                   "</host></capabilities>"
+
         def close(self):
             pass
 
@@ -198,6 +202,7 @@ def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
     out = mod.domains()
     assert out["domains"] == {"vdisk": {"uuid": "u-1", "state": "paused", "reason": "migration",
                                         "persistent": True}}
+    assert out["host_uuid"] == "6f1e4b9a-0000-4000-8000-000000000002"
 
 
 def test_an_abort_from_elsewhere_is_reported_as_such(mod):

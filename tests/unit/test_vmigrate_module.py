@@ -131,3 +131,47 @@ def test_flags_protect_the_data_stream(monkeypatch):
     assert tls & lv.VIR_MIGRATE_TLS and not tls & lv.VIR_MIGRATE_TUNNELLED
     assert ssh & lv.VIR_MIGRATE_TUNNELLED and not ssh & lv.VIR_MIGRATE_TLS
     assert not plain & (lv.VIR_MIGRATE_TLS | lv.VIR_MIGRATE_TUNNELLED)
+
+
+class _Dom:
+    def __init__(self, name, state=1, persistent=True):
+        self._name, self._state, self._persistent = name, state, persistent
+
+    def name(self):
+        return self._name
+
+    def UUIDString(self):  # pylint: disable=invalid-name
+        return "u"
+
+    def state(self):
+        return self._state, 2 if self._state == 1 else 0
+
+    def isPersistent(self):  # pylint: disable=invalid-name
+        return self._persistent
+
+
+class _Conn:
+    def __init__(self, libvirt, dom=None, code=None):
+        self.libvirt, self.dom, self.code = libvirt, dom, code
+
+    def lookupByName(self, name):  # pylint: disable=invalid-name
+        if self.dom is not None:
+            return self.dom
+        err = self.libvirt.libvirtError("no")
+        err.get_error_code = lambda: self.code
+        err.get_error_message = lambda: "cannot read: connection closed"
+        raise err
+
+
+def test_copies_read_after_a_move_never_take_an_unreadable_host_for_absent(monkeypatch):
+    mod = _module(monkeypatch)
+    lv = mod.libvirt
+    out = mod._copies("vdisk", (  # pylint: disable=protected-access
+        ("host1", _Conn(lv, code=lv.VIR_ERR_NO_DOMAIN)),
+        ("host2", _Conn(lv, _Dom("vdisk"))),
+        ("host3", _Conn(lv, code=lv.VIR_ERR_RPC)),
+        ("host4", None)))
+    assert out["hosts"] == {"host2": {"uuid": "u", "state": "running", "reason": "migrated",
+                                      "persistent": True}}
+    assert set(out["unaccounted"]) == {"host3", "host4"}
+    assert "connection closed" in out["unaccounted"]["host3"]
