@@ -614,6 +614,12 @@ def repair(name, action):
         dom = _lookup(conn, name)
         try:
             before = _describe(dom)
+            if before["reason"] in ("postcopy", "postcopy_failed") and action != "persist":
+                # Its memory is split with the other host: stopping or resuming loses the guest.
+                raise CommandExecutionError(
+                    f"vm {name!r} on {__opts__['id']} is {before['state']} in a post-copy "
+                    f"migration ({before['reason']}): {action} refused, it would lose the "
+                    "guest (README, 'When the network breaks in post-copy')")
             if action == "resume":
                 dom.resume()
             elif action == "start":

@@ -58,6 +58,10 @@ ACTIVE = ("running", "blocked", "paused")
 MIB = 1024 * 1024
 # A source paused for one of these reasons is mid-migration: resuming it may start a second copy.
 MIGRATION_PAUSE = ("migration", "postcopy", "postcopy_failed")
+# A copy in (or left by) a post-copy migration: the guest's memory is split between the two
+# hosts, the newest pages on the destination, the rest only on the source. Stopping either
+# copy, or resuming the source, loses the guest; only resuming the migration saves it.
+POSTCOPY = ("postcopy", "postcopy_failed")
 # What the minion's vmigrate.migrate says (see REFUSED and STILL_RUNNING there).
 REFUSED = "nothing was moved"
 STILL_RUNNING = "still running after"
@@ -357,6 +361,9 @@ def decide(where, vm, dest, force=False, already_ok=False, mode="live"):
     if not present:
         return None, (f"vm {vm} was not found on any hypervisor "
                       f"({', '.join(where['hypervisors']) or 'none answered'})")
+    split = _postcopy_split(where)
+    if split:
+        return None, split
     if len(present) > 1:
         return None, (f"vm {vm} is on several hypervisors ({placement(where)}): refusing "
                       f"to migrate; salt-run vmigrate.reconcile {vm} repairs it to one copy "
@@ -514,8 +521,17 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
         want = "running"
     else:
         want = "paused" if was_paused or options.get("suspend") else "running"
+    _send(opts, client, ret, "vmigrate.migrate", vm, source, dest, mode, kwarg, wait_all, want,
+          dest_host_uuid, was_paused, report)
+
+
+def _send(opts, client, ret, fun, vm, source, dest, mode, kwarg, wait_all, want,
+          dest_host_uuid, was_paused, report):
+    """Run ``fun`` (vmigrate.migrate) on the source minion, then verify
+    that the domain is ``want`` on ``dest`` only -- or report where it is and repair what a
+    definite failure left (see :func:`_settle`). Fills ``ret``."""
     with Relay(opts, vm, source, report) as _relay:
-        jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
+        jid, got, _ = gather(client, [source], "list", fun, [vm, dest], kwarg,
                              wait_all, published=lambda jid: ret.update(jid=jid))
     ret.update(jid=jid, status="failed")
     # Where it is now, whatever the call said: the report on failure, the check on success.
@@ -628,6 +644,20 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=Non
                 comment=f"would migrate {vm} {mode} from {source} to {dest}")
 
 
+def _postcopy_split(where):
+    """Why nothing may be stopped or resumed when a copy is in a post-copy migration, or
+    None."""
+    split = {h: i for h, i in sorted(where["hosts"].items()) if i.get("reason") in POSTCOPY}
+    if not split:
+        return None
+    vm = where.get("name", "the vm")
+    return (f"{vm} is in a post-copy migration that has not completed ("
+            + "; ".join(f"{h}: {i['state']} ({i['reason']})" for h, i in split.items())
+            + "): its memory is split between the hosts, so no copy may be stopped or resumed; "
+            "only libvirt's post-copy recovery can finish it (README, 'When the network breaks "
+            "in post-copy')")
+
+
 def repairs(where, prefer=None):
     """What makes ``where`` (a locate result) one running copy defined on one host: a list of
     (host, action) for the minions' ``vmigrate.repair``, or a reason nothing can be decided.
@@ -640,6 +670,9 @@ def repairs(where, prefer=None):
         hosts = ", ".join(f"{h} ({why})" for h, why in where["unaccounted"].items())
         return [], f"could not verify {hosts}: nothing changed"
     hosts = where["hosts"]
+    split = _postcopy_split(where)
+    if split:
+        return [], split
     uuids = {i.get("uuid") for i in hosts.values()}
     if len(uuids) > 1:
         return [], (f"the domains named {where.get('name', 'so')} on "

@@ -402,6 +402,29 @@ def test_a_definite_failure_is_repaired_toward_one_copy(env):
         (["host2"], ["vdisk", "destroy"])]
 
 
+@pytest.mark.parametrize("source, dest", [
+    # the network broke in post-copy: libvirt leaves the destination running, the source paused
+    (dict(RUNNING, state="paused", reason="postcopy_failed"),
+     dict(RUNNING, reason="postcopy_failed")),
+    (dict(RUNNING, state="paused", reason="postcopy"), dict(RUNNING, reason="postcopy")),
+    (dict(RUNNING, state="paused", reason="postcopy_failed"), None),  # the other half unseen
+])
+def test_a_failed_post_copy_is_never_repaired_by_stopping_or_resuming_a_half(env, source,
+                                                                            dest):
+    after = {"host1": {"vdisk": source}, "host2": {"vdisk": dest} if dest else {}}
+    client = env["make"](hosts={"host1": {"vdisk": dict(RUNNING)}, "host2": {}}, after=after,
+                         migrate=(1, 1, "ERROR: post-copy migration failed: Channel error"))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"postcopy": True})
+    assert ret["status"] == "failed" and not _published(client, "vmigrate.repair")
+    assert "memory is split between the hosts" in ret["reconciled"]["comment"], ret
+    assert "only libvirt's post-copy recovery can finish it" in ret["comment"]
+    # Nor later: reconcile and a new migration refuse, naming the recovery.
+    assert env["flow"].reconcile(OPTS, "vdisk")["result"] is False
+    assert not _published(client, "vmigrate.repair")
+    again = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert again["status"] == "refused" and "post-copy recovery" in again["comment"]
+
+
 @pytest.mark.parametrize("state, mode, words", [
     ("shutoff", "live", "a live migration needs it running; use mode=offline"),
     ("running", "offline", "shut it down first or use mode=live"),

@@ -175,3 +175,28 @@ def test_copies_read_after_a_move_never_take_an_unreadable_host_for_absent(monke
                                       "persistent": True}}
     assert set(out["unaccounted"]) == {"host3", "host4"}
     assert "connection closed" in out["unaccounted"]["host3"]
+
+
+@pytest.mark.parametrize("state, action", [((1, 11), "destroy"), ((3, 13), "resume"),
+                                           ((1, 10), "destroy"), ((3, 13), "undefine")])
+def test_repair_never_stops_or_resumes_a_half_of_a_post_copy(monkeypatch, state, action):
+    """(running, postcopy_failed) on the destination, (paused, postcopy_failed) on the source:
+    the guest's memory is split between them."""
+    import contextlib  # pylint: disable=import-outside-toplevel
+    from salt.exceptions import CommandExecutionError  # pylint: disable=import-outside-toplevel
+
+    mod = _module(monkeypatch)
+    dom = _Dom("vdisk")
+    dom.state = lambda: state
+    calls = []
+    for name in ("destroy", "resume", "undefine", "create"):
+        setattr(dom, name, lambda name=name: calls.append(name))
+
+    @contextlib.contextmanager
+    def connect(_conf):
+        yield _Conn(mod.libvirt, dom)
+
+    monkeypatch.setattr(mod, "_connect", connect)
+    with pytest.raises(CommandExecutionError, match="post-copy migration .* refused"):
+        mod.repair("vdisk", action)
+    assert calls == []
