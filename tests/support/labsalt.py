@@ -38,6 +38,7 @@ def master_overrides(lab, pillar_dir, file_root):
         "vmigrate": saltconf.master_vmigrate(lab),
         "reactor": saltconf.REACTOR,
         "user": "root",
+        **saltconf.MASTER_TUNING,
     }
 
 
