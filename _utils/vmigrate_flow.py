@@ -521,17 +521,17 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
         want = "running"
     else:
         want = "paused" if was_paused or options.get("suspend") else "running"
-    _send(opts, client, ret, "vmigrate.migrate", vm, source, dest, mode, kwarg, wait_all, want,
-          dest_host_uuid, was_paused, report)
+    _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
+                     dest_host_uuid, was_paused, report)
 
 
-def _send(opts, client, ret, fun, vm, source, dest, mode, kwarg, wait_all, want,
-          dest_host_uuid, was_paused, report):
-    """Run ``fun`` (vmigrate.migrate) on the source minion, then verify
-    that the domain is ``want`` on ``dest`` only -- or report where it is and repair what a
-    definite failure left (see :func:`_settle`). Fills ``ret``."""
+def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
+                     dest_host_uuid, was_paused, report):
+    """Run vmigrate.migrate on the source minion, then verify that the domain is ``want`` on
+    ``dest`` only -- or report where it is and repair what a definite failure left (see
+    :func:`_settle`). Fills ``ret``."""
     with Relay(opts, vm, source, report) as _relay:
-        jid, got, _ = gather(client, [source], "list", fun, [vm, dest], kwarg,
+        jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
                              wait_all, published=lambda jid: ret.update(jid=jid))
     ret.update(jid=jid, status="failed")
     # Where it is now, whatever the call said: the report on failure, the check on success.
