@@ -42,7 +42,8 @@ def test_progress_lines_reach_the_terminal_of_salt_run_and_state_orch(vdisk_on_h
     assert lines[0].startswith("[vmigrate] vdisk host1 -> host2: started"), lines
     assert lines[-1].startswith("[vmigrate] vdisk host1 -> host2: completed"), lines
     running = [line for line in lines if ": running " in line and "%" in line]
-    assert running and "MiB left" in running[0] and "MiB/s" in running[0], lines
+    # (libvirt may not have a rate yet at the first poll)
+    assert any("MiB left" in line and "MiB/s" in line for line in running), lines
     assert json.loads(out)["status"] == "migrated"  # stdout stays the result alone
     # The orchestration, back: the same lines from inside state.orch.
     pillar = json.dumps({"vm": "vdisk", "dest": "host1"})
