@@ -510,14 +510,106 @@ def _dest_facts(conn, dom, uris, conf, xml=None, storage=None, link=None):
     return facts
 
 
-def _live_checks(conn, dom, dest, uris, conf, mode="live", link=None):
+def _disk_user(dconn, path):
+    """The name of a domain on the destination with ``path`` as a disk, or None."""
+    for other in dconn.listAllDomains(0):
+        try:
+            xml = other.XMLDesc(0)
+        except libvirt.libvirtError:
+            continue
+        if any(d["path"] == path for d in __utils__["vmigrate_storage.domain_disks"](xml)):
+            return other.name()
+    return None
+
+
+def _dest_image(dconn, path):
+    """What the destination's libvirtd has at ``path``: ``exists``, ``pool`` (the active
+    storage pool whose target is its directory, in which libvirt would create it), ``error``
+    and ``in_use_by``. Looked at through that pool, or else a transient ``dir`` pool over the
+    directory, destroyed before this returns; nothing is created or removed in it."""
+    directory, base = os.path.split(path)
+    info = {"exists": None, "pool": None, "error": None}
+    transient = None
+    try:
+        try:
+            pool = dconn.storagePoolLookupByTargetPath(directory)
+        except libvirt.libvirtError:
+            pool = None
+        if pool is not None and not pool.isActive():
+            info["error"] = f"storage pool {pool.name()!r} there has it as its target but is " \
+                            "not active"
+        else:
+            if pool is None:
+                name = f"vmigrate-look-{secrets.token_hex(6)}"
+                transient = pool = dconn.storagePoolCreateXML(
+                    f"<pool type='dir'><name>{name}</name><target><path>"
+                    f"{xml_escape(directory)}</path></target></pool>", 0)
+            else:
+                info["pool"] = pool.name()
+                pool.refresh(0)
+            info["exists"] = base in pool.listVolumes()
+        info["in_use_by"] = _disk_user(dconn, path)
+    except libvirt.libvirtError as err:
+        info["error"] = err.get_error_message()
+    finally:
+        if transient is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                transient.destroy()
+    return info
+
+
+def _copy_checks(storage, dest, link, opts):
+    """With option ``copy_storage``: this host's side of each disk to copy, then (through
+    ``link``, when open) the destination's: not the same storage as here, a place libvirt can
+    copy into, no other guest's disk there. Nothing without it."""
+    util = __utils__
+    copied = util["vmigrate_storage.copied_targets"](storage["disks"], opts)
+    if copied is None:
+        return []
+    source = __opts__["id"]
+    checks = util["vmigrate_storage.assess_copy"](storage, opts, source)
+    dconn = link[0]
+    if dconn is None:
+        return checks  # no destination asked, or dest_reachable says why
+    local = util["vmigrate_storage.split_copied"](storage, copied)[1]
+    probes = {p["dir"]: p for p in _probes(dconn, local)}
+    images = []
+    for disk in local["disks"]:
+        if not disk.get("resolved"):
+            continue  # not a writable file disk: assess_copy refused it
+        probe = probes.get(os.path.dirname(disk["resolved"]), {})
+        image = {"target": disk["target"], "path": disk["path"], "seen": probe.get("seen"),
+                 "seen_detail": (f"could not write a sentinel beside it on {source}: "
+                                 f"{probe['error']}" if probe.get("error")
+                                 else probe.get("detail"))}
+        if image["seen"] is False:
+            image.update(_dest_image(dconn, disk["path"]))
+        images.append(image)
+    return checks + util["vmigrate_checks.assess_copy_dest"](images, source, dest,
+                                                             opts["copy_storage"] == "inc")
+
+
+def _shared_checks(dom, storage, opts):
+    """This host's checks of the disks that stay on the shared storage (all of them without
+    option ``copy_storage``), and those disks' facts."""
+    copied = __utils__["vmigrate_storage.copied_targets"](storage["disks"], opts)
+    shared = __utils__["vmigrate_storage.split_copied"](storage, copied)[0]
+    return _storage_checks(dom, facts=shared), shared
+
+
+def _live_checks(conn, dom, dest, uris, conf, mode="live", link=None, opts=None):
     """Storage on this host, then the destination, as libvirt will meet them. A cold
     migration boots the guest afresh there: the CPU it runs with here does not bind it."""
+    if link is None:
+        with _dest_link(uris, conf) as opened:
+            return _live_checks(conn, dom, dest, uris, conf, mode, opened, opts)
+    opts = opts or {}
     xml = _xml(dom)  # read once for both
     storage = _storage_facts(dom, xml)
-    checks = _storage_checks(dom, facts=storage)
-    facts = _dest_facts(conn, dom, uris, conf, xml, storage, link)
+    checks, shared = _shared_checks(dom, storage, opts)
+    facts = _dest_facts(conn, dom, uris, conf, xml, shared, link)
     checks += __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
+    checks += _copy_checks(storage, dest, link, opts)
     return [c for c in checks if mode != "cold" or c["name"] != "dest_cpu"]
 
 
@@ -530,7 +622,7 @@ def _identity_check(link, uris, dest, expected):
                                                  expected)
 
 
-def precheck(name, dest=None, mode="live", dest_host_uuid=None):
+def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
     """
     What this source hypervisor can check before a migration moves anything.
 
@@ -552,6 +644,9 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None):
         the CPU, as the guest boots afresh), or ``offline`` (none but the next)
     :param dest_host_uuid: the libvirt host UUID ``dest``'s minion reports (``vmigrate.domains``;
         the master passes it): check ``dest_identity`` then verifies that the URI reaches it
+    :param options: the migration's options (over pillar ``vmigrate:options``), validated;
+        with ``copy_storage`` the disks to copy are checked as such (``copy_storage:<disk>``,
+        ``dest_disk:<disk>``) instead of as shared storage
 
     Returns a dict: ``name``, ``host``, ``mode``, ``checks`` (each with ``name``, ``ok``,
     ``detail`` and ``fix``) and ``blockers`` (the names of the checks that failed).
@@ -568,16 +663,22 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None):
         _check("minion_id", dest)
     _check("host_uuid", dest_host_uuid)
     conf = _config()
+    opts = __utils__["vmigrate_options.merge"](conf["options"], options, mode)
     uris = dest_uris(dest, mode) if dest is not None else None
+    __utils__["vmigrate_options.check"](opts, mode, name, None,
+                                        uris["data_stream"] if uris else None)
     with _connect(conf) as conn:
         dom = _lookup(conn, name)
         checks = []
         if uris is None:
-            checks = _storage_checks(dom) if mode != "offline" else []
+            if mode != "offline":
+                storage = _storage_facts(dom)
+                checks = (_shared_checks(dom, storage, opts)[0]
+                          + _copy_checks(storage, None, (None, None), opts))
         else:
             with _dest_link(uris, conf) as link:
                 if mode != "offline":
-                    checks = _live_checks(conn, dom, dest, uris, conf, mode, link)
+                    checks = _live_checks(conn, dom, dest, uris, conf, mode, link, opts)
                 identity = _identity_check(link, uris, dest, dest_host_uuid)
                 checks += [identity] if identity else []
     return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,
@@ -751,7 +852,8 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
     :param options: more of ``virsh migrate``'s options, over pillar ``vmigrate:options``:
         ``auto_converge``, ``max_downtime`` with ``downtime_steps``, ``timeout_action``
         (``abort``, ``pause``, ``postcopy``), ``compressed``, ``parallel_connections``, ...;
-        cold's ``shutdown_timeout`` and ``force_off`` (README, "Every virsh migrate option")
+        cold's ``shutdown_timeout`` and ``force_off``; ``copy_storage`` (``all``/``inc``) with
+        ``migrate_disks`` for a guest on local storage (README, "Every virsh migrate option")
     :param dest_host_uuid: the libvirt host UUID ``dest``'s minion reports (the master passes
         it from its locate): refused unless the URI reaches that machine (check
         ``dest_identity``, in every mode)
@@ -824,9 +926,10 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
             if mode != "offline":
                 # unsafe=True (explicitly allowed) skips libvirt's storage check, not ours of
                 # the destination.
-                checks = (_live_checks(conn, dom, dest, uris, conf, mode, link) if not unsafe
-                          else __utils__["vmigrate_checks.assess_dest"](
-                              _dest_facts(conn, dom, uris, conf, link=link), source, dest))
+                checks = (_live_checks(conn, dom, dest, uris, conf, mode, link, opts)
+                          if not unsafe else __utils__["vmigrate_checks.assess_dest"](
+                              _dest_facts(conn, dom, uris, conf, link=link), source, dest)
+                          + _copy_checks(_storage_facts(dom), dest, link, opts))
             identity = _identity_check(link, uris, dest, dest_host_uuid)
             checks += [identity] if identity else []
             if any(not c["ok"] for c in checks):
@@ -1350,4 +1453,7 @@ def _progress(base, phase, seq, elapsed, stats, final=False):
         memory_bps=stats.get("memory_bps"),
         iteration=stats.get("memory_iteration"),
         dirty_rate=stats.get("memory_dirty_rate"),
+        # copy_storage: the disks' copy (libvirt's disk_* job statistics).
+        disk_total=stats.get("disk_total"),
+        disk_remaining=stats.get("disk_remaining"),
     )

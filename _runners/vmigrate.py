@@ -79,24 +79,27 @@ def locate(vm, hosts=None):
     return _finish(where, not where["unaccounted"])
 
 
-def plan(vm, dest, mode="live", force=False):
+def plan(vm, dest, mode="live", force=False, options=None):
     """
     What ``migrate`` would do, changing nothing: where ``vm`` is, the decision, and the
     source hypervisor's prechecks (each with ``name``, ``ok``, ``detail``, ``fix``).
 
     :param vm: the domain name
     :param dest: the destination minion id
-    :param mode: ``live`` (default) or ``offline``
+    :param mode: ``live`` (default), ``offline``, ``cold`` or ``save``
     :param force: decide even if a hypervisor does not answer
+    :param options: the migration's options, validated as ``migrate`` does; with
+        ``copy_storage`` the disks to copy are checked as such
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run vmigrate.plan vdisk host2
+        salt-run vmigrate.plan vlocal host2 options='{copy_storage: all}'
     """
     try:
-        out = __utils__["vmigrate_flow.plan"](__opts__, vm, dest, mode, force)
+        out = __utils__["vmigrate_flow.plan"](__opts__, vm, dest, mode, force, options=options)
     except (SaltException, OSError) as err:
         out = {"name": vm, "dest": dest, "result": False, "comment": str(err), "checks": [],
                "blockers": ["input"]}

@@ -164,6 +164,60 @@ def assess_dest_storage(facts, source, dest):
     return checks
 
 
+def assess_copy_dest(images, source, dest, incremental=False):
+    """The destination's side of copying disks, one ``dest_disk:<target>`` check per copied
+    disk, from what its libvirtd reports (``images``: each with ``target``, ``path``, ``seen``
+    (whether it sees a sentinel written beside the image on ``source``), ``exists``, ``pool``
+    (an active storage pool there whose target is the image's directory), ``in_use_by`` (a
+    domain there with this path as a disk) and ``error``). libvirt copies into an image that
+    exists, else creates it in that pool (``qemuMigrationDstPrecreateStorage``), and creates
+    nothing for ``copy_storage: inc``."""
+    checks = []
+    for image in images:
+        path, directory = image["path"], os.path.dirname(image["path"])
+        name = f"dest_disk:{image['target']}"
+        pool_fix = (f"on {dest}: create {directory} and a storage pool for it (virsh "
+                    f"pool-define-as <name> dir --target {directory}; virsh pool-start <name>; "
+                    "virsh pool-autostart <name>), and libvirt creates the image as it copies; "
+                    "or create the image there yourself")
+
+        def add(ok, detail, fix=None, name=name):
+            checks.append({"name": name, "ok": ok, "detail": detail, "fix": None if ok else fix})
+
+        if image.get("seen"):
+            add(False, f"{dest}'s libvirtd sees a sentinel {source} wrote beside {path}: that "
+                       f"directory is shared with {dest}, and copying the image would "
+                       "overwrite it with itself",
+                "leave copy_storage off for disks on the shared storage, or name only the local "
+                "disks in option migrate_disks")
+        elif image.get("seen") is None:
+            add(False, f"cannot tell whether {dest} shares {directory} with {source}: "
+                       f"{image.get('seen_detail') or 'its libvirtd has no storage driver'}",
+                f"enable libvirt's storage driver on {dest}")
+        elif image.get("in_use_by"):
+            add(False, f"{path} on {dest} is a disk of domain {image['in_use_by']!r} there: "
+                       "the copy would overwrite it",
+                f"give this guest's disk another path, or remove that domain from {dest}")
+        elif image.get("error"):
+            add(False, f"{dest}'s libvirtd cannot look into {directory}: {image['error']}",
+                pool_fix)
+        elif image.get("exists"):
+            add(True, f"{path} exists on {dest}: libvirt copies into it (its content is "
+                      "replaced)")
+        elif incremental:
+            add(False, f"{path} does not exist on {dest}: copy_storage inc copies only the top "
+                       "image, onto one that is already there with the same backing chain",
+                f"create it on {dest} over the same backing file (qemu-img create -f qcow2 -F "
+                "<format> -b <backing file> <path>), or use copy_storage: all")
+        elif image.get("pool"):
+            add(True, f"{path} does not exist on {dest}: libvirt creates it in storage pool "
+                      f"{image['pool']!r} there (target {directory}) and copies into it")
+        else:
+            add(False, f"{path} does not exist on {dest} and no active storage pool there has "
+                       f"{directory} as its target: libvirt could not create it", pool_fix)
+    return checks
+
+
 def identity(dest, uri, seen, expected):
     """The check that ``uri`` (the migration's) reaches the machine minion ``dest`` runs on:
     the libvirt host UUID read through it (``seen``) against the one ``dest``'s minion

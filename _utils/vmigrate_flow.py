@@ -119,6 +119,10 @@ def progress_line(data):
         parts.append(f"pass {data['iteration']}")
     if data.get("dirty_rate"):  # pages/s of 4 KiB
         parts.append(f"dirtying {data['dirty_rate'] * 4096 / MIB:.1f} MiB/s")
+    if data.get("disk_total"):  # copy_storage
+        left = data.get("disk_remaining") or 0
+        parts.append(f"disks {100.0 * (data['disk_total'] - left) / data['disk_total']:.0f}% "
+                     f"({left / MIB:.1f} MiB left)")
     return head + (", " + ", ".join(parts) if parts else "")
 
 
@@ -627,6 +631,8 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=Non
     kwarg = {"mode": mode}
     if where["host_uuids"].get(dest) and _valid(validate.host_uuid, where["host_uuids"][dest]):
         kwarg["dest_host_uuid"] = where["host_uuids"][dest]
+    if options:
+        kwarg["options"] = options  # copy_storage changes which storage checks apply
     with _client(opts) as client:
         _jid, got, _ = gather(client, [source], "list", "vmigrate.precheck", [vm, dest],
                               kwarg, settings(opts)["query_timeout"])

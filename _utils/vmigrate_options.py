@@ -19,9 +19,11 @@ from salt.exceptions import SaltInvocationError
 
 COMPRESSION_METHODS = ("xbzrle", "mt", "zlib", "zstd")
 TIMEOUT_ACTIONS = ("abort", "pause", "postcopy")
+COPY_STORAGE = ("all", "inc")
 _URI_RE = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]{0,252})(:\d{1,5})?")
 _ADDR_RE = re.compile(r"\[?[0-9A-Fa-f:.]+\]?|[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}")
 _DISK_RE = re.compile(r"[a-z]{2,4}[a-z0-9]{0,8}")
+_UNIX_RE = re.compile(r"unix:///[A-Za-z0-9_.+/-]{1,200}")
 
 # virsh migrate flag -> how vmigrate spells it. "always" rows are not options: vmigrate sets them.
 TABLE = (
@@ -35,9 +37,11 @@ TABLE = (
     ("--persistent", "always: the domain is defined on the destination"),
     ("--undefinesource", "always: and undefined on the source (defined on one host)"),
     ("--suspend", "option suspend: true (the guest arrives paused)"),
-    ("--copy-storage-all / --copy-storage-inc / --copy-storage-synchronous-writes",
-     "not offered yet: vmigrate moves guests on shared storage"),
-    ("--migrate-disks / --migrate-disks-detect-zeroes", "not offered yet (goes with copy-storage)"),
+    ("--copy-storage-all / --copy-storage-inc", "option copy_storage: all / inc (disks on "
+     "local storage; refused for a disk on shared storage, and over transport ssh)"),
+    ("--copy-storage-synchronous-writes", "option copy_storage_synchronous_writes: true"),
+    ("--migrate-disks", "option migrate_disks: [vda, ...] (the disks to copy)"),
+    ("--migrate-disks-detect-zeroes", "option migrate_disks_detect_zeroes: [vda, ...]"),
     ("--rdma-pin-all", "not offered: the RDMA transport is not supported"),
     ("--postcopy-resume", "not offered: libvirt 11.3.0's destination daemon crashes on it "
                           "in the lab (README, 'When the network breaks in post-copy')"),
@@ -72,7 +76,8 @@ TABLE = (
     ("--dname", "not offered: the domain keeps its name (placement and locks follow it)"),
     ("--migrateuri", "pillar vmigrate:hypervisors:<id>:migration_address, or option migrate_uri"),
     ("--listen-address", "option listen_address"),
-    ("--disks-port / --disks-uri", "not offered yet (goes with copy-storage)"),
+    ("--disks-port / --disks-uri", "options disks_port / disks_uri (where the destination "
+                                   "takes the disks' copy)"),
     ("--graphicsuri", "option graphics_uri"),
 )
 
@@ -104,10 +109,12 @@ def _methods(value, name):
     return value
 
 
-def _action(value, name):
-    if value not in TIMEOUT_ACTIONS:
-        raise SaltInvocationError(f"option {name} {value!r}: one of {', '.join(TIMEOUT_ACTIONS)}")
-    return value
+def _one_of(choices):
+    def check(value, name):
+        if value not in choices:
+            raise SaltInvocationError(f"option {name} {value!r}: one of {', '.join(choices)}")
+        return value
+    return check
 
 
 def _uri(value, name):
@@ -119,6 +126,23 @@ def _uri(value, name):
 def _addr(value, name):
     if not isinstance(value, str) or not _ADDR_RE.fullmatch(value):
         raise SaltInvocationError(f"option {name} {value!r}: a host name or address")
+    return value
+
+
+def _disks(value, name):
+    if (not isinstance(value, list) or not value or len(set(value)) != len(value)
+            or any(not isinstance(d, str) or not _DISK_RE.fullmatch(d) for d in value)):
+        raise SaltInvocationError(
+            f"option {name} {value!r}: a list of disk targets as the domain names them "
+            "(vda, sdb: virsh domblklist)")
+    return value
+
+
+def _disks_uri(value, name):
+    if not isinstance(value, str) or not (_URI_RE.fullmatch(value)
+                                          or _UNIX_RE.fullmatch(value)):
+        raise SaltInvocationError(
+            f"option {name} {value!r}: tcp://<address>[:port] or unix:///<absolute path>")
     return value
 
 
@@ -144,7 +168,7 @@ SCHEMA = {
     "postcopy": _bool,
     "postcopy_after_precopy": _bool,
     "postcopy_bandwidth": lambda v, n: _int(v, n, 1, 1 << 20, " MiB/s"),
-    "timeout_action": _action,
+    "timeout_action": _one_of(TIMEOUT_ACTIONS),
     "max_downtime": lambda v, n: _int(v, n, 1, 600000, " ms"),
     "downtime_steps": lambda v, n: _int(v, n, 1, 100),
     "downtime_step_delay": _seconds,
@@ -165,12 +189,22 @@ SCHEMA = {
     "graphics_uri": lambda v, n: _str(v, n),
     "tls_destination": lambda v, n: _addr(v, n),
     "switchover_bandwidth": lambda v, n: _int(v, n, 1, 1 << 20, " MiB/s"),
+    "copy_storage": _one_of(COPY_STORAGE),
+    "copy_storage_synchronous_writes": _bool,
+    "migrate_disks": _disks,
+    "migrate_disks_detect_zeroes": _disks,
+    "disks_port": lambda v, n: _int(v, n, 1, 65535),
+    "disks_uri": _disks_uri,
     "shutdown_timeout": _seconds,
     "force_off": _bool,
 }
 # Which options each mode takes: the memory-stream options only live; the definition's XML with
 # the modes that move a definition (cold moves it offline between shutdown and start).
 COLD_ONLY = {"shutdown_timeout", "force_off"}
+# Copying disks is asked per migration, never a pillar default: a default would try to copy
+# every guest's disks, including those on the shared storage.
+STORAGE = {"copy_storage", "copy_storage_synchronous_writes", "migrate_disks",
+           "migrate_disks_detect_zeroes", "disks_port", "disks_uri"}
 DEFINITION = {"xml", "persistent_xml"}
 ALLOWED = {
     "live": set(SCHEMA) - COLD_ONLY,
@@ -204,6 +238,10 @@ def merge(defaults, options, mode=None):
                     f"{where}: unknown option {name!r} (known: {', '.join(sorted(SCHEMA))}; "
                     "README, 'Every virsh migrate option')")
             value = SCHEMA[name](value, name)
+            if given is defaults and name in STORAGE:
+                raise SaltInvocationError(
+                    f"{where}: option {name} is given per migration, not as a default "
+                    "(README, 'Guests on local storage: copy_storage')")
             if given is defaults and mode is not None and name not in ALLOWED[mode]:
                 continue
             out[name] = value
@@ -237,6 +275,22 @@ def check(options, mode, name=None, uuid=None, stream=None):
         method = key.split("_")[1]
         if method in COMPRESSION_METHODS and method not in methods:
             raise SaltInvocationError(f"option {key} needs {method} in compression_methods")
+    storage = sorted(k for k in STORAGE - {"copy_storage"} if k in options)
+    if storage and not options.get("copy_storage"):
+        raise SaltInvocationError(f"options {', '.join(storage)} need copy_storage: all or inc")
+    if "disks_port" in options and "disks_uri" in options:
+        raise SaltInvocationError("options disks_port and disks_uri: one or the other (the "
+                                  "URI has its own port)")
+    chosen = options.get("migrate_disks")
+    extra = sorted(set(options.get("migrate_disks_detect_zeroes", [])) - set(chosen or []))
+    if chosen and extra:
+        raise SaltInvocationError(f"option migrate_disks_detect_zeroes names {', '.join(extra)}"
+                                  ", which migrate_disks does not")
+    if options.get("copy_storage") and stream == "tunnelled":
+        raise SaltInvocationError(
+            "option copy_storage: libvirt cannot copy disks through a tunnelled stream "
+            "(transport ssh); use transport tls for this migration's hosts "
+            "(README, 'Guests on local storage: copy_storage')")
     if "downtime_steps" in options and "max_downtime" not in options:
         raise SaltInvocationError("option downtime_steps needs max_downtime (the last step, ms)")
     if options.get("tls_destination") and stream not in (None, "tls"):
@@ -305,6 +359,18 @@ def to_libvirt(libvirt, options, mode, stream):
     if "compression_xbzrle_cache" in options:
         params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION_XBZRLE_CACHE] = (
             options["compression_xbzrle_cache"] << 20)
+    if options.get("copy_storage"):
+        flags |= (libvirt.VIR_MIGRATE_NON_SHARED_DISK if options["copy_storage"] == "all"
+                  else libvirt.VIR_MIGRATE_NON_SHARED_INC)
+        if options.get("copy_storage_synchronous_writes"):
+            flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
+    for key, param in (("migrate_disks", "MIGRATE_DISKS"),
+                       ("migrate_disks_detect_zeroes", "MIGRATE_DISKS_DETECT_ZEROES")):
+        if key in options:
+            params[getattr(libvirt, f"VIR_MIGRATE_PARAM_{param}")] = list(options[key])
+    for key, param in (("disks_port", "DISKS_PORT"), ("disks_uri", "DISKS_URI")):
+        if key in options:
+            params[getattr(libvirt, f"VIR_MIGRATE_PARAM_{param}")] = options[key]
     if options.get("compressed") and "compression_methods" in options:
         params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = list(options["compression_methods"])
     return flags, params

@@ -457,6 +457,82 @@ def assess(facts, host):
     return checks + caches
 
 
+# ---- copying disks (copy_storage) ---------------------------------------------------------
+FIX_COPY_SHARED = ("leave copy_storage off for disks on the shared storage (they need no copy), "
+                   "or name only the guest's local disks in option migrate_disks")
+
+
+def copied_targets(disks, options):
+    """The disks (targets) a migration with these options copies, by libvirt's own rule
+    (``qemuMigrationAnyCopyDisk``): those ``migrate_disks`` names, else every disk that is not
+    ``<shareable/>``, not read-only and not empty. None without ``copy_storage``."""
+    if not options.get("copy_storage"):
+        return None
+    chosen = options.get("migrate_disks")
+    if chosen:
+        return [d["target"] for d in disks if d["target"] in chosen]
+    return [d["target"] for d in disks
+            if not d["shareable"] and not d["readonly"] and d["path"]]
+
+
+def split_copied(facts, copied):
+    """(facts of the disks that stay on shared storage, facts of the disks to copy)."""
+    copied = set(copied or ())
+    return (dict(facts, disks=[d for d in facts["disks"] if d["target"] not in copied]),
+            dict(facts, disks=[d for d in facts["disks"] if d["target"] in copied]))
+
+
+def assess_copy(facts, options, host):
+    """This host's side of copying disks: one ``copy_storage:<target>`` check per disk the
+    migration copies, and one per name in the options that is not a disk it could copy. A
+    disk on storage this host treats as shared is refused: the destination would open the very
+    image the source runs from and the copy would overwrite it with itself."""
+    checks = []
+
+    def add(target, ok, detail, fix=None):
+        checks.append({"name": f"copy_storage:{target}", "ok": ok, "detail": detail,
+                       "fix": None if ok else fix})
+
+    targets = {d["target"] for d in facts["disks"]}
+    for key in ("migrate_disks", "migrate_disks_detect_zeroes"):
+        for target in options.get(key) or []:
+            if target not in targets:
+                add(target, False, f"option {key} names disk {target}, which this guest does "
+                                   f"not have (its disks: {', '.join(sorted(targets)) or 'none'})",
+                    "name disks by their target, as virsh domblklist shows them")
+    copied = copied_targets(facts["disks"], options) or []
+    for disk in facts["disks"]:
+        if disk["target"] not in copied:
+            continue
+        label = f"disk {disk['target']} ({disk.get('path')})"
+        if disk["readonly"] or not disk.get("path"):
+            add(disk["target"], False, f"{label}: libvirt cannot copy an empty or read-only disk",
+                "leave it out of option migrate_disks")
+        elif disk["type"] == "network":
+            add(disk["target"], False, f"{label}: a network disk, reached by both hosts: "
+                                       "copying it would overwrite it with itself",
+                FIX_COPY_SHARED)
+        elif disk["type"] != "file":
+            add(disk["target"], False, f"{label}: vmigrate copies file disks only, this is a "
+                                       f"{disk['type']} disk",
+                "put it on the shared storage, or leave it out of option migrate_disks")
+        elif (disk.get("magic") in SHARED_MAGIC or disk.get("override_listed")
+              or (disk.get("magic") == FUSE_MAGIC and disk.get("fstype") in SHARED_FUSE)):
+            add(disk["target"], False,
+                f"{label}: on {_where(disk)}, which {host} treats as shared storage: the "
+                "destination would open this very image, and copying it would overwrite it "
+                "with itself", FIX_COPY_SHARED)
+        else:
+            add(disk["target"], True,
+                f"{label}: on {_where(disk)}, local to {host}: libvirt copies it to the "
+                "destination while the guest runs (copy_storage "
+                f"{options['copy_storage']}); the image here is kept as it was at the switch")
+    if not copied:
+        add("none", False, "copy_storage is set but this guest has no disk libvirt would copy",
+            "leave copy_storage off")
+    return checks
+
+
 def explain_unsafe(facts, host):
     """The text added to libvirt's VIR_ERR_MIGRATE_UNSAFE refusal: every writable disk not
     shared by type, what libvirt saw, and the fix."""

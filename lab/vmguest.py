@@ -38,10 +38,11 @@ def artifacts(cache, guest_src, run):
 
 
 def domain_xml(name, shared, workset_mib=GUEST_WORKSET_MIB, memory_mib=GUEST_MEMORY_MIB,
-               power_button=True):
-    """The domain: direct kernel boot, qcow2 disk (cache=none) and console on ``shared``;
-    ``memory_mib`` of RAM, of which the guest keeps rewriting ``workset_mib`` MiB. With
-    ``power_button`` False the guest ignores the ACPI power button."""
+               power_button=True, disk_dir=None):
+    """The domain: direct kernel boot, qcow2 disk (cache=none) and console on ``shared``
+    (the disk in ``disk_dir`` instead when given); ``memory_mib`` of RAM, of which the guest
+    keeps rewriting ``workset_mib`` MiB. With ``power_button`` False the guest ignores the ACPI
+    power button."""
     extra = "" if power_button else " vmguest_power_button=ignore"
     return f"""<domain type='qemu'>
   <name>{name}</name>
@@ -61,7 +62,7 @@ def domain_xml(name, shared, workset_mib=GUEST_WORKSET_MIB, memory_mib=GUEST_MEM
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <disk type='file' device='disk'>
       <driver name='qemu' type='qcow2' cache='none'/>
-      <source file='{shared}/{name}.qcow2'/>
+      <source file='{disk_dir or shared}/{name}.qcow2'/>
       <target dev='vda' bus='virtio'/>
     </disk>
     <serial type='file'>

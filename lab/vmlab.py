@@ -425,9 +425,9 @@ class Lab:
             raise LabError(str(err)) from err
 
     def guest_xml(self, name="vdisk", directory=None, workset_mib=vmguest.GUEST_WORKSET_MIB,
-                  memory_mib=vmguest.GUEST_MEMORY_MIB, power_button=True):
+                  memory_mib=vmguest.GUEST_MEMORY_MIB, power_button=True, disk_dir=None):
         return vmguest.domain_xml(name, directory or self.mountpoint, workset_mib, memory_mib,
-                                  power_button)
+                                  power_button, disk_dir)
 
     def console_log(self, name="vdisk"):
         """The guest's console log on the shared storage (read through the NFS host's export)."""
@@ -435,9 +435,10 @@ class Lab:
 
     def create_guest(self, host="host1", name="vdisk", start=True, directory=None,
                      workset_mib=vmguest.GUEST_WORKSET_MIB, memory_mib=vmguest.GUEST_MEMORY_MIB,
-                     power_button=True):
+                     power_button=True, disk_dir=None):
         """Put the guest's files in ``directory`` as ``host`` sees it (default: the shared
-        mount, which must be mounted) and define the guest there."""
+        mount, which must be mounted), its disk in ``disk_dir`` when given (made if missing),
+        and define the guest there."""
         libvirt = _quiet_libvirt()
 
         kernel, initrd = self.guest_artifacts()
@@ -450,13 +451,16 @@ class Lab:
         shutil.copyfile(kernel, shared / f"{name}.vmlinuz")
         shutil.copyfile(initrd, shared / f"{name}.initrd")
         disk = shared / f"{name}.qcow2"
+        if disk_dir is not None:
+            disk = self.host_path(host, disk_dir) / f"{name}.qcow2"
+            disk.parent.mkdir(parents=True, exist_ok=True)
         if not disk.exists():
             run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"])
         (shared / f"{name}.console.log").write_text("")
         conn = libvirt.open(self.libvirt_uri(host))
         try:
             dom = conn.defineXML(self.guest_xml(name, directory, workset_mib, memory_mib,
-                                                power_button))
+                                                power_button, disk_dir))
             if start:
                 dom.create()
         finally:

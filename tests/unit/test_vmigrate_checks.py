@@ -177,3 +177,31 @@ def test_a_host_uuid_argument_is_a_uuid_or_nothing(value):
     assert check(None) is None
     with pytest.raises(SaltInvocationError, match="dest_host_uuid"):
         check(value)
+
+
+# ---- copy_storage: the destination's side ------------------------------------------------
+COPIED = {"target": "vda", "path": "/var/lib/libvirt/images/v.qcow2", "seen": False,
+         "exists": False, "pool": "images", "in_use_by": None, "error": None}
+
+
+@pytest.mark.parametrize("change, ok, words", [
+    ({}, True, "libvirt creates it in storage pool 'images'"),
+    ({"exists": True}, True, "libvirt copies into it (its content is replaced)"),
+    ({"seen": True}, False, "that directory is shared with host2"),
+    ({"seen": None, "seen_detail": "no storage driver"}, False, "cannot tell whether host2"),
+    ({"in_use_by": "other"}, False, "is a disk of domain 'other' there"),
+    ({"pool": None}, False, "no active storage pool there has /var/lib/libvirt/images"),
+    ({"error": "cannot open directory"}, False, "cannot look into /var/lib/libvirt/images"),
+])
+def test_the_destination_must_be_other_storage_with_a_place_to_copy_into(change, ok, words):
+    check, = ck.assess_copy_dest([dict(COPIED, **change)], "host1", "host2")
+    assert check["name"] == "dest_disk:vda" and check["ok"] is ok, check
+    assert words in check["detail"], check["detail"]
+    assert (check["fix"] is None) is ok
+
+
+def test_incremental_copy_needs_the_image_there_already():
+    check, = ck.assess_copy_dest([COPIED], "host1", "host2", incremental=True)
+    assert check["ok"] is False and "qemu-img create" in check["fix"]
+    check, = ck.assess_copy_dest([dict(COPIED, exists=True)], "host1", "host2", incremental=True)
+    assert check["ok"] is True

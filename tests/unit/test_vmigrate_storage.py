@@ -186,3 +186,50 @@ def test_where_root_may_not_write_the_directorys_owner_writes_the_probe(open_tmp
     assert (shared / f".vmigrate-probe-{'feed' * 4}" / "sentinel").stat().st_uid == 65534
     st.probe_remove(probe["probe"], root_denied=True)
     assert list(shared.iterdir()) == []
+
+
+# ---- copy_storage ------------------------------------------------------------------------
+def test_the_disks_copied_follow_libvirts_rule():
+    disks = st.domain_disks(XML)
+    assert st.copied_targets(disks, {}) is None
+    # Not read-only, not empty, not <shareable/>: the network disk too, as libvirt would.
+    assert st.copied_targets(disks, {"copy_storage": "all"}) == ["vda", "vdb"]
+    assert st.copied_targets(disks, {"copy_storage": "all", "migrate_disks": ["vda"]}) == ["vda"]
+    shared, local = st.split_copied({"disks": disks, "x": 1}, ["vda"])
+    assert [d["target"] for d in local["disks"]] == ["vda"] and local["x"] == 1
+    assert [d["target"] for d in shared["disks"]] == ["sda", "vdb", "sdb"]
+
+
+def _copy_checks(path, magic, options, conf=""):
+    return {c["name"]: c for c in st.assess_copy(_facts(path, magic, conf), options, "host1")}
+
+
+def test_a_local_disk_is_copied_and_a_shared_or_network_one_is_refused():
+    local = _copy_checks("/var/lib/libvirt/images/v.qcow2", EXT4,
+                         {"copy_storage": "all", "migrate_disks": ["vda"]})
+    assert local["copy_storage:vda"]["ok"] is True, local
+    assert "local to host1" in local["copy_storage:vda"]["detail"]
+    # Copying a disk on NFS would have the destination write the image onto itself.
+    on_nfs = _copy_checks("/srv/vm/vdisk.qcow2", NFS, {"copy_storage": "all"})
+    assert on_nfs["copy_storage:vda"]["ok"] is False
+    assert "overwrite it with itself" in on_nfs["copy_storage:vda"]["detail"]
+    assert "migrate_disks" in on_nfs["copy_storage:vda"]["fix"]
+    # ... and so would copying the network disk libvirt picks without migrate_disks.
+    assert on_nfs["copy_storage:vdb"]["ok"] is False
+    assert "a network disk" in on_nfs["copy_storage:vdb"]["detail"]
+    # Shared by qemu.conf shared_filesystems counts as shared too.
+    listed = _copy_checks("/srv/bind/v.qcow2", EXT4, {"copy_storage": "all",
+                                                       "migrate_disks": ["vda"]},
+                          conf='shared_filesystems = [ "/srv/bind" ]')
+    assert listed["copy_storage:vda"]["ok"] is False
+
+
+def test_named_disks_must_be_disks_the_guest_has_and_can_copy():
+    checks = _copy_checks("/var/lib/libvirt/images/v.qcow2", EXT4,
+                          {"copy_storage": "all", "migrate_disks": ["vdz", "sda"]})
+    assert checks["copy_storage:vdz"]["ok"] is False
+    assert "does not have (its disks: sda, sdb, vda, vdb)" in checks["copy_storage:vdz"]["detail"]
+    assert checks["copy_storage:sda"]["ok"] is False
+    assert "empty or read-only" in checks["copy_storage:sda"]["detail"]
+    none = st.assess_copy({"disks": st.domain_disks(XML)[1:2]}, {"copy_storage": "all"}, "h")
+    assert [(c["name"], c["ok"]) for c in none] == [("copy_storage:none", False)]

@@ -1,0 +1,187 @@
+"""Guests on local storage: option ``copy_storage``, on real daemons.
+
+The one case without shared storage: libvirt copies the disk to the destination (NBD) while
+the guest runs. The guest here keeps its kernel, initrd and console on the shared storage, but
+its disk in each hypervisor's own ``/var/lib/libvirt/images`` (the lab gives every host a
+private /var/lib/libvirt). Before it boots, a pattern is written into the disk; after a move, the
+destination's image is read back for it, so a migration that did not copy the disk fails here.
+"""
+import contextlib
+import json
+import subprocess
+
+import pytest
+
+import vmguest
+import vmlab
+
+from .test_migrate import orch_state
+from .test_shared_storage import _where
+from .test_transports import _dest_qmp, _transport
+
+LOCAL = "/var/lib/libvirt/images"
+NAME = "vcopy"
+PATTERN = ("0x5a", "1M", "1M")  # byte, offset, length
+
+
+def _orch(salt_run_cli, *extra, **pillar):
+    return salt_run_cli.run("state.orch", "migrate", f"pillar={json.dumps(pillar)}", *extra)
+
+
+def _image(lab, host, name=NAME):
+    return lab.host_path(host, f"{LOCAL}/{name}.qcow2")
+
+
+def _has_pattern(path):
+    """Whether the image holds the pattern (read-only, sharing the running QEMU's lock)."""
+    byte, offset, length = PATTERN
+    out = subprocess.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c",
+                          f"read -P {byte} {offset} {length}", str(path)],
+                         capture_output=True, text=True, check=False)
+    return out.returncode == 0 and "read 1048576/1048576" in out.stdout \
+        and "Pattern verification failed" not in out.stdout
+
+
+@contextlib.contextmanager
+def _libvirt(lab, host):
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    conn = libvirt.open(lab.libvirt_uri(host))
+    try:
+        yield libvirt, conn
+    finally:
+        conn.close()
+
+
+def _pool_up(lab, host):
+    """The operator's step on a destination: a ``dir`` storage pool over its image directory
+    (libvirt then creates the image as it copies)."""
+    with _libvirt(lab, host) as (_, conn):
+        conn.storagePoolDefineXML(f"<pool type='dir'><name>images</name><target><path>{LOCAL}"
+                                  "</path></target></pool>").create()
+
+
+def _pool_gone(lab, host):
+    with _libvirt(lab, host) as (libvirt, conn):
+        try:
+            pool = conn.storagePoolLookupByName("images")
+        except libvirt.libvirtError:
+            return
+        if pool.isActive():
+            pool.destroy()
+        pool.undefine()
+
+
+def _went_on(lab, host, since, name=NAME):
+    after = lab.counter_lines_on(host, name, count=3)
+    assert after[0][0] > since, (after, since)
+    numbers = [n for n, _ in lab.counter_lines(name)]
+    assert vmguest.continuous(numbers), numbers
+    assert all(bad == 0 for _, bad in lab.counter_lines(name))
+
+
+@pytest.fixture
+def vcopy(lab, guest):
+    """``vcopy`` running on host1, its disk (with the pattern) in host1's own LOCAL; host2 has
+    the directory but no storage pool and no image."""
+    lab.remove_guest_everywhere(NAME)
+    for host in vmlab.HYPERVISORS:
+        _pool_gone(lab, host)
+        lab.host_path(host, LOCAL).mkdir(parents=True, exist_ok=True)
+        _image(lab, host).unlink(missing_ok=True)
+    disk = _image(lab, "host1")
+    vmlab.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"])
+    byte, offset, length = PATTERN
+    vmlab.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {byte} {offset} {length}", disk],
+              capture=True)
+    assert _has_pattern(disk)
+    lab.create_guest("host1", NAME, workset_mib=1, disk_dir=LOCAL)
+    yield
+    lab.remove_guest_everywhere(NAME)
+    for host in vmlab.HYPERVISORS:
+        _pool_gone(lab, host)
+        _image(lab, host).unlink(missing_ok=True)
+
+
+def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pillar_dir, salt_cli,
+                                                              salt_run_cli):
+    options = {"copy_storage": "all"}
+    # host2 has the directory but no image and no pool: libvirt could not create the image
+    # there. Refused before anything moves, naming the fix.
+    ret = _orch(salt_run_cli, vm=NAME, dest="host2", options=options)
+    assert ret.returncode != 0, ret
+    comment = orch_state(ret)["comment"]
+    for words in ("precheck refused the migration of 'vcopy', nothing was moved",
+                  f"{LOCAL}/vcopy.qcow2 does not exist on host2 and no active storage pool "
+                  f"there has {LOCAL} as its target", "virsh pool-define-as"):
+        assert words in comment, comment
+    assert _where(lab, NAME) == {"host1": (True, True)}
+    assert not _image(lab, "host2").exists()
+
+    # The operator's step; then the same request moves the guest and its disk.
+    _pool_up(lab, "host2")
+    ret = _orch(salt_run_cli, "test=True", vm=NAME, dest="host2", options=options)
+    comment = orch_state(ret)["comment"]
+    assert "[ok] copy_storage:vda" in comment and "local to host1" in comment, comment
+    assert "[ok] dest_disk:vda" in comment and "creates it in storage pool 'images'" in comment
+    assert "shared_storage:vda" not in comment, comment
+    before = lab.counter_lines_on("host1", NAME, count=1)[-1][0]
+    ret = _orch(salt_run_cli, vm=NAME, dest="host2", options=options)
+    assert ret.returncode == 0, orch_state(ret)["comment"]
+    state = orch_state(ret)
+    assert state["changes"]["host"] == {"old": "host1", "new": "host2"}
+    assert _where(lab, NAME) == {"host2": (True, True)}
+    _went_on(lab, "host2", before)
+    # The disk came along: host2's own image holds what was written before the guest booted;
+    # host1's image is kept (vmigrate never deletes one).
+    assert _has_pattern(_image(lab, "host2"))
+    assert _has_pattern(_image(lab, "host1"))
+
+    # Back over TLS: host1 still has the image it ran from, so libvirt copies into it (no
+    # pool there), and the disks' copy rides QEMU's TLS like the memory stream.
+    with _transport(lab, pillar_dir, salt_cli, "tls"):
+        ret = _orch(salt_run_cli, "test=True", vm=NAME, dest="host1", options=options)
+        assert "[ok] dest_disk:vda" in orch_state(ret)["comment"]
+        assert "exists on host1: libvirt copies into it" in orch_state(ret)["comment"]
+        before = lab.counter_lines_on("host2", NAME, count=1)[-1][0]
+        with _dest_qmp(lab, "host1") as seen:
+            ret = _orch(salt_run_cli, vm=NAME, dest="host1", options=options)
+            commands = seen()[0]
+    assert ret.returncode == 0, orch_state(ret)["comment"]
+    assert orch_state(ret)["changes"]["migration"]["data_stream"] == "tls"
+    # The destination QEMU's NBD server took the disk with the x509 credentials.
+    creds = {a["id"] for n, a in commands if n == "object-add"
+             and a.get("qom-type") == "tls-creds-x509" and a.get("endpoint") == "server"}
+    assert any(n == "nbd-server-start" and a.get("tls-creds") in creds
+               for n, a in commands), commands
+    assert _where(lab, NAME) == {"host1": (True, True)}
+    _went_on(lab, "host1", before)
+    assert _has_pattern(_image(lab, "host1"))
+
+
+def test_copying_a_disk_on_storage_the_destination_shares_is_refused(lab, guest, salt_run_cli):
+    """A directory host1 does not treat as shared (ext4, no shared_filesystems entry) that
+    host2 sees all the same (in the lab, one filesystem): only the sentinel host2 finds tells
+    that copying would write the image onto itself. Refused; nothing moves."""
+    local = lab.root / "host1-notshared"
+    local.mkdir(exist_ok=True)
+    try:
+        lab.create_guest("host1", "vnotshared", directory=local, workset_mib=1)
+        ret = _orch(salt_run_cli, vm="vnotshared", dest="host2",
+                    options={"copy_storage": "all"})
+        assert ret.returncode != 0, ret
+        comment = orch_state(ret)["comment"]
+        for words in ("precheck refused the migration of 'vnotshared', nothing was moved",
+                      f"host2's libvirtd sees a sentinel host1 wrote beside {local}/vnotshared.qcow2",
+                      "copying the image would overwrite it with itself"):
+            assert words in comment, comment
+        # host1's own check passed it as local: the destination's sentinel is what refused.
+        ret = _orch(salt_run_cli, "test=True", vm="vnotshared", dest="host2",
+                    options={"copy_storage": "all"})
+        assert "[ok] copy_storage:vda" in orch_state(ret)["comment"]
+        assert _where(lab, "vnotshared") == {"host1": (True, True)}
+        assert not list(local.glob(".vmigrate-*")), list(local.iterdir())
+    finally:
+        lab.remove_guest_everywhere("vnotshared")
+        for path in local.iterdir():
+            path.unlink()
+        local.rmdir()
