@@ -22,6 +22,7 @@ from .test_transports import _dest_qmp, _transport
 LOCAL = "/var/lib/libvirt/images"
 NAME = "vcopy"
 PATTERN = ("0x5a", "1M", "1M")  # byte, offset, length
+DISKS_PORT = 49300
 
 
 def _orch(salt_run_cli, *extra, **pillar):
@@ -125,10 +126,17 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     assert "[ok] dest_disk:vda" in comment and "creates it in storage pool 'images'" in comment
     assert "shared_storage:vda" not in comment, comment
     before = lab.counter_lines_on("host1", NAME, count=1)[-1][0]
-    ret = _orch(salt_run_cli, vm=NAME, dest="host2", options=options)
+    with _dest_qmp(lab, "host2") as seen:
+        ret = _orch(salt_run_cli, vm=NAME, dest="host2",
+                    options=dict(options, disks_port=DISKS_PORT))
+        commands = seen()[0]
     assert ret.returncode == 0, orch_state(ret)["comment"]
     state = orch_state(ret)
     assert state["changes"]["host"] == {"old": "host1", "new": "host2"}
+    # The destination QEMU served the disk on the port asked for (virsh --disks-port).
+    served = [a["addr"] for n, a in commands if n == "nbd-server-start"]
+    # (QMP's legacy socket address nests host and port under "data".)
+    assert [str(a.get("data", a).get("port")) for a in served] == [str(DISKS_PORT)], commands
     assert _where(lab, NAME) == {"host2": (True, True)}
     _went_on(lab, "host2", before)
     # The disk came along: host2's own image holds what was written before the guest booted;
