@@ -523,12 +523,12 @@ def _disk_user(dconn, path):
 
 
 def _dest_image(dconn, path):
-    """What the destination's libvirtd has at ``path``: ``exists``, ``pool`` (the active
-    storage pool whose target is its directory, in which libvirt would create it), ``error``
-    and ``in_use_by``. Looked at through that pool, or else a transient ``dir`` pool over the
+    """What the destination's libvirtd has at ``path``: ``exists`` (then its ``allocation``
+    in bytes and its ``backing`` file), ``pool`` (the active storage pool whose target is its
+    directory, in which libvirt would create it), ``error`` and ``in_use_by``. Looked at through that pool, or else a transient ``dir`` pool over the
     directory, destroyed before this returns; nothing is created or removed in it."""
     directory, base = os.path.split(path)
-    info = {"exists": None, "pool": None, "error": None}
+    info = {"exists": None, "pool": None, "error": None, "allocation": None, "backing": None}
     transient = None
     try:
         try:
@@ -548,6 +548,10 @@ def _dest_image(dconn, path):
                 info["pool"] = pool.name()
                 pool.refresh(0)
             info["exists"] = base in pool.listVolumes()
+            if info["exists"]:
+                vol = pool.storageVolLookupByName(base)
+                info["allocation"] = vol.info()[2]
+                info["backing"] = __utils__["vmigrate_storage.volume_backing"](vol.XMLDesc(0))
         info["in_use_by"] = _disk_user(dconn, path)
     except libvirt.libvirtError as err:
         info["error"] = err.get_error_message()
@@ -558,7 +562,7 @@ def _dest_image(dconn, path):
     return info
 
 
-def _copy_checks(storage, dest, link, opts):
+def _copy_checks(dom, storage, dest, link, opts):
     """With option ``copy_storage``: this host's side of each disk to copy, then (through
     ``link``, when open) the destination's: not the same storage as here, a place libvirt can
     copy into, no other guest's disk there. Nothing without it."""
@@ -572,6 +576,9 @@ def _copy_checks(storage, dest, link, opts):
     if dconn is None:
         return checks  # no destination asked, or dest_reachable says why
     local = util["vmigrate_storage.split_copied"](storage, copied)[1]
+    incremental = opts["copy_storage"] == "inc"
+    # The chain is in the live XML only; inc needs the destination's image over the same one.
+    backing = util["vmigrate_storage.backing_files"](dom.XMLDesc(0)) if incremental else {}
     probes = {p["dir"]: p for p in _probes(dconn, local)}
     images = []
     for disk in local["disks"]:
@@ -583,10 +590,10 @@ def _copy_checks(storage, dest, link, opts):
                                  f"{probe['error']}" if probe.get("error")
                                  else probe.get("detail"))}
         if image["seen"] is False:
-            image.update(_dest_image(dconn, disk["path"]))
+            image.update(_dest_image(dconn, disk["path"]),
+                         source_backing=backing.get(disk["target"]))
         images.append(image)
-    return checks + util["vmigrate_checks.assess_copy_dest"](images, source, dest,
-                                                             opts["copy_storage"] == "inc")
+    return checks + util["vmigrate_checks.assess_copy_dest"](images, source, dest, incremental)
 
 
 def _shared_checks(dom, storage, opts):
@@ -609,7 +616,7 @@ def _live_checks(conn, dom, dest, uris, conf, mode="live", link=None, opts=None)
     checks, shared = _shared_checks(dom, storage, opts)
     facts = _dest_facts(conn, dom, uris, conf, xml, shared, link)
     checks += __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
-    checks += _copy_checks(storage, dest, link, opts)
+    checks += _copy_checks(dom, storage, dest, link, opts)
     return [c for c in checks if mode != "cold" or c["name"] != "dest_cpu"]
 
 
@@ -674,7 +681,7 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
             if mode != "offline":
                 storage = _storage_facts(dom)
                 checks = (_shared_checks(dom, storage, opts)[0]
-                          + _copy_checks(storage, None, (None, None), opts))
+                          + _copy_checks(dom, storage, None, (None, None), opts))
         else:
             with _dest_link(uris, conf) as link:
                 if mode != "offline":
@@ -929,7 +936,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
                 checks = (_live_checks(conn, dom, dest, uris, conf, mode, link, opts)
                           if not unsafe else __utils__["vmigrate_checks.assess_dest"](
                               _dest_facts(conn, dom, uris, conf, link=link), source, dest)
-                          + _copy_checks(_storage_facts(dom), dest, link, opts))
+                          + _copy_checks(dom, _storage_facts(dom), dest, link, opts))
             identity = _identity_check(link, uris, dest, dest_host_uuid)
             checks += [identity] if identity else []
             if any(not c["ok"] for c in checks):

@@ -164,14 +164,47 @@ def assess_dest_storage(facts, source, dest):
     return checks
 
 
+# An image this small holds no data yet: a new qcow2 keeps ~200 KiB of metadata, a new raw
+# file none.
+FRESH_BYTES = 512 * 1024
+
+
+def _incremental(image, dest, add):
+    """``copy_storage: inc`` mirrors only the clusters the guest's top image holds (QEMU's
+    sync=top) and leaves the rest of the destination's image as it is: that image must be
+    there, over the same backing file, and still empty, or the guest reads other data there."""
+    path, backing = image["path"], image.get("source_backing")
+    fix = (f"create an empty image there over the same backing file (qemu-img create -f qcow2"
+           + (f" -F <format> -b {backing}" if backing else "") + f" {path} <size>), or use "
+           "copy_storage: all")
+    def over(b):
+        return f"is over {b}" if b else "has no backing file"
+
+    if not image.get("exists"):
+        add(False, f"{path} does not exist on {dest}: copy_storage inc copies only the top "
+                   "image, into one that is already there over the same backing file", fix)
+    elif image.get("backing") != backing:
+        add(False, f"{path} on {dest} {over(image.get('backing'))}, the guest's image here "
+                   f"{over(backing)}: copying only the top image would give the guest another "
+                   "disk", fix)
+    elif (image.get("allocation") or 0) > FRESH_BYTES:
+        add(False, f"{path} on {dest} already holds {image['allocation'] / 1048576:.1f} MiB: "
+                   "copy_storage inc writes only what the guest's top image holds, so the rest "
+                   "of what is there would show through", fix)
+    else:
+        add(True, f"{path} on {dest} is empty and {over(backing)}, like the guest's image here: "
+                  "libvirt copies the top image into it")
+
+
 def assess_copy_dest(images, source, dest, incremental=False):
     """The destination's side of copying disks, one ``dest_disk:<target>`` check per copied
     disk, from what its libvirtd reports (``images``: each with ``target``, ``path``, ``seen``
     (whether it sees a sentinel written beside the image on ``source``), ``exists``, ``pool``
     (an active storage pool there whose target is the image's directory), ``in_use_by`` (a
-    domain there with this path as a disk) and ``error``). libvirt copies into an image that
-    exists, else creates it in that pool (``qemuMigrationDstPrecreateStorage``), and creates
-    nothing for ``copy_storage: inc``."""
+    domain there with this path as a disk), ``error``, and for ``incremental`` the image's
+    ``backing`` file and ``allocation`` there and the guest's ``source_backing``). libvirt
+    copies into an image that exists, else creates it in that pool
+    (``qemuMigrationDstPrecreateStorage``), and creates nothing for ``copy_storage: inc``."""
     checks = []
     for image in images:
         path, directory = image["path"], os.path.dirname(image["path"])
@@ -201,14 +234,11 @@ def assess_copy_dest(images, source, dest, incremental=False):
         elif image.get("error"):
             add(False, f"{dest}'s libvirtd cannot look into {directory}: {image['error']}",
                 pool_fix)
-        elif image.get("exists"):
-            add(True, f"{path} exists on {dest}: libvirt copies into it (its content is "
-                      "replaced)")
         elif incremental:
-            add(False, f"{path} does not exist on {dest}: copy_storage inc copies only the top "
-                       "image, onto one that is already there with the same backing chain",
-                f"create it on {dest} over the same backing file (qemu-img create -f qcow2 -F "
-                "<format> -b <backing file> <path>), or use copy_storage: all")
+            _incremental(image, dest, add)
+        elif image.get("exists"):
+            add(True, f"{path} exists on {dest}: libvirt copies the whole disk into it (its "
+                      "content is replaced)")
         elif image.get("pool"):
             add(True, f"{path} does not exist on {dest}: libvirt creates it in storage pool "
                       f"{image['pool']!r} there (target {directory}) and copies into it")

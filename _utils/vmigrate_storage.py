@@ -475,6 +475,24 @@ def copied_targets(disks, options):
             if not d["shareable"] and not d["readonly"] and d["path"]]
 
 
+def backing_files(xml_text):
+    """Each disk's backing file (the first in its chain), by target, from a running domain's
+    live XML (the migratable XML leaves the chain out); None for a disk without one."""
+    out = {}
+    for disk in ET.fromstring(xml_text).findall("./devices/disk"):
+        target, source = disk.find("target"), disk.find("./backingStore/source")
+        if target is not None:
+            out[target.get("dev")] = ((source.get("file") or source.get("dev"))
+                                      if source is not None else None)
+    return out
+
+
+def volume_backing(volume_xml):
+    """A storage volume's backing file, from libvirt's volume XML, or None."""
+    path = ET.fromstring(volume_xml).find("./backingStore/path")
+    return path.text if path is not None else None
+
+
 def split_copied(facts, copied):
     """(facts of the disks that stay on shared storage, facts of the disks to copy)."""
     copied = set(copied or ())

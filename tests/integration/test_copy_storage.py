@@ -126,17 +126,25 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     assert "[ok] dest_disk:vda" in comment and "creates it in storage pool 'images'" in comment
     assert "shared_storage:vda" not in comment, comment
     before = lab.counter_lines_on("host1", NAME, count=1)[-1][0]
-    with _dest_qmp(lab, "host2") as seen:
-        ret = _orch(salt_run_cli, vm=NAME, dest="host2",
-                    options=dict(options, disks_port=DISKS_PORT))
-        commands = seen()[0]
+    with _dest_qmp(lab, "host1") as sent, _dest_qmp(lab, "host2") as received:
+        ret = _orch(salt_run_cli, vm=NAME, dest="host2", options=dict(
+            options, disks_port=DISKS_PORT, copy_storage_synchronous_writes=True,
+            migrate_disks=["vda"], migrate_disks_detect_zeroes=["vda"]))
+        source, dest = sent()[0], received()[0]
     assert ret.returncode == 0, orch_state(ret)["comment"]
     state = orch_state(ret)
     assert state["changes"]["host"] == {"old": "host1", "new": "host2"}
-    # The destination QEMU served the disk on the port asked for (virsh --disks-port).
-    served = [a["addr"] for n, a in commands if n == "nbd-server-start"]
-    # (QMP's legacy socket address nests host and port under "data".)
-    assert [str(a.get("data", a).get("port")) for a in served] == [str(DISKS_PORT)], commands
+    # Each option reached QEMU as virsh's would: the destination served the disk on the port
+    # asked for (--disks-port; QMP's legacy socket address nests the port under "data")...
+    served = [a["addr"] for n, a in dest if n == "nbd-server-start"]
+    assert [str(a.get("data", a).get("port")) for a in served] == [str(DISKS_PORT)], dest
+    # ...and the source mirrored the whole of vda (--copy-storage-all) with synchronous writes
+    # (--copy-storage-synchronous-writes) into a target that skips zeroes
+    # (--migrate-disks-detect-zeroes).
+    mirrors = [a for n, a in source if n == "blockdev-mirror"]
+    assert [(m["sync"], m.get("copy-mode")) for m in mirrors] == [("full", "write-blocking")]
+    targets = [a for n, a in source if n == "blockdev-add" and a.get("driver") == "nbd"]
+    assert [t.get("detect-zeroes") for t in targets] == ["unmap"], targets
     assert _where(lab, NAME) == {"host2": (True, True)}
     _went_on(lab, "host2", before)
     # The disk came along: host2's own image holds what was written before the guest booted;
@@ -144,25 +152,32 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     assert _has_pattern(_image(lab, "host2"))
     assert _has_pattern(_image(lab, "host1"))
 
-    # Back over TLS: host1 still has the image it ran from, so libvirt copies into it (no
-    # pool there), and the disks' copy rides QEMU's TLS like the memory stream.
+    # Back over TLS with copy_storage inc (only the top image: this one has no backing file).
+    # host1 kept the image it ran from, which holds data that would show through: refused.
+    options = {"copy_storage": "inc"}
     with _transport(lab, pillar_dir, salt_cli, "tls"):
         ret = _orch(salt_run_cli, "test=True", vm=NAME, dest="host1", options=options)
-        assert "[ok] dest_disk:vda" in orch_state(ret)["comment"]
-        assert "exists on host1: libvirt copies into it" in orch_state(ret)["comment"]
+        comment = orch_state(ret)["comment"]
+        assert "[BLOCKER] dest_disk:vda" in comment and "on host1 already holds" in comment
+        # The operator's step: an empty image in its place. Then it moves.
+        lab.host_run("host1", ["qemu-img", "create", "-q", "-f", "qcow2",
+                               f"{LOCAL}/{NAME}.qcow2", "64M"])
+        assert not _has_pattern(_image(lab, "host1"))
         before = lab.counter_lines_on("host2", NAME, count=1)[-1][0]
-        with _dest_qmp(lab, "host1") as seen:
+        with _dest_qmp(lab, "host2") as sent, _dest_qmp(lab, "host1") as received:
             ret = _orch(salt_run_cli, vm=NAME, dest="host1", options=options)
-            commands = seen()[0]
+            source, dest = sent()[0], received()[0]
     assert ret.returncode == 0, orch_state(ret)["comment"]
     assert orch_state(ret)["changes"]["migration"]["data_stream"] == "tls"
+    assert [a["sync"] for n, a in source if n == "blockdev-mirror"] == ["top"], source
     # The destination QEMU's NBD server took the disk with the x509 credentials.
-    creds = {a["id"] for n, a in commands if n == "object-add"
+    creds = {a["id"] for n, a in dest if n == "object-add"
              and a.get("qom-type") == "tls-creds-x509" and a.get("endpoint") == "server"}
     assert any(n == "nbd-server-start" and a.get("tls-creds") in creds
-               for n, a in commands), commands
+               for n, a in dest), dest
     assert _where(lab, NAME) == {"host1": (True, True)}
     _went_on(lab, "host1", before)
+    # The empty image now holds the pattern: the copy wrote it.
     assert _has_pattern(_image(lab, "host1"))
 
 

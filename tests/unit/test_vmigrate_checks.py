@@ -186,7 +186,7 @@ COPIED = {"target": "vda", "path": "/var/lib/libvirt/images/v.qcow2", "seen": Fa
 
 @pytest.mark.parametrize("change, ok, words", [
     ({}, True, "libvirt creates it in storage pool 'images'"),
-    ({"exists": True}, True, "libvirt copies into it (its content is replaced)"),
+    ({"exists": True}, True, "libvirt copies the whole disk into it (its content is replaced)"),
     ({"seen": True}, False, "that directory is shared with host2"),
     ({"seen": None, "seen_detail": "no storage driver"}, False, "cannot tell whether host2"),
     ({"in_use_by": "other"}, False, "is a disk of domain 'other' there"),
@@ -200,8 +200,19 @@ def test_the_destination_must_be_other_storage_with_a_place_to_copy_into(change,
     assert (check["fix"] is None) is ok
 
 
-def test_incremental_copy_needs_the_image_there_already():
-    check, = ck.assess_copy_dest([COPIED], "host1", "host2", incremental=True)
-    assert check["ok"] is False and "qemu-img create" in check["fix"]
-    check, = ck.assess_copy_dest([dict(COPIED, exists=True)], "host1", "host2", incremental=True)
-    assert check["ok"] is True
+@pytest.mark.parametrize("change, ok, words", [
+    ({"exists": False}, False, "does not exist on host2: copy_storage inc copies only the top"),
+    ({"backing": None}, False, "has no backing file, the guest's image here is over /b.qcow2"),
+    ({"backing": "/other.qcow2"}, False, "is over /other.qcow2, the guest's image here is over"),
+    ({"allocation": 1 << 21}, False, "already holds 2.0 MiB"),
+    ({}, True, "is empty and is over /b.qcow2, like the guest's image here"),
+])
+def test_incremental_copy_needs_an_empty_image_over_the_same_backing_file(change, ok, words):
+    """QEMU's sync=top writes only what the top image holds: whatever else the destination's
+    image holds, or reads through another backing file, would show through."""
+    image = dict(COPIED, **{"exists": True, "backing": "/b.qcow2", "allocation": 196608,
+                            "source_backing": "/b.qcow2", **change})
+    check, = ck.assess_copy_dest([image], "host1", "host2", incremental=True)
+    assert check["ok"] is ok and words in check["detail"], check
+    if not ok:
+        assert "qemu-img create -f qcow2 -F <format> -b /b.qcow2" in check["fix"]

@@ -233,3 +233,18 @@ def test_named_disks_must_be_disks_the_guest_has_and_can_copy():
     assert "empty or read-only" in checks["copy_storage:sda"]["detail"]
     none = st.assess_copy({"disks": st.domain_disks(XML)[1:2]}, {"copy_storage": "all"}, "h")
     assert [(c["name"], c["ok"]) for c in none] == [("copy_storage:none", False)]
+
+
+def test_backing_files_come_from_the_live_xml_and_volume_xml():
+    live = """<domain><devices>
+      <disk type='file'><source file='/l/top.qcow2' index='1'/>
+        <backingStore type='file' index='2'><format type='qcow2'/>
+          <source file='/s/base.qcow2'/><backingStore/></backingStore>
+        <target dev='vda'/></disk>
+      <disk type='file'><source file='/l/b.qcow2'/><backingStore/><target dev='vdb'/></disk>
+    </devices></domain>"""
+    assert st.backing_files(live) == {"vda": "/s/base.qcow2", "vdb": None}
+    vol = ("<volume><target><path>/l/top.qcow2</path></target><backingStore>"
+           "<path>/s/base.qcow2</path><format type='qcow2'/></backingStore></volume>")
+    assert st.volume_backing(vol) == "/s/base.qcow2"
+    assert st.volume_backing("<volume><target><path>/x</path></target></volume>") is None
