@@ -28,6 +28,7 @@ CLI Example:
 
 import contextlib
 import contextvars
+import errno
 import itertools
 import logging
 import os
@@ -363,11 +364,22 @@ def _storage_checks(dom, xml=None, facts=None):
                                                 __opts__["id"])
 
 
-def _probe_seen(dconn, probe):
+def _destroy_transient(pool):
+    try:
+        pool.destroy()
+    except libvirt.libvirtError as err:  # it goes when that libvirtd restarts
+        log.warning("vmigrate: could not destroy transient storage pool %s: %s",
+                    pool.name(), err.get_error_message())
+
+
+def _probe_seen(dconn, probe, strict=False):
     """Does the destination's libvirtd see the probe directory, and its sentinel, at the same
     path? Asked through a transient ``dir`` storage pool over the probe directory alone (a
     fresh path no other pool can claim; libvirt only lists it, and the pool goes when
-    destroyed). None when the destination has no storage driver to ask."""
+    destroyed). None when the destination has no storage driver to ask. ``strict`` (before
+    copying a disk, where seeing it is the danger): the random directory being there at all
+    counts as seen, and only "No such file or directory" as not seen; any other answer is
+    None."""
     name = os.path.basename(probe).lstrip(".")
     xml = (f"<pool type='dir'><name>{name}</name>"
            f"<target><path>{xml_escape(probe)}</path></target></pool>")
@@ -376,22 +388,27 @@ def _probe_seen(dconn, probe):
     except libvirt.libvirtError as err:
         if err.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT, libvirt.VIR_ERR_NO_CONNECT):
             return None, err.get_error_message()
-        return False, err.get_error_message()
+        missing = (err.get_error_code() == libvirt.VIR_ERR_SYSTEM_ERROR
+                   and err.get_int1() == errno.ENOENT)
+        return (False if missing or not strict else None), err.get_error_message()
     try:
+        if strict:
+            return True, None
         names = pool.listVolumes()
         if "sentinel" in names:
             return True, None
         return False, f"{probe} is there but holds no sentinel"
     finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            pool.destroy()
+        _destroy_transient(pool)
 
 
-def _probes(dconn, facts):
-    """One sentinel per disk directory, written here and looked for from the destination;
-    every probe directory is removed before this returns."""
+def _probes(dconn, facts, dirs=None, strict=False):
+    """One sentinel per disk directory (``dirs``, default the resolved ones), written here and
+    looked for from the destination; every probe directory is removed before this returns."""
     results = []
-    for directory in __utils__["vmigrate_storage.disk_dirs"](facts):
+    if dirs is None:
+        dirs = __utils__["vmigrate_storage.disk_dirs"](facts)
+    for directory in dirs:
         result = {"dir": directory}
         try:
             result.update(__utils__["vmigrate_storage.probe_write"](directory,
@@ -401,7 +418,7 @@ def _probes(dconn, facts):
             results.append(result)
             continue
         try:
-            result["seen"], result["detail"] = _probe_seen(dconn, result["probe"])
+            result["seen"], result["detail"] = _probe_seen(dconn, result["probe"], strict)
         finally:
             __utils__["vmigrate_storage.probe_remove"](result["probe"],
                                                        result.get("root_denied", False))
@@ -511,13 +528,14 @@ def _dest_facts(conn, dom, uris, conf, xml=None, storage=None, link=None):
 
 
 def _disk_user(dconn, path):
-    """The name of a domain on the destination with ``path`` as a disk, or None."""
+    """The name of a domain on the destination with ``path`` as a disk or in a disk's backing
+    chain (a running domain's XML shows its chains), or None."""
     for other in dconn.listAllDomains(0):
         try:
             xml = other.XMLDesc(0)
         except libvirt.libvirtError:
             continue
-        if any(d["path"] == path for d in __utils__["vmigrate_storage.domain_disks"](xml)):
+        if path in __utils__["vmigrate_storage.disk_files"](xml):
             return other.name()
     return None
 
@@ -532,12 +550,12 @@ def _dest_image(dconn, path):
     transient = None
     try:
         try:
-            pool = dconn.storagePoolLookupByTargetPath(directory)
+            pool = dconn.storagePoolLookupByTargetPath(directory)  # active pools only
         except libvirt.libvirtError:
-            pool = None
+            pool = _inactive_pool(dconn, directory)
         if pool is not None and not pool.isActive():
-            info["error"] = f"storage pool {pool.name()!r} there has it as its target but is " \
-                            "not active"
+            info["error"] = (f"storage pool {pool.name()!r} there has it as its target but is "
+                             f"not active (virsh pool-start {pool.name()})")
         else:
             if pool is None:
                 name = f"vmigrate-look-{secrets.token_hex(6)}"
@@ -557,9 +575,17 @@ def _dest_image(dconn, path):
         info["error"] = err.get_error_message()
     finally:
         if transient is not None:
-            with contextlib.suppress(libvirt.libvirtError):
-                transient.destroy()
+            _destroy_transient(transient)
     return info
+
+
+def _inactive_pool(dconn, directory):
+    """A defined, inactive storage pool on the destination whose target is ``directory``."""
+    for pool in dconn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE):
+        with contextlib.suppress(libvirt.libvirtError):
+            if __utils__["vmigrate_storage.pool_target"](pool.XMLDesc(0)) == directory:
+                return pool
+    return None
 
 
 def _copy_checks(dom, storage, dest, link, opts):
@@ -575,24 +601,31 @@ def _copy_checks(dom, storage, dest, link, opts):
     dconn = link[0]
     if dconn is None:
         return checks  # no destination asked, or dest_reachable says why
-    local = util["vmigrate_storage.split_copied"](storage, copied)[1]
+    local = [d for d in util["vmigrate_storage.split_copied"](storage, copied)[1]["disks"]
+             if d.get("resolved")]  # the others are not writable file disks: refused above
     incremental = opts["copy_storage"] == "inc"
-    # The chain is in the live XML only; inc needs the destination's image over the same one.
-    backing = util["vmigrate_storage.backing_files"](dom.XMLDesc(0)) if incremental else {}
-    probes = {p["dir"]: p for p in _probes(dconn, local)}
     images = []
-    for disk in local["disks"]:
-        if not disk.get("resolved"):
-            continue  # not a writable file disk: assess_copy refused it
-        probe = probes.get(os.path.dirname(disk["resolved"]), {})
-        image = {"target": disk["target"], "path": disk["path"], "seen": probe.get("seen"),
-                 "seen_detail": (f"could not write a sentinel beside it on {source}: "
-                                 f"{probe['error']}" if probe.get("error")
-                                 else probe.get("detail"))}
-        if image["seen"] is False:
-            image.update(_dest_image(dconn, disk["path"]),
-                         source_backing=backing.get(disk["target"]))
-        images.append(image)
+    try:
+        # The chain is in the live XML only; inc needs the destination's image over the same.
+        backing = util["vmigrate_storage.backing_files"](dom.XMLDesc(0)) if incremental else {}
+        # Probed where the destination will open the image: the directory as the XML names it
+        # (a symlink here may lead elsewhere than the same path there).
+        probes = {p["dir"]: p for p in _probes(
+            dconn, None, sorted({os.path.dirname(d["path"]) for d in local}), strict=True)}
+        for disk in local:
+            probe = probes.get(os.path.dirname(disk["path"]), {})
+            image = {"target": disk["target"], "path": disk["path"], "seen": probe.get("seen"),
+                     "seen_detail": (f"could not write a sentinel beside it on {source}: "
+                                     f"{probe['error']}" if probe.get("error")
+                                     else probe.get("detail"))}
+            if image["seen"] is False:
+                image.update(_dest_image(dconn, disk["path"]),
+                             source_backing=backing.get(disk["target"]))
+            images.append(image)
+    except libvirt.libvirtError as err:
+        images = [{"target": d["target"], "path": d["path"], "seen": None,
+                   "seen_detail": f"asking its libvirtd failed: {err.get_error_message()}"}
+                  for d in local]
     return checks + util["vmigrate_checks.assess_copy_dest"](images, source, dest, incremental)
 
 

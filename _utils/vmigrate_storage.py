@@ -68,8 +68,8 @@ FIX_RESTART = (
 # ---- facts ---------------------------------------------------------------------------------
 def domain_disks(xml_text):
     """The ``<disk>`` devices of a domain's XML: a list of dicts with ``target``, ``device``,
-    ``type``, ``path`` (file or block path, ``pool/volume``, ``protocol:name``, or None when
-    empty), ``readonly``, ``shareable`` and ``cache``."""
+    ``type``, ``path`` (file or block path, ``pool/volume``, ``protocol:name``, or None),
+    ``empty``, ``readonly``, ``shareable`` and ``cache``."""
     disks = []
     for disk in ET.fromstring(xml_text).findall("./devices/disk"):
         dtype = disk.get("type", "file")
@@ -93,6 +93,9 @@ def domain_disks(xml_text):
             "device": disk.get("device", "disk"),
             "type": dtype,
             "path": path,
+            # libvirt's virStorageSourceIsEmpty: no source, or a local one without a path
+            # (an NVMe, vhost-user or vDPA disk has no path but is not empty).
+            "empty": source is None or (path is None and dtype in ("file", "block", "dir")),
             "readonly": disk.find("readonly") is not None,
             "shareable": disk.find("shareable") is not None,
             "cache": driver.get("cache") if driver is not None else None,
@@ -255,9 +258,11 @@ def _write_sentinel(directory, token):
     probe = os.path.join(directory, PROBE_PREFIX + token)
     os.mkdir(probe, 0o755)
     try:
+        os.chmod(probe, 0o755)  # whatever the umask: the other host must be able to look
         path = os.path.join(probe, PROBE_FILE)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
+            os.fchmod(fd, 0o644)
             os.write(fd, token.encode("ascii"))
             os.fsync(fd)
         finally:
@@ -472,7 +477,7 @@ def copied_targets(disks, options):
     if chosen:
         return [d["target"] for d in disks if d["target"] in chosen]
     return [d["target"] for d in disks
-            if not d["shareable"] and not d["readonly"] and d["path"]]
+            if not d["shareable"] and not d["readonly"] and not d["empty"]]
 
 
 def backing_files(xml_text):
@@ -485,6 +490,19 @@ def backing_files(xml_text):
             out[target.get("dev")] = ((source.get("file") or source.get("dev"))
                                       if source is not None else None)
     return out
+
+
+def disk_files(xml_text):
+    """Every file or block path a domain's disks use, their backing chains included."""
+    return {source.get("file") or source.get("dev")
+            for disk in ET.fromstring(xml_text).findall("./devices/disk")
+            for source in disk.iter("source")
+            if source.get("file") or source.get("dev")}
+
+
+def pool_target(pool_xml):
+    """A storage pool's target directory, from its XML, or None."""
+    return ET.fromstring(pool_xml).findtext("./target/path")
 
 
 def volume_backing(volume_xml):
@@ -519,11 +537,16 @@ def assess_copy(facts, options, host):
                                    f"not have (its disks: {', '.join(sorted(targets)) or 'none'})",
                     "name disks by their target, as virsh domblklist shows them")
     copied = copied_targets(facts["disks"], options) or []
+    for target in options.get("migrate_disks_detect_zeroes") or []:
+        if target in targets and target not in copied:
+            add(target, False, f"option migrate_disks_detect_zeroes names disk {target}, which "
+                               "this migration does not copy",
+                "name only disks it copies (read-only, empty and <shareable/> ones are not)")
     for disk in facts["disks"]:
         if disk["target"] not in copied:
             continue
         label = f"disk {disk['target']} ({disk.get('path')})"
-        if disk["readonly"] or not disk.get("path"):
+        if disk["readonly"] or disk["empty"]:
             add(disk["target"], False, f"{label}: libvirt cannot copy an empty or read-only disk",
                 "leave it out of option migrate_disks")
         elif disk["type"] == "network":

@@ -72,6 +72,15 @@ def _pool_gone(lab, host):
         pool.undefine()
 
 
+def _no_transient_pools(lab):
+    """The prechecks' transient pools (probe and image look-ups) are gone on both hosts."""
+    for host in vmlab.HYPERVISORS:
+        with _libvirt(lab, host) as (_, conn):
+            left = [p.name() for p in conn.listAllStoragePools(0)
+                    if p.name().startswith("vmigrate-")]
+        assert left == [], (host, left)
+
+
 def _went_on(lab, host, since, name=NAME):
     after = lab.counter_lines_on(host, name, count=3)
     assert after[0][0] > since, (after, since)
@@ -179,6 +188,7 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     _went_on(lab, "host1", before)
     # The empty image now holds the pattern: the copy wrote it.
     assert _has_pattern(_image(lab, "host1"))
+    _no_transient_pools(lab)
 
 
 def test_copying_a_disk_on_storage_the_destination_shares_is_refused(lab, guest, salt_run_cli):
@@ -203,6 +213,7 @@ def test_copying_a_disk_on_storage_the_destination_shares_is_refused(lab, guest,
         assert "[ok] copy_storage:vda" in orch_state(ret)["comment"]
         assert _where(lab, "vnotshared") == {"host1": (True, True)}
         assert not list(local.glob(".vmigrate-*")), list(local.iterdir())
+        _no_transient_pools(lab)
     finally:
         lab.remove_guest_everywhere("vnotshared")
         for path in local.iterdir():

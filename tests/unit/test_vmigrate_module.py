@@ -200,3 +200,74 @@ def test_repair_never_stops_or_resumes_a_half_of_a_post_copy(monkeypatch, state,
     with pytest.raises(CommandExecutionError, match="post-copy migration .* refused"):
         mod.repair("vdisk", action)
     assert calls == []
+
+
+# ---- copy_storage: what the destination's libvirtd is asked ---------------------------------
+def _libvirt_error(mod, code, errno_=0, message="boom"):
+    err = mod.libvirt.libvirtError(message)
+    err.err = (code, 0, message, 0, "", None, None, errno_, 0)
+    return err
+
+
+@pytest.mark.parametrize("raised, strict, seen", [
+    # Only a plain "no such directory" is "not the same storage" before a copy.
+    (("SYSTEM_ERROR", 2), True, False),
+    (("SYSTEM_ERROR", 13), True, None),   # EACCES: the directory may well be there
+    (("INTERNAL_ERROR", 0), True, None),
+    (("NO_SUPPORT", 0), True, None),
+    (("SYSTEM_ERROR", 13), False, False),  # shared-storage mode: not seen is the failure
+    (None, True, True),                    # the random directory is there: shared
+])
+def test_a_copy_is_allowed_only_when_the_destination_surely_lacks_the_probe(
+        monkeypatch, raised, strict, seen):
+    mod = _module(monkeypatch)
+    dconn, pool = MagicMock(), MagicMock()
+    pool.listVolumes.return_value = []
+    if raised:
+        code = getattr(mod.libvirt, f"VIR_ERR_{raised[0]}")
+        dconn.storagePoolCreateXML.side_effect = _libvirt_error(mod, code, raised[1])
+    else:
+        dconn.storagePoolCreateXML.return_value = pool
+    assert mod._probe_seen(dconn, "/l/.vmigrate-probe-ab", strict)[0] is seen
+    assert pool.destroy.called is (raised is None)
+
+
+def test_the_destination_image_is_looked_at_and_the_transient_pool_goes(monkeypatch):
+    mod = _module(monkeypatch)
+    dconn, pool, vol = MagicMock(), MagicMock(), MagicMock()
+    dconn.storagePoolLookupByTargetPath.side_effect = _libvirt_error(
+        mod, mod.libvirt.VIR_ERR_NO_STORAGE_POOL)
+    dconn.listAllStoragePools.return_value = []
+    dconn.storagePoolCreateXML.return_value = pool
+    pool.listVolumes.return_value = ["v.qcow2"]
+    pool.storageVolLookupByName.return_value = vol
+    vol.info.return_value = [0, 64 << 20, 196608]
+    vol.XMLDesc.return_value = ("<volume><backingStore><path>/s/b.qcow2</path></backingStore>"
+                                "</volume>")
+    other = MagicMock()
+    other.XMLDesc.return_value = ("<domain><devices><disk type='file'><source file='/x.qcow2'/>"
+                                  "<backingStore type='file'><source file='/l/v.qcow2'/>"
+                                  "</backingStore><target dev='vda'/></disk></devices></domain>")
+    other.name.return_value = "clone"
+    dconn.listAllDomains.return_value = [other]
+    info = mod._dest_image(dconn, "/l/v.qcow2")
+    assert info == {"exists": True, "pool": None, "error": None, "allocation": 196608,
+                    "backing": "/s/b.qcow2", "in_use_by": "clone"}
+    assert "<path>/l</path>" in dconn.storagePoolCreateXML.call_args[0][0]
+    pool.destroy.assert_called_once_with()
+
+
+def test_an_inactive_pool_over_the_directory_is_named(monkeypatch):
+    mod = _module(monkeypatch)
+    dconn, inactive = MagicMock(), MagicMock()
+    dconn.storagePoolLookupByTargetPath.side_effect = _libvirt_error(
+        mod, mod.libvirt.VIR_ERR_NO_STORAGE_POOL)
+    inactive.XMLDesc.return_value = "<pool><target><path>/l</path></target></pool>"
+    inactive.isActive.return_value = False
+    inactive.name.return_value = "images"
+    dconn.listAllStoragePools.return_value = [inactive]
+    dconn.listAllDomains.return_value = []
+    info = mod._dest_image(dconn, "/l/v.qcow2")
+    assert "'images' there has it as its target but is not active" in info["error"]
+    assert "virsh pool-start images" in info["error"]
+    dconn.storagePoolCreateXML.assert_not_called()

@@ -55,8 +55,8 @@ def test_the_readme_table_is_this_table():
     ({"migrate_disks": ["../vda"]}, "a list of disk targets"),
     ({"migrate_disks_detect_zeroes": []}, "a list of disk targets"),
     ({"disks_port": 70000}, "option disks_port 70000: a whole number 1-65535"),
-    ({"disks_uri": "nbd://h"}, "tcp://<address>[:port] or unix:///<absolute path>"),
-    ({"disks_uri": "unix:///a b"}, "tcp://<address>[:port] or unix:///<absolute path>"),
+    ({"disks_uri": "nbd://h"}, "option disks_uri 'nbd://h': tcp://<address>[:port]"),
+    ({"disks_uri": "unix:///run/x.sock"}, "tcp://<address>[:port]"),
 ])
 def test_bad_values_are_refused_naming_the_option(given, words):
     with pytest.raises(SaltInvocationError, match=re.escape(words)):
@@ -141,13 +141,13 @@ def test_copy_storage_becomes_virsh_flags_and_parameters():
     given = opt.check(opt.merge(None, {
         "copy_storage": "all", "copy_storage_synchronous_writes": True,
         "migrate_disks": ["vda", "vdb"], "migrate_disks_detect_zeroes": ["vdb"],
-        "disks_uri": "unix:///run/vmigrate-nbd.sock"}), "live", stream="plain tcp")
+        "disks_uri": "tcp://10.0.0.2:49300"}), "live", stream="plain tcp")
     flags, params = opt.to_libvirt(libvirt, given, "live", "plain tcp")
     assert flags == (libvirt.VIR_MIGRATE_NON_SHARED_DISK
                      | libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES)
     assert params == {libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS: ["vda", "vdb"],
                       libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS_DETECT_ZEROES: ["vdb"],
-                      libvirt.VIR_MIGRATE_PARAM_DISKS_URI: "unix:///run/vmigrate-nbd.sock"}
+                      libvirt.VIR_MIGRATE_PARAM_DISKS_URI: "tcp://10.0.0.2:49300"}
     flags, params = opt.to_libvirt(libvirt, {"copy_storage": "inc", "disks_port": 49200},
                                    "live", "tls")
     assert flags == libvirt.VIR_MIGRATE_NON_SHARED_INC

@@ -233,6 +233,26 @@ def test_named_disks_must_be_disks_the_guest_has_and_can_copy():
     assert "empty or read-only" in checks["copy_storage:sda"]["detail"]
     none = st.assess_copy({"disks": st.domain_disks(XML)[1:2]}, {"copy_storage": "all"}, "h")
     assert [(c["name"], c["ok"]) for c in none] == [("copy_storage:none", False)]
+    # Zero detection only for disks this migration copies (sda is read-only).
+    checks = _copy_checks("/var/lib/libvirt/images/v.qcow2", EXT4,
+                          {"copy_storage": "all", "migrate_disks_detect_zeroes": ["sda"]})
+    assert checks["copy_storage:sda"]["ok"] is False
+    assert "which this migration does not copy" in checks["copy_storage:sda"]["detail"]
+
+
+def test_an_nvme_disk_is_not_empty_to_libvirt_so_it_would_be_copied_and_is_refused():
+    xml = XML.replace("</devices>", "<disk type='nvme' device='disk'><source type='pci' "
+                                    "managed='yes' namespace='1'><address domain='0x0000' "
+                                    "bus='0x01' slot='0x00' function='0x0'/></source>"
+                                    "<target dev='vdc'/></disk></devices>")
+    disks = st.domain_disks(xml)
+    assert [d["target"] for d in disks if d["empty"]] == ["sdb"]
+    assert st.copied_targets(disks, {"copy_storage": "all"}) == ["vda", "vdb", "vdc"]
+    facts = st.disk_facts(disks, "", MOUNTINFO, statfs=lambda p: EXT4, realpath=lambda p: p,
+                          exists=lambda p: True)
+    check = {c["name"]: c for c in st.assess_copy(facts, {"copy_storage": "all"}, "h")}
+    assert check["copy_storage:vdc"]["ok"] is False
+    assert "copies file disks only" in check["copy_storage:vdc"]["detail"]
 
 
 def test_backing_files_come_from_the_live_xml_and_volume_xml():
@@ -248,3 +268,7 @@ def test_backing_files_come_from_the_live_xml_and_volume_xml():
            "<path>/s/base.qcow2</path><format type='qcow2'/></backingStore></volume>")
     assert st.volume_backing(vol) == "/s/base.qcow2"
     assert st.volume_backing("<volume><target><path>/x</path></target></volume>") is None
+    # A path is in use on the destination as a disk or anywhere in a running guest's chain.
+    assert st.disk_files(live) == {"/l/top.qcow2", "/s/base.qcow2", "/l/b.qcow2"}
+    assert st.pool_target("<pool type='dir'><name>p</name><target><path>/l</path></target>"
+                          "</pool>") == "/l"
