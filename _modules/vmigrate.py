@@ -528,32 +528,43 @@ def _dest_facts(conn, dom, uris, conf, xml=None, storage=None, link=None):
 
 
 def _disk_user(dconn, path):
-    """The name of a domain on the destination with ``path`` as a disk or in a disk's backing
-    chain (a running domain's XML shows its chains), or None."""
+    """The name of a domain on the destination with ``path`` as a disk (a file, or a storage
+    pool's volume) or in a disk's backing chain (a running domain's XML shows its chains; an
+    inactive one's is not read), or None."""
     for other in dconn.listAllDomains(0):
         try:
             xml = other.XMLDesc(0)
         except libvirt.libvirtError:
             continue
-        if path in __utils__["vmigrate_storage.disk_files"](xml):
+        files = __utils__["vmigrate_storage.disk_files"](xml)
+        for pool, volume in __utils__["vmigrate_storage.disk_volumes"](xml):
+            with contextlib.suppress(libvirt.libvirtError):
+                files.add(dconn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
+                          .path())
+        if path in files:
             return other.name()
     return None
 
 
 def _dest_image(dconn, path):
     """What the destination's libvirtd has at ``path``: ``exists`` (then its ``allocation``
-    in bytes and its ``backing`` file), ``pool`` (the active storage pool whose target is its
-    directory, in which libvirt would create it), ``error`` and ``in_use_by``. Looked at through that pool, or else a transient ``dir`` pool over the
+    and ``physical`` length in bytes, ``format`` and ``backing`` file), ``pool`` (the active
+    storage pool whose target is its directory, in which libvirt would create it), ``error``
+    and ``in_use_by``. Looked at through that pool, or else a transient ``dir`` pool over the
     directory, destroyed before this returns; nothing is created or removed in it."""
     directory, base = os.path.split(path)
-    info = {"exists": None, "pool": None, "error": None, "allocation": None, "backing": None}
+    info = {"exists": None, "pool": None, "error": None, "allocation": None, "physical": None,
+            "format": None, "backing": None}
     transient = None
     try:
         try:
             pool = dconn.storagePoolLookupByTargetPath(directory)  # active pools only
         except libvirt.libvirtError:
             pool = _inactive_pool(dconn, directory)
-        if pool is not None and not pool.isActive():
+        if pool is not None and pool.name().startswith("vmigrate-"):
+            info["error"] = ("another vmigrate precheck is looking into it right now (its "
+                             f"transient pool {pool.name()}): run this again")
+        elif pool is not None and not pool.isActive():
             info["error"] = (f"storage pool {pool.name()!r} there has it as its target but is "
                              f"not active (virsh pool-start {pool.name()})")
         else:
@@ -569,7 +580,8 @@ def _dest_image(dconn, path):
             if info["exists"]:
                 vol = pool.storageVolLookupByName(base)
                 info["allocation"] = vol.info()[2]
-                info["backing"] = __utils__["vmigrate_storage.volume_backing"](vol.XMLDesc(0))
+                info["physical"] = vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
+                info.update(__utils__["vmigrate_storage.volume_facts"](vol.XMLDesc(0)))
         info["in_use_by"] = _disk_user(dconn, path)
     except libvirt.libvirtError as err:
         info["error"] = err.get_error_message()
@@ -608,24 +620,30 @@ def _copy_checks(dom, storage, dest, link, opts):
     try:
         # The chain is in the live XML only; inc needs the destination's image over the same.
         backing = util["vmigrate_storage.backing_files"](dom.XMLDesc(0)) if incremental else {}
-        # Probed where the destination will open the image: the directory as the XML names it
-        # (a symlink here may lead elsewhere than the same path there).
+        # Probed where the destination will open the image (the directory as the XML names
+        # it) and where the image really lives here (a symlink may lead from one to the other,
+        # and that place may be what the destination mounts): seen in either refuses.
+        dirs = {d["target"]: sorted({os.path.dirname(d["path"]),
+                                     os.path.dirname(d["resolved"])}) for d in local}
         probes = {p["dir"]: p for p in _probes(
-            dconn, None, sorted({os.path.dirname(d["path"]) for d in local}), strict=True)}
+            dconn, None, sorted({x for ds in dirs.values() for x in ds}), strict=True)}
         for disk in local:
-            probe = probes.get(os.path.dirname(disk["path"]), {})
-            image = {"target": disk["target"], "path": disk["path"], "seen": probe.get("seen"),
-                     "seen_detail": (f"could not write a sentinel beside it on {source}: "
-                                     f"{probe['error']}" if probe.get("error")
-                                     else probe.get("detail"))}
+            image = {"target": disk["target"], "path": disk["path"], "seen": False}
+            for directory in dirs[disk["target"]]:
+                probe = probes.get(directory, {})
+                if probe.get("seen") is not False:  # True, or None: cannot tell
+                    image.update(seen=probe.get("seen"), seen_detail=(
+                        f"could not write a sentinel in {directory} on {source}: "
+                        f"{probe['error']}" if probe.get("error") else probe.get("detail")))
+                    break
             if image["seen"] is False:
                 image.update(_dest_image(dconn, disk["path"]),
                              source_backing=backing.get(disk["target"]))
             images.append(image)
-    except libvirt.libvirtError as err:
+    except (libvirt.libvirtError, OSError) as err:
+        why = err.get_error_message() if isinstance(err, libvirt.libvirtError) else str(err)
         images = [{"target": d["target"], "path": d["path"], "seen": None,
-                   "seen_detail": f"asking its libvirtd failed: {err.get_error_message()}"}
-                  for d in local]
+                   "seen_detail": f"asking its libvirtd failed: {why}"} for d in local]
     return checks + util["vmigrate_checks.assess_copy_dest"](images, source, dest, incremental)
 
 

@@ -164,9 +164,17 @@ def assess_dest_storage(facts, source, dest):
     return checks
 
 
-# An image this small holds no data yet: a new qcow2 keeps ~200 KiB of metadata, a new raw
-# file none.
-FRESH_BYTES = 512 * 1024
+# A new qcow2 file is its header, L1 and refcount clusters (196 KiB for 64 MiB, 256 KiB up to
+# tens of TiB at 64 KiB clusters); the first data cluster written adds it and an L2 table.
+QCOW2_FRESH_BYTES = 256 * 1024
+
+
+def _holds_data(image):
+    """Whether the destination's image may hold data: a qcow2 file longer than a new one's
+    metadata, any other format with any block allocated. Unknown counts as holding data."""
+    if image.get("format") == "qcow2":
+        return image.get("physical") is None or image["physical"] > QCOW2_FRESH_BYTES
+    return image.get("allocation") is None or image["allocation"] > 0
 
 
 def _incremental(image, dest, add):
@@ -175,10 +183,12 @@ def _incremental(image, dest, add):
     there, over the same backing file, and still empty, or the guest reads other data there."""
     path, backing = image["path"], image.get("source_backing")
     fix = (f"create an empty image there over the same backing file (qemu-img create -f qcow2"
-           + (f" -F <format> -b {backing}" if backing else "") + f" {path} <size>), or use "
-           "copy_storage: all")
+           + (f" -F {backing['format'] or '<format>'} -b {backing['path']}" if backing else "")
+           + f" {path} <size>), or use copy_storage: all")
+
     def over(b):
-        return f"is over {b}" if b else "has no backing file"
+        return (f"is over {b['path']} ({b['format'] or 'format unknown'})" if b
+                else "has no backing file")
 
     if not image.get("exists"):
         add(False, f"{path} does not exist on {dest}: copy_storage inc copies only the top "
@@ -187,10 +197,13 @@ def _incremental(image, dest, add):
         add(False, f"{path} on {dest} {over(image.get('backing'))}, the guest's image here "
                    f"{over(backing)}: copying only the top image would give the guest another "
                    "disk", fix)
-    elif (image.get("allocation") or 0) > FRESH_BYTES:
-        add(False, f"{path} on {dest} already holds {image['allocation'] / 1048576:.1f} MiB: "
-                   "copy_storage inc writes only what the guest's top image holds, so the rest "
-                   "of what is there would show through", fix)
+    elif _holds_data(image):
+        size = (f"a {image.get('format')} file of {image['physical'] // 1024} KiB"
+                if image.get("format") == "qcow2" and image.get("physical") is not None else
+                f"{(image.get('allocation') or 0) // 1024} KiB allocated")
+        add(False, f"{path} on {dest} already holds data ({size}): copy_storage inc writes "
+                   "only what the guest's top image holds, so the rest of what is there would "
+                   "show through", fix)
     else:
         add(True, f"{path} on {dest} is empty and {over(backing)}, like the guest's image here: "
                   "libvirt copies the top image into it")
@@ -202,7 +215,8 @@ def assess_copy_dest(images, source, dest, incremental=False):
     (whether it sees a sentinel written beside the image on ``source``), ``exists``, ``pool``
     (an active storage pool there whose target is the image's directory), ``in_use_by`` (a
     domain there with this path as a disk), ``error``, and for ``incremental`` the image's
-    ``backing`` file and ``allocation`` there and the guest's ``source_backing``). libvirt
+    ``backing`` file, ``format``, ``physical`` length and ``allocation`` there and the
+    guest's ``source_backing``). libvirt
     copies into an image that exists, else creates it in that pool
     (``qemuMigrationDstPrecreateStorage``), and creates nothing for ``copy_storage: inc``."""
     checks = []
@@ -226,7 +240,8 @@ def assess_copy_dest(images, source, dest, incremental=False):
         elif image.get("seen") is None:
             add(False, f"cannot tell whether {dest} shares {directory} with {source}: "
                        f"{image.get('seen_detail') or 'its libvirtd has no storage driver'}",
-                f"enable libvirt's storage driver on {dest}")
+                f"make sure {dest}'s libvirtd can look into {directory} (its storage driver, "
+                f"the directory's permissions) and {source} can write a sentinel there")
         elif image.get("in_use_by"):
             add(False, f"{path} on {dest} is a disk of domain {image['in_use_by']!r} there: "
                        "the copy would overwrite it",

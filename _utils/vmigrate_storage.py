@@ -413,7 +413,7 @@ def assess(facts, host):
     for disk in facts["disks"]:
         name = f"shared_storage:{disk.get('target') or disk.get('path')}"
         label = f"disk {disk.get('target')} ({disk.get('path')})"
-        if not disk.get("path"):
+        if disk.get("empty", not disk.get("path")):
             checks.append({"name": name, "ok": True, "detail": f"{label}: empty", "fix": None})
             continue
         if disk["readonly"]:
@@ -480,15 +480,27 @@ def copied_targets(disks, options):
             if not d["shareable"] and not d["readonly"] and not d["empty"]]
 
 
+def _backing(path, fmt):
+    return {"path": path, "format": fmt}
+
+
 def backing_files(xml_text):
-    """Each disk's backing file (the first in its chain), by target, from a running domain's
-    live XML (the migratable XML leaves the chain out); None for a disk without one."""
+    """Each disk's backing file (the first in its chain) as ``{"path", "format"}``, by target,
+    from a running domain's live XML (the migratable XML leaves the chain out); a network
+    backing store's path is ``<protocol>:<name>``; None for a disk without one."""
     out = {}
     for disk in ET.fromstring(xml_text).findall("./devices/disk"):
-        target, source = disk.find("target"), disk.find("./backingStore/source")
-        if target is not None:
-            out[target.get("dev")] = ((source.get("file") or source.get("dev"))
-                                      if source is not None else None)
+        target, store = disk.find("target"), disk.find("backingStore")
+        if target is None:
+            continue
+        source = store.find("source") if store is not None else None
+        if source is None:
+            out[target.get("dev")] = None
+            continue
+        path = (source.get("file") or source.get("dev")
+                or f"{source.get('protocol')}:{source.get('name')}")
+        fmt = store.find("format")
+        out[target.get("dev")] = _backing(path, fmt.get("type") if fmt is not None else None)
     return out
 
 
@@ -500,15 +512,28 @@ def disk_files(xml_text):
             if source.get("file") or source.get("dev")}
 
 
+def disk_volumes(xml_text):
+    """The (pool, volume) pairs of a domain's ``type='volume'`` disks."""
+    return [(source.get("pool"), source.get("volume"))
+            for source in ET.fromstring(xml_text).findall("./devices/disk[@type='volume']/source")
+            if source.get("pool") and source.get("volume")]
+
+
 def pool_target(pool_xml):
     """A storage pool's target directory, from its XML, or None."""
     return ET.fromstring(pool_xml).findtext("./target/path")
 
 
-def volume_backing(volume_xml):
-    """A storage volume's backing file, from libvirt's volume XML, or None."""
-    path = ET.fromstring(volume_xml).find("./backingStore/path")
-    return path.text if path is not None else None
+def volume_facts(volume_xml):
+    """A storage volume's ``format`` and ``backing`` file (as :func:`backing_files` gives it,
+    or None), from libvirt's volume XML."""
+    root = ET.fromstring(volume_xml)
+    store, fmt = root.find("backingStore"), root.find("./target/format")
+    backing = None
+    if store is not None and store.findtext("path"):
+        bfmt = store.find("format")
+        backing = _backing(store.findtext("path"), bfmt.get("type") if bfmt is not None else None)
+    return {"format": fmt.get("type") if fmt is not None else None, "backing": backing}
 
 
 def split_copied(facts, copied):
@@ -549,6 +574,10 @@ def assess_copy(facts, options, host):
         if disk["readonly"] or disk["empty"]:
             add(disk["target"], False, f"{label}: libvirt cannot copy an empty or read-only disk",
                 "leave it out of option migrate_disks")
+        elif disk["shareable"]:
+            add(disk["target"], False, f"{label}: <shareable/>, used by other guests too: a copy "
+                                       "would split it in two",
+                "leave it out of option migrate_disks and keep it on the shared storage")
         elif disk["type"] == "network":
             add(disk["target"], False, f"{label}: a network disk, reached by both hosts: "
                                        "copying it would overwrite it with itself",
@@ -568,6 +597,14 @@ def assess_copy(facts, options, host):
                 f"{label}: on {_where(disk)}, local to {host}: libvirt copies it to the "
                 "destination while the guest runs (copy_storage "
                 f"{options['copy_storage']}); the image here is kept as it was at the switch")
+    if options.get("xml"):
+        # libvirt copies into the paths of the destination XML; the checks judge the guest's.
+        paths = {d["target"]: d["path"] for d in domain_disks(options["xml"])}
+        for disk in facts["disks"]:
+            if disk["target"] in copied and paths.get(disk["target"]) != disk["path"]:
+                add(disk["target"], False, f"option xml gives disk {disk['target']} the path "
+                                           f"{paths.get(disk['target'])}, not {disk['path']}",
+                    "keep each copied disk's path in option xml (the prechecks judge it there)")
     if not copied:
         add("none", False, "copy_storage is set but this guest has no disk libvirt would copy",
             "leave copy_storage off")

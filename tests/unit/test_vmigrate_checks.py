@@ -200,19 +200,29 @@ def test_the_destination_must_be_other_storage_with_a_place_to_copy_into(change,
     assert (check["fix"] is None) is ok
 
 
+B = {"path": "/b.qcow2", "format": "qcow2"}
+
+
 @pytest.mark.parametrize("change, ok, words", [
     ({"exists": False}, False, "does not exist on host2: copy_storage inc copies only the top"),
-    ({"backing": None}, False, "has no backing file, the guest's image here is over /b.qcow2"),
-    ({"backing": "/other.qcow2"}, False, "is over /other.qcow2, the guest's image here is over"),
-    ({"allocation": 1 << 21}, False, "already holds 2.0 MiB"),
-    ({}, True, "is empty and is over /b.qcow2, like the guest's image here"),
+    ({"backing": None}, False,
+     "has no backing file, the guest's image here is over /b.qcow2 (qcow2)"),
+    ({"backing": {"path": "/other.qcow2", "format": "qcow2"}}, False, "is over /other.qcow2"),
+    ({"backing": {"path": "/b.qcow2", "format": "raw"}}, False, "is over /b.qcow2 (raw)"),
+    ({"physical": 327680}, False, "already holds data (a qcow2 file of 320 KiB)"),
+    ({"physical": None}, False, "already holds data"),
+    ({"format": "raw", "allocation": 4096}, False, "already holds data (4 KiB allocated)"),
+    ({"format": "raw", "allocation": 0}, True, "is empty"),
+    ({}, True, "is empty and is over /b.qcow2 (qcow2), like the guest's image here"),
 ])
 def test_incremental_copy_needs_an_empty_image_over_the_same_backing_file(change, ok, words):
     """QEMU's sync=top writes only what the top image holds: whatever else the destination's
-    image holds, or reads through another backing file, would show through."""
-    image = dict(COPIED, **{"exists": True, "backing": "/b.qcow2", "allocation": 196608,
-                            "source_backing": "/b.qcow2", **change})
+    image holds, or reads through another backing file, would show through. One 64 KiB data
+    cluster makes a new qcow2 file 320 KiB (the cluster and an L2 table)."""
+    image = dict(COPIED, **{"exists": True, "backing": B, "format": "qcow2",
+                            "physical": 196616, "allocation": 200704, "source_backing": B,
+                            **change})
     check, = ck.assess_copy_dest([image], "host1", "host2", incremental=True)
     assert check["ok"] is ok and words in check["detail"], check
     if not ok:
-        assert "qemu-img create -f qcow2 -F <format> -b /b.qcow2" in check["fix"]
+        assert "qemu-img create -f qcow2 -F qcow2 -b /b.qcow2" in check["fix"]

@@ -242,7 +242,9 @@ def test_the_destination_image_is_looked_at_and_the_transient_pool_goes(monkeypa
     pool.listVolumes.return_value = ["v.qcow2"]
     pool.storageVolLookupByName.return_value = vol
     vol.info.return_value = [0, 64 << 20, 196608]
-    vol.XMLDesc.return_value = ("<volume><backingStore><path>/s/b.qcow2</path></backingStore>"
+    vol.infoFlags.return_value = [0, 64 << 20, 196616]
+    vol.XMLDesc.return_value = ("<volume><target><format type='qcow2'/></target><backingStore>"
+                                "<path>/s/b.qcow2</path><format type='qcow2'/></backingStore>"
                                 "</volume>")
     other = MagicMock()
     other.XMLDesc.return_value = ("<domain><devices><disk type='file'><source file='/x.qcow2'/>"
@@ -252,7 +254,8 @@ def test_the_destination_image_is_looked_at_and_the_transient_pool_goes(monkeypa
     dconn.listAllDomains.return_value = [other]
     info = mod._dest_image(dconn, "/l/v.qcow2")
     assert info == {"exists": True, "pool": None, "error": None, "allocation": 196608,
-                    "backing": "/s/b.qcow2", "in_use_by": "clone"}
+                    "physical": 196616, "format": "qcow2", "in_use_by": "clone",
+                    "backing": {"path": "/s/b.qcow2", "format": "qcow2"}}
     assert "<path>/l</path>" in dconn.storagePoolCreateXML.call_args[0][0]
     pool.destroy.assert_called_once_with()
 
@@ -271,3 +274,64 @@ def test_an_inactive_pool_over_the_directory_is_named(monkeypatch):
     assert "'images' there has it as its target but is not active" in info["error"]
     assert "virsh pool-start images" in info["error"]
     dconn.storagePoolCreateXML.assert_not_called()
+
+
+def _copy_storage_facts(path, resolved):
+    return {"disks": [{"target": "vda", "type": "file", "path": path, "resolved": resolved,
+                       "readonly": False, "shareable": False, "empty": False, "magic": 0xEF53,
+                       "fstype": "ext4", "mountpoint": "/", "fssource": "/dev/vda1"}]}
+
+
+@pytest.mark.parametrize("seen_in, seen, words", [
+    (None, False, "creates it in storage pool 'images'"),
+    ("/export", True, "sees a sentinel host1 wrote beside /images/v.qcow2"),
+    ("/images", True, "sees a sentinel host1 wrote beside /images/v.qcow2"),
+    ("/export", None, "cannot tell whether host2 shares /images"),
+])
+def test_a_symlinked_image_is_probed_where_the_xml_names_it_and_where_it_lives(
+        monkeypatch, seen_in, seen, words):
+    """/images/v.qcow2 is a symlink to /export/v.qcow2 here: the destination may mount either
+    place, so a sentinel seen (or not surely unseen) in either refuses the copy."""
+    mod = _module(monkeypatch)
+    asked = {}
+
+    def probes(_dconn, _facts, dirs, strict):
+        asked.update(dirs=dirs, strict=strict)
+        return [{"dir": d, "seen": seen if d == seen_in else False, "detail": "x"}
+                for d in dirs]
+
+    monkeypatch.setattr(mod, "_probes", probes)
+    monkeypatch.setattr(mod, "_dest_image", lambda _c, _p: {"exists": False, "pool": "images"})
+    checks = mod._copy_checks(MagicMock(), _copy_storage_facts("/images/v.qcow2",
+                                                              "/export/v.qcow2"),
+                              "host2", (MagicMock(), None), {"copy_storage": "all"})
+    assert asked == {"dirs": ["/export", "/images"], "strict": True}
+    dest = {c["name"]: c for c in checks}["dest_disk:vda"]
+    assert dest["ok"] is (seen_in is None) and words in dest["detail"], dest
+
+
+@pytest.mark.parametrize("error", ["libvirt", "os"])
+def test_an_error_while_asking_the_destination_refuses_the_copy(monkeypatch, error):
+    mod = _module(monkeypatch)
+
+    def probes(*_args, **_kwargs):
+        raise (_libvirt_error(mod, mod.libvirt.VIR_ERR_INTERNAL_ERROR, message="gone")
+               if error == "libvirt" else OSError(5, "Input/output error"))
+
+    monkeypatch.setattr(mod, "_probes", probes)
+    checks = mod._copy_checks(MagicMock(), _copy_storage_facts("/l/v.qcow2", "/l/v.qcow2"),
+                              "host2", (MagicMock(), None), {"copy_storage": "all"})
+    dest = {c["name"]: c for c in checks}["dest_disk:vda"]
+    assert dest["ok"] is False and "asking its libvirtd failed" in dest["detail"], dest
+
+
+def test_another_prechecks_transient_pool_is_not_taken_for_a_pool(monkeypatch):
+    mod = _module(monkeypatch)
+    dconn, busy = MagicMock(), MagicMock()
+    busy.name.return_value = "vmigrate-look-0a1b2c"
+    dconn.storagePoolLookupByTargetPath.return_value = busy
+    dconn.listAllDomains.return_value = []
+    info = mod._dest_image(dconn, "/l/v.qcow2")
+    assert "another vmigrate precheck is looking into it right now" in info["error"]
+    assert info["pool"] is None
+    busy.listVolumes.assert_not_called()

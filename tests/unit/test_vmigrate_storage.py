@@ -263,12 +263,54 @@ def test_backing_files_come_from_the_live_xml_and_volume_xml():
         <target dev='vda'/></disk>
       <disk type='file'><source file='/l/b.qcow2'/><backingStore/><target dev='vdb'/></disk>
     </devices></domain>"""
-    assert st.backing_files(live) == {"vda": "/s/base.qcow2", "vdb": None}
-    vol = ("<volume><target><path>/l/top.qcow2</path></target><backingStore>"
-           "<path>/s/base.qcow2</path><format type='qcow2'/></backingStore></volume>")
-    assert st.volume_backing(vol) == "/s/base.qcow2"
-    assert st.volume_backing("<volume><target><path>/x</path></target></volume>") is None
+    base = {"path": "/s/base.qcow2", "format": "qcow2"}
+    assert st.backing_files(live) == {"vda": base, "vdb": None}
+    # A network backing store is a backing store too.
+    rbd = live.replace("<source file='/s/base.qcow2'/>",
+                       "<source protocol='rbd' name='pool/base'/>")
+    assert st.backing_files(rbd)["vda"] == {"path": "rbd:pool/base", "format": "qcow2"}
+    vol = ("<volume><target><path>/l/top.qcow2</path><format type='qcow2'/></target>"
+           "<backingStore><path>/s/base.qcow2</path><format type='qcow2'/></backingStore>"
+           "</volume>")
+    assert st.volume_facts(vol) == {"format": "qcow2", "backing": base}
+    assert st.volume_facts("<volume><target><path>/x</path></target></volume>") == {
+        "format": None, "backing": None}
     # A path is in use on the destination as a disk or anywhere in a running guest's chain.
     assert st.disk_files(live) == {"/l/top.qcow2", "/s/base.qcow2", "/l/b.qcow2"}
+    volumes = live.replace("</devices>", "<disk type='volume'><source pool='p' volume='v'/>"
+                                         "<target dev='vdc'/></disk></devices>")
+    assert st.disk_volumes(volumes) == [("p", "v")]
     assert st.pool_target("<pool type='dir'><name>p</name><target><path>/l</path></target>"
                           "</pool>") == "/l"
+
+
+def test_a_shareable_disk_or_one_xml_moves_is_not_copied():
+    xml = XML.replace("<target dev='vda' bus='virtio'/></disk>",
+                      "<target dev='vda' bus='virtio'/><shareable/></disk>", 1)
+    facts = st.disk_facts(st.domain_disks(xml), "", MOUNTINFO, statfs=lambda p: EXT4,
+                          realpath=lambda p: p, exists=lambda p: True)
+    checks = {c["name"]: c for c in st.assess_copy(
+        facts, {"copy_storage": "all", "migrate_disks": ["vda"]}, "h")}
+    assert checks["copy_storage:vda"]["ok"] is False
+    assert "a copy would split it in two" in checks["copy_storage:vda"]["detail"]
+    # libvirt copies into the destination XML's paths: the one judged must be the one used.
+    other = XML.replace("/srv/vm/vdisk.qcow2", "/elsewhere/vdisk.qcow2")
+    checks = _copy_checks("/srv/vm/vdisk.qcow2", EXT4, {"copy_storage": "all",
+                                                        "migrate_disks": ["vda"], "xml": other})
+    assert checks["copy_storage:vda"]["ok"] is False
+    assert "option xml gives disk vda the path /elsewhere" in checks["copy_storage:vda"]["detail"]
+
+
+def test_an_nvme_disk_is_not_called_empty_by_the_shared_storage_check():
+    xml = XML.replace("</devices>", "<disk type='nvme' device='disk'><source type='pci' "
+                                    "namespace='1'/><target dev='vdc'/></disk></devices>")
+    checks = {c["name"]: c for c in st.assess(_facts_of(xml), "host1")}
+    assert checks["shared_storage:vdc"]["ok"] is False
+    assert "a nvme disk is not shared storage" in checks["shared_storage:vdc"]["detail"]
+
+
+def _facts_of(xml):
+    facts = st.disk_facts(st.domain_disks(xml), "", MOUNTINFO, statfs=lambda p: NFS,
+                          realpath=lambda p: p, exists=lambda p: True)
+    facts["daemon"] = {}
+    return facts
