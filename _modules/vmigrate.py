@@ -655,13 +655,10 @@ def _shared_checks(dom, storage, opts):
     return _storage_checks(dom, facts=shared), shared
 
 
-def _live_checks(conn, dom, dest, uris, conf, mode="live", link=None, opts=None):
-    """Storage on this host, then the destination, as libvirt will meet them. A cold
-    migration boots the guest afresh there: the CPU it runs with here does not bind it."""
-    if link is None:
-        with _dest_link(uris, conf) as opened:
-            return _live_checks(conn, dom, dest, uris, conf, mode, opened, opts)
-    opts = opts or {}
+def _live_checks(conn, dom, dest, uris, conf, mode, link, opts):
+    """Storage on this host, then the destination, as libvirt will meet them (``link``: the
+    open (connection, error) from :func:`_dest_link`). A cold migration boots the guest afresh
+    there: the CPU it runs with here does not bind it."""
     xml = _xml(dom)  # read once for both
     storage = _storage_facts(dom, xml)
     checks, shared = _shared_checks(dom, storage, opts)
