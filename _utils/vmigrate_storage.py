@@ -356,6 +356,12 @@ def image_owners(facts, stat=os.stat):
 
 
 # ---- verdict -------------------------------------------------------------------------------
+def _shared_by_type(disk):
+    """libvirt's virFileIsSharedFS by filesystem type: a shared magic, or a shared FUSE mount."""
+    magic = disk.get("magic")
+    return magic in SHARED_MAGIC or (magic == FUSE_MAGIC and disk.get("fstype") in SHARED_FUSE)
+
+
 def _fs_name(disk):
     magic = disk.get("magic")
     if magic in SHARED_MAGIC:
@@ -430,9 +436,7 @@ def assess(facts, host):
                                      "to libvirt"})
             continue
         caches.append(_cache_check(disk, label))
-        magic = disk.get("magic")
-        fuse_shared = magic == FUSE_MAGIC and disk.get("fstype") in SHARED_FUSE
-        if magic in SHARED_MAGIC or fuse_shared:
+        if _shared_by_type(disk):
             checks.append({"name": name, "ok": True, "fix": None,
                            "detail": f"{label}: on {_where(disk)}, shared storage by type"})
             continue
@@ -586,8 +590,7 @@ def assess_copy(facts, options, host):
             add(disk["target"], False, f"{label}: vmigrate copies file disks only, this is a "
                                        f"{disk['type']} disk",
                 "put it on the shared storage, or leave it out of option migrate_disks")
-        elif (disk.get("magic") in SHARED_MAGIC or disk.get("override_listed")
-              or (disk.get("magic") == FUSE_MAGIC and disk.get("fstype") in SHARED_FUSE)):
+        elif _shared_by_type(disk) or disk.get("override_listed"):
             add(disk["target"], False,
                 f"{label}: on {_where(disk)}, which {host} treats as shared storage: the "
                 "destination would open this very image, and copying it would overwrite it "
