@@ -7,26 +7,20 @@ private /var/lib/libvirt). Before it boots, a pattern is written into the disk; 
 destination's image is read back for it, so a migration that did not copy the disk fails here.
 """
 import contextlib
-import json
 import subprocess
 
 import pytest
 
-import vmguest
 import vmlab
 
-from .test_migrate import orch_state
-from .test_shared_storage import _where
+from .test_migrate import assert_guest_went_on, counter_before, orch_state
+from .test_shared_storage import _orch, _where
 from .test_transports import _dest_qmp, _transport
 
 LOCAL = "/var/lib/libvirt/images"
 NAME = "vcopy"
 PATTERN = ("0x5a", "1M", "1M")  # byte, offset, length
 DISKS_PORT = 49300
-
-
-def _orch(salt_run_cli, *extra, **pillar):
-    return salt_run_cli.run("state.orch", "migrate", f"pillar={json.dumps(pillar)}", *extra)
 
 
 def _image(lab, host, name=NAME):
@@ -81,14 +75,6 @@ def _no_transient_pools(lab):
         assert left == [], (host, left)
 
 
-def _went_on(lab, host, since, name=NAME):
-    after = lab.counter_lines_on(host, name, count=3)
-    assert after[0][0] > since, (after, since)
-    numbers = [n for n, _ in lab.counter_lines(name)]
-    assert vmguest.continuous(numbers), numbers
-    assert all(bad == 0 for _, bad in lab.counter_lines(name))
-
-
 @pytest.fixture
 def vcopy(lab, guest):
     """``vcopy`` running on host1, its disk (with the pattern) in host1's own LOCAL; host2 has
@@ -134,7 +120,7 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     assert "[ok] copy_storage:vda" in comment and "local to host1" in comment, comment
     assert "[ok] dest_disk:vda" in comment and "creates it in storage pool 'images'" in comment
     assert "shared_storage:vda" not in comment, comment
-    before = lab.counter_lines_on("host1", NAME, count=1)[-1][0]
+    before = counter_before(lab, "host1", NAME)
     with _dest_qmp(lab, "host1") as sent, _dest_qmp(lab, "host2") as received:
         ret = _orch(salt_run_cli, vm=NAME, dest="host2", options=dict(
             options, disks_port=DISKS_PORT, copy_storage_synchronous_writes=True,
@@ -155,7 +141,7 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     targets = [a for n, a in source if n == "blockdev-add" and a.get("driver") == "nbd"]
     assert [t.get("detect-zeroes") for t in targets] == ["unmap"], targets
     assert _where(lab, NAME) == {"host2": (True, True)}
-    _went_on(lab, "host2", before)
+    assert_guest_went_on(lab, "host2", before, NAME)
     # The disk came along: host2's own image holds what was written before the guest booted;
     # host1's image is kept (vmigrate never deletes one).
     assert _has_pattern(_image(lab, "host2"))
@@ -172,7 +158,7 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
         lab.host_run("host1", ["qemu-img", "create", "-q", "-f", "qcow2",
                                f"{LOCAL}/{NAME}.qcow2", "64M"])
         assert not _has_pattern(_image(lab, "host1"))
-        before = lab.counter_lines_on("host2", NAME, count=1)[-1][0]
+        before = counter_before(lab, "host2", NAME)
         with _dest_qmp(lab, "host2") as sent, _dest_qmp(lab, "host1") as received:
             ret = _orch(salt_run_cli, vm=NAME, dest="host1", options=options)
             source, dest = sent()[0], received()[0]
@@ -185,7 +171,7 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     assert any(n == "nbd-server-start" and a.get("tls-creds") in creds
                for n, a in dest), dest
     assert _where(lab, NAME) == {"host1": (True, True)}
-    _went_on(lab, "host1", before)
+    assert_guest_went_on(lab, "host1", before, NAME)
     # The empty image now holds the pattern: the copy wrote it.
     assert _has_pattern(_image(lab, "host1"))
     _no_transient_pools(lab)

@@ -21,17 +21,17 @@ def orch_state(ret):
     return next(iter(states.values()))
 
 
-def counter_before(lab, host):
+def counter_before(lab, host, name="vdisk"):
     """The guest's last counter, read while it verifiably runs on ``host``."""
-    return lab.counter_lines_on(host, count=1)[-1][0]
+    return lab.counter_lines_on(host, name, count=1)[-1][0]
 
 
-def assert_guest_went_on(lab, host, since):
+def assert_guest_went_on(lab, host, since, name="vdisk"):
     """The guest counts on ``host`` (verified there), past ``since``, and the whole console
     log is continuous with its memory intact."""
-    after = lab.counter_lines_on(host, count=3)
+    after = lab.counter_lines_on(host, name, count=3)
     assert after[0][0] > since, (after, since)
-    lines = lab.counter_lines()
+    lines = lab.counter_lines(name)
     numbers = [n for n, _ in lines]
     assert vmguest.continuous(numbers), numbers
     assert all(bad == 0 for _, bad in lines), lines[-5:]
