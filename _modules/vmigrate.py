@@ -250,8 +250,7 @@ def _connect(conf, uri=None, what="libvirt"):
             conn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
         yield conn
     finally:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.close()
+        _close_soon(conn, f"{what} at {uri}")
 
 
 def _lookup(conn, name):
@@ -484,8 +483,25 @@ def _dest_link(uris, conf):
             dconn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
         yield dconn, None
     finally:
+        _close_soon(dconn, f"link to {uris['uri']}")
+
+
+def _close_soon(conn, what, wait=1.0):
+    """Close a libvirt connection, waiting at most ``wait`` seconds. Closing is a call to the
+    peer: when a migration failed because the destination was cut off, it waits until
+    keepalive gives up (interval x count seconds, 10 s and more), and the job's answer, the
+    master's verification and any repair would all wait for it. A close not done by then
+    goes on in a daemon thread; the job's process ending drops the socket anyway."""
+    def close():
         with contextlib.suppress(libvirt.libvirtError):
-            dconn.close()
+            conn.close()
+
+    closer = threading.Thread(target=close, name=f"vmigrate close {what}", daemon=True)
+    closer.start()
+    closer.join(wait)
+    if closer.is_alive():
+        log.warning("vmigrate: %s: no answer to close within %gs; not waiting for it", what,
+                    wait)
 
 
 def _dest_facts(conn, dom, uris, conf, xml=None, storage=None, link=None):

@@ -335,3 +335,45 @@ def test_another_prechecks_transient_pool_is_not_taken_for_a_pool(monkeypatch):
     assert "another vmigrate precheck is looking into it right now" in info["error"]
     assert info["pool"] is None
     busy.listVolumes.assert_not_called()
+
+
+def test_a_close_the_peer_does_not_answer_is_not_waited_for(monkeypatch, caplog):
+    """A migration that failed because the destination was cut off: closing the link to it
+    waits for keepalive (10 s and more); the job's answer must not."""
+    import threading
+    import time
+
+    mod = _module(monkeypatch)
+    released = threading.Event()
+
+    class Hung:
+        closed = False
+
+        def close(self):
+            released.wait(30)
+            self.closed = True
+
+    conn = Hung()
+    started = time.monotonic()
+    mod._close_soon(conn, "link to qemu+ssh://host2/system", wait=0.2)  # pylint: disable=protected-access
+    assert time.monotonic() - started < 2
+    assert "no answer to close within 0.2s" in caplog.text
+    released.set()
+    for _ in range(100):
+        if conn.closed:
+            break
+        time.sleep(0.01)
+    assert conn.closed  # the close still happens, in its own thread
+
+
+def test_a_close_that_answers_is_waited_for(monkeypatch, caplog):
+    mod = _module(monkeypatch)
+    closed = []
+
+    class Quick:
+        def close(self):
+            closed.append(True)
+            raise mod.libvirt.libvirtError("already closed")
+
+    mod._close_soon(Quick(), "link", wait=5)  # pylint: disable=protected-access
+    assert closed == [True] and "no answer" not in caplog.text
