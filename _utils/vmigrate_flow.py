@@ -231,6 +231,11 @@ def gather(client, tgt, tgt_type, fun, arg, kwarg, wait, published=None):
             break
         event = client.event.get_event(wait=min(1.0, remaining), tag=f"salt/job/{jid}/ret/",
                                        full=True)
+        if (event or {}).get("tag") == "salt/event/exit":
+            # Salt's event reader turns a Ctrl-C that arrives while it waits into this event
+            # (it catches the KeyboardInterrupt): raise it again, or the request would go on
+            # waiting for the job's return with the person's interrupt lost.
+            raise KeyboardInterrupt
         data = (event or {}).get("data") or {}
         if data.get("id") in expected and data.get("fun") == fun:
             got[data["id"]] = data
@@ -594,7 +599,9 @@ def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all,
 def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False):
     """After a definite failure (the source returned an error), repair anything but the state
     the migration started from -- one copy, on the source, as it was (live) or defined
-    (offline) -- toward one running copy defined on one host (the destination's if it runs)."""
+    (offline) -- toward one running copy defined on one host (the destination's if it runs).
+    ``after``: the master's own reading of both hosts, taken just before (never the source's
+    report, which a failure must not be trusted for)."""
     if mode in RUNNING_MODES:
         want = ("paused", "running") if was_paused else ("running",)
     else:
@@ -604,7 +611,9 @@ def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False):
             and on_source.get("state") in want and on_source.get("persistent")):
         return
     try:
-        fixed = _reconcile(opts, vm, [source, dest], prefer=dest)
+        # ``after`` is the master's own reading of both hosts, taken just now: asking them
+        # again would only wait out a host that does not answer a second time.
+        fixed = _reconcile(opts, vm, [source, dest], prefer=dest, where=after)
     except (SaltException, OSError) as err:
         fixed = {"result": False, "comment": f"could not reconcile: {err}"}
     ret["reconciled"] = fixed
@@ -862,8 +871,11 @@ def reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):
         return _reconcile(opts, vm, hosts, prefer, dry_run)
 
 
-def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):
-    where = locate(opts, vm, hosts)
+def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, where=None):
+    """:func:`reconcile` without the lock; ``where``: a placement the caller has just read
+    from the master (never a minion's report), else ``hosts`` are asked now."""
+    if where is None:
+        where = locate(opts, vm, hosts)
     out = {"name": vm, "found": _summary(where), "actions": []}
     actions, why = repairs(where, prefer)
     if why:
