@@ -198,13 +198,21 @@ def test_source_salt_minion_killed_mid_migration(vdisk_on_host1, short_abort_dea
     _retry_succeeds(salt_run_cli, lab, dest="host1")
 
 
+def _as_from_a_terminal():
+    """In the child before exec: Ctrl-C as a terminal delivers it. A test session started in
+    the background (``make test &``) ignores SIGINT, salt-run would inherit that, and Salt
+    installs its handler only over the default one, so the Ctrl-C below would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_orchestration_interrupted_on_the_master(vdisk_on_host1, lab, salt_master,
                                                  salt_run_cli):
     before = counter_before(lab, "host1")
     started = time.time()
     pillar = json.dumps({"vm": "vdisk", "dest": "host2", "bandwidth": 2, "timeout": 120})
     argv = salt_master.salt_run_cli().cmdline("state.orch", "migrate", f"pillar={pillar}")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=_as_from_a_terminal)
     try:
         lab.incoming_qemu("host2")
         time.sleep(1)
