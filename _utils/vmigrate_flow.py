@@ -611,9 +611,12 @@ def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False):
             and on_source.get("state") in want and on_source.get("persistent")):
         return
     try:
-        # ``after`` is the master's own reading of both hosts, taken just now: asking them
-        # again would only wait out a host that does not answer a second time.
-        fixed = _reconcile(opts, vm, [source, dest], prefer=dest, where=after)
+        # A host missing from the master's reading just taken means no repair is decided
+        # (repairs): asking again would only wait out a silent host a second time. With
+        # every host read, they are asked again, so a copy libvirt is still cleaning up is
+        # seen gone rather than repaired.
+        fixed = _reconcile(opts, vm, [source, dest], prefer=dest,
+                           where=after if after["unaccounted"] else None)
     except (SaltException, OSError) as err:
         fixed = {"result": False, "comment": f"could not reconcile: {err}"}
     ret["reconciled"] = fixed

@@ -400,6 +400,9 @@ def test_a_definite_failure_is_repaired_toward_one_copy(env):
     assert ret["status"] == "failed" and "reconciled" in ret
     assert [(c[1], c[2]) for c in _published(client, "vmigrate.repair")] == [
         (["host2"], ["vdisk", "destroy"])]
+    # Every host answered: the repair reads them again (a copy libvirt is still removing is
+    # then seen gone), and once more to verify it.
+    assert len(_published(client, "vmigrate.domains")) == 4
 
 
 def test_a_failure_with_the_destination_cut_off_waits_for_it_once_not_again_to_repair(env):
