@@ -246,11 +246,10 @@ def _connect(conf, uri=None, what="libvirt"):
     except libvirt.libvirtError as err:
         raise _libvirt_error(err, f"cannot connect to {what} at {uri}") from err
     try:
-        with contextlib.suppress(libvirt.libvirtError):
-            conn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
+        kept = _keepalive(conn, conf)
         yield conn
     finally:
-        _close_soon(conn, f"{what} at {uri}")
+        _close_soon(conn, f"{what} at {uri}", bounded=kept)
 
 
 def _lookup(conn, name):
@@ -479,25 +478,40 @@ def _dest_link(uris, conf):
         yield None, f"{err.get_error_message()} (libvirt error code {err.get_error_code()})"
         return
     try:
-        with contextlib.suppress(libvirt.libvirtError):
-            dconn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
+        kept = _keepalive(dconn, conf)
         yield dconn, None
     finally:
-        _close_soon(dconn, f"link to {uris['uri']}")
+        _close_soon(dconn, f"link to {uris['uri']}", bounded=kept)
 
 
-def _close_soon(conn, what, wait=1.0):
-    """Close a libvirt connection, waiting at most ``wait`` seconds. Closing is a call to the
-    peer: when a migration failed because the destination was cut off, it waits until
+def _keepalive(conn, conf):
+    """Turn on keepalive (a dead peer fails instead of hanging); False if libvirt refused."""
+    try:
+        conn.setKeepAlive(int(conf["keepalive_interval"]), int(conf["keepalive_count"]))
+        return True
+    except libvirt.libvirtError:
+        return False
+
+
+def _close_soon(conn, what, wait=1.0, bounded=True):
+    """Close a libvirt connection, waiting here at most ``wait`` seconds. Closing is a call to
+    the peer: when a migration failed because the destination was cut off, it waits until
     keepalive gives up (interval x count seconds, 10 s and more), and the job's answer, the
     master's verification and any repair would all wait for it. A close not done by then
-    goes on in a daemon thread; the job's process ending drops the socket anyway."""
+    goes on in its own thread. With keepalive on (``bounded``) that thread is not a daemon:
+    the job's process, its return already sent, still lets the close finish before it exits,
+    so libvirt's own teardown ends the transport (an ssh transport's ssh child with it).
+    Without keepalive nothing bounds it, and a daemon thread does not hold the exit."""
     def close():
         with contextlib.suppress(libvirt.libvirtError):
             conn.close()
 
-    closer = threading.Thread(target=close, name=f"vmigrate close {what}", daemon=True)
-    closer.start()
+    closer = threading.Thread(target=close, name=f"vmigrate close {what}", daemon=not bounded)
+    try:
+        closer.start()
+    except RuntimeError:  # no thread to be had: close here, however long it takes
+        close()
+        return
     closer.join(wait)
     if closer.is_alive():
         log.warning("vmigrate: %s: no answer to close within %gs; not waiting for it", what,

@@ -232,9 +232,10 @@ def gather(client, tgt, tgt_type, fun, arg, kwarg, wait, published=None):
         event = client.event.get_event(wait=min(1.0, remaining), tag=f"salt/job/{jid}/ret/",
                                        full=True)
         if (event or {}).get("tag") == "salt/event/exit":
-            # Salt's event reader turns a Ctrl-C that arrives while it waits into this event
-            # (it catches the KeyboardInterrupt): raise it again, or the request would go on
-            # waiting for the job's return with the person's interrupt lost.
+            # Salt's event reader turns a KeyboardInterrupt that arrives while it waits into
+            # this event: raise it again, or the request would go on waiting for the job's
+            # return with the interrupt lost. salt-run's own handler raises SystemExit, which
+            # passes through; this is for callers of the runner whose SIGINT is Python's.
             raise KeyboardInterrupt
         data = (event or {}).get("data") or {}
         if data.get("id") in expected and data.get("fun") == fun:

@@ -461,7 +461,8 @@ def test_mode_and_state_must_agree_before_anything_is_sent(env, state, mode, wor
 
 
 # Salt's own event reader catches a KeyboardInterrupt that arrives while it waits and returns
-# this event instead: read as anything else, Ctrl-C would be swallowed until the job returned.
+# this event instead: read as anything else, the interrupt would be swallowed until the job
+# returned (salt-run's handler raises SystemExit; a Python caller of the runner gets this).
 SALT_EXIT = {"tag": "salt/event/exit", "data": {}}
 
 
