@@ -518,12 +518,9 @@ def _close_soon(conn, what, wait=1.0, bounded=True):
                     wait)
 
 
-def _dest_facts(conn, dom, uris, conf, xml=None, storage=None, link=None):
+def _dest_facts(conn, dom, uris, conf, link, xml=None, storage=None):
     """What the destination offers, read through the URI the migration will use (``link``:
-    an open (connection, error) from :func:`_dest_link`; else one is opened for this)."""
-    if link is None:
-        with _dest_link(uris, conf) as opened:
-            return _dest_facts(conn, dom, uris, conf, xml, storage, opened)
+    the open (connection, error) from :func:`_dest_link`)."""
     facts = {"uri": uris["uri"]}
     dconn, why = link
     if dconn is None:
@@ -692,7 +689,7 @@ def _live_checks(conn, dom, dest, uris, conf, mode, link, opts):
     xml = _xml(dom)  # read once for both
     storage = _storage_facts(dom, xml)
     checks, shared = _shared_checks(dom, storage, opts)
-    facts = _dest_facts(conn, dom, uris, conf, xml, shared, link)
+    facts = _dest_facts(conn, dom, uris, conf, link, xml, shared)
     checks += __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
     checks += _copy_checks(dom, storage, dest, link, opts)
     return [c for c in checks if mode != "cold" or c["name"] != "dest_cpu"]
@@ -1013,7 +1010,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
                 # the destination.
                 checks = (_live_checks(conn, dom, dest, uris, conf, mode, link, opts)
                           if not unsafe else __utils__["vmigrate_checks.assess_dest"](
-                              _dest_facts(conn, dom, uris, conf, link=link), source, dest)
+                              _dest_facts(conn, dom, uris, conf, link), source, dest)
                           + _copy_checks(dom, _storage_facts(dom), dest, link, opts))
             identity = _identity_check(link, uris, dest, dest_host_uuid)
             checks += [identity] if identity else []
