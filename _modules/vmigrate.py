@@ -455,12 +455,14 @@ def _network_active(dconn, name):
         return False
 
 
-def _clash(dconn, dom):
-    """A domain on the destination with this guest's UUID or name, if any (its name)."""
-    for lookup, key in ((dconn.lookupByUUIDString, dom.UUIDString()),
-                        (dconn.lookupByName, dom.name())):
+def _clash(dconn, dom, name=None):
+    """A domain on the destination with this guest's UUID, or with the name it will have
+    there (``name``, option dname; else its own), if any: which, in words."""
+    name = name or dom.name()
+    for lookup, key, what in ((dconn.lookupByUUIDString, dom.UUIDString(), "this guest's UUID"),
+                              (dconn.lookupByName, name, "the name it would have there")):
         try:
-            return lookup(key).name()
+            return f"{lookup(key).name()!r} with {what}"
         except libvirt.libvirtError:
             continue
     return None
@@ -518,9 +520,10 @@ def _close_soon(conn, what, wait=1.0, bounded=True):
                     wait)
 
 
-def _dest_facts(conn, dom, uris, conf, link, xml=None, storage=None):
+def _dest_facts(conn, dom, uris, conf, link, xml=None, storage=None, dname=None):
     """What the destination offers, read through the URI the migration will use (``link``:
-    the open (connection, error) from :func:`_dest_link`)."""
+    the open (connection, error) from :func:`_dest_link`; ``dname``: the guest's name there,
+    when option dname renames it)."""
     facts = {"uri": uris["uri"]}
     dconn, why = link
     if dconn is None:
@@ -542,7 +545,7 @@ def _dest_facts(conn, dom, uris, conf, link, xml=None, storage=None):
             dest_free_bytes=_available_bytes(dconn),
             networks={n: _network_active(dconn, n) for n in needs["networks"]},
             bridges=needs["bridges"], cpu_compare=_cpu_compare(dconn, needs),
-            uuid_clash=_clash(dconn, dom))
+            uuid_clash=_clash(dconn, dom, dname))
         if storage is not None:
             facts.update(
                 dest_security=checks["vmigrate_checks.security_models"](
@@ -689,7 +692,7 @@ def _live_checks(conn, dom, dest, uris, conf, mode, link, opts):
     xml = _xml(dom)  # read once for both
     storage = _storage_facts(dom, xml)
     checks, shared = _shared_checks(dom, storage, opts)
-    facts = _dest_facts(conn, dom, uris, conf, link, xml, shared)
+    facts = _dest_facts(conn, dom, uris, conf, link, xml, shared, opts.get("dname"))
     checks += __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
     checks += _copy_checks(dom, storage, dest, link, opts)
     return [c for c in checks if mode != "cold" or c["name"] != "dest_cpu"]
@@ -715,7 +718,7 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
     it answers, it is another host (libvirt host UUID), its libvirt and QEMU are not older,
     it has the memory (plus pillar ``vmigrate:memory_reserve_mib``), its hypervisor can
     provide the CPU the guest runs with, the guest's libvirt networks are active there, no
-    other domain there has this guest's name or UUID, its libvirtd sees a sentinel written
+    other domain there has this guest's UUID or the name it will have (option dname's), its libvirtd sees a sentinel written
     here beside each disk at the same path, and QEMU's user there can open each image (root
     squashed or not). A disk with ``cache='unsafe'`` is refused. The sentinel's directory is
     the only thing a precheck writes, and it is removed before this returns.
@@ -770,7 +773,7 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
 REPAIRS = ("resume", "start", "destroy", "undefine", "persist")
 
 
-def repair(name, action):
+def repair(name, action, uuid=None):
     """
     One step of the master's reconciliation (``salt-run vmigrate.reconcile``) on this host's
     copy of domain ``name``. Never touches a disk image.
@@ -780,6 +783,8 @@ def repair(name, action):
         ``destroy`` (stop this copy; its definition and disk stay), ``undefine`` (drop this
         host's definition of a copy that is not running here), ``persist`` (define a running
         transient copy persistently here)
+    :param uuid: refuse unless the domain has this UUID (the master passes the one it read:
+        a domain redefined under that name since is another guest)
 
     Returns a dict: ``name``, ``host``, ``action``, ``before`` and ``after`` (state, reason,
     persistent).
@@ -797,6 +802,10 @@ def repair(name, action):
         dom = _lookup(conn, name)
         try:
             before = _describe(dom)
+            if uuid is not None and before["uuid"] != str(uuid):
+                raise CommandExecutionError(
+                    f"vm {name!r} on {__opts__['id']} has UUID {before['uuid']}, not {uuid}: "
+                    f"{action} refused, it is not the domain the master read")
             if before["reason"] in ("postcopy", "postcopy_failed") and action != "persist":
                 # Its memory is split with the other host: stopping or resuming loses the guest.
                 raise CommandExecutionError(
@@ -934,7 +943,8 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
     :param options: more of ``virsh migrate``'s options, over pillar ``vmigrate:options``:
         ``auto_converge``, ``max_downtime`` with ``downtime_steps``, ``timeout_action``
         (``abort``, ``pause``, ``postcopy``), ``compressed``, ``parallel_connections``, ...;
-        cold's ``shutdown_timeout`` and ``force_off``; ``copy_storage`` (``all``/``inc``) with
+        cold's ``shutdown_timeout`` and ``force_off``; ``dname`` (its name on ``dest``);
+        ``copy_storage`` (``all``/``inc``) with
         ``migrate_disks`` for a guest on local storage (README, "Every virsh migrate option")
     :param dest_host_uuid: the libvirt host UUID ``dest``'s minion reports (the master passes
         it from its locate): refused unless the URI reaches that machine (check
@@ -962,6 +972,8 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
     _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf)
     _check("host_uuid", dest_host_uuid)
     opts = __utils__["vmigrate_options.merge"](conf["options"], options, mode)
+    if "dname" in opts:
+        _check("vm_name", opts["dname"], "option dname")
     uris = dest_uris(dest, mode)
     timeout = float(timeout or conf["timeout"])
     params = {}
@@ -1010,7 +1022,8 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
                 # the destination.
                 checks = (_live_checks(conn, dom, dest, uris, conf, mode, link, opts)
                           if not unsafe else __utils__["vmigrate_checks.assess_dest"](
-                              _dest_facts(conn, dom, uris, conf, link), source, dest)
+                              _dest_facts(conn, dom, uris, conf, link, dname=opts.get("dname")),
+                              source, dest)
                           + _copy_checks(dom, _storage_facts(dom), dest, link, opts))
             identity = _identity_check(link, uris, dest, dest_host_uuid)
             checks += [identity] if identity else []
@@ -1024,7 +1037,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
             else:
                 outcome = _save(conn, dom, name, job)
             if "error" not in outcome:
-                outcome["copies"] = _copies(name, ((source, conn), (dest, link[0])))
+                outcome["copies"] = _copies(name, uuid, ((source, conn), (dest, link[0])))
                 # Read through the connection whose identity was checked (or not).
                 outcome["copies"]["dest_host_uuid"] = dest_host_uuid if identity else None
 
@@ -1050,24 +1063,26 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
     }
 
 
-def _copies(name, links):
-    """Where domain ``name`` is after the move, read from each host's libvirtd (the
+def _copies(name, uuid, links):
+    """Where domain ``name`` (``uuid``) is after the move, read from each host's libvirtd (the
     destination's through the migration's URI): ``hosts`` ({host: state, reason, persistent,
-    uuid} for each that has it, as :func:`domains` gives them) and ``unaccounted`` ({host:
-    why} for each that could not be read). The master verifies the move from this instead of
-    asking both hosts again; anything unexpected there, and it asks them itself."""
+    uuid} for each that has it, as :func:`domains` gives them, and ``name`` where option
+    dname renamed it) and ``unaccounted`` ({host: why} for each that could not be read). The
+    master verifies the move from this instead of asking both hosts again; anything
+    unexpected there, and it asks them itself."""
     out = {"hosts": {}, "unaccounted": {}}
     for host, conn in links:
         if conn is None:
             out["unaccounted"][host] = "no connection to it"
             continue
         try:
-            info = _describe(conn.lookupByName(name))
+            info = _describe(conn.lookupByUUIDString(uuid))
         except libvirt.libvirtError as err:
             if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
                 out["unaccounted"][host] = err.get_error_message()
             continue
-        info.pop("name")
+        if info["name"] == name:
+            info.pop("name")
         out["hosts"][host] = info
     return out
 
@@ -1297,14 +1312,16 @@ def _cold(conn, dom, name, params, flags, timeout, job):
     progress.close()
     outcome = _run_job(conn, dom, name, "offline", params, flags, timeout, job)
     if "error" not in outcome:
+        there = opts.get("dname", name)
         try:
             with _dest_connection(uris["uri"], conf) as dconn:
-                dconn.lookupByName(name).create()
+                # By UUID: the definition that just moved, whatever option dname named it.
+                dconn.lookupByUUIDString(dom.UUIDString()).create()
         except (libvirt.libvirtError, CommandExecutionError) as err:
             text = err.get_error_message() if isinstance(err, libvirt.libvirtError) else err
             outcome["error"] = CommandExecutionError(
                 f"cold migration of {name!r}: its definition moved to {dest} but it did not "
-                f"start there: {text}. Fix: salt {dest} vmigrate.repair {name} start")
+                f"start there: {text}. Fix: salt {dest} vmigrate.repair {there} start")
     else:
         try:
             dom.create()

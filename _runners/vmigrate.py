@@ -49,7 +49,7 @@ def _finish(ret, ok):
     return ret
 
 
-def locate(vm, hosts=None):
+def locate(vm, hosts=None, dname=None):
     """
     Find where domain ``vm`` lives: one broadcast of ``vmigrate.domains`` to the hypervisors.
 
@@ -58,6 +58,8 @@ def locate(vm, hosts=None):
 
     :param vm: the domain name
     :param hosts: a list of minion ids to ask instead of the configured hypervisors
+    :param dname: the new name a migration (option dname) was giving it: a domain of that
+        name with its UUID is one of its copies too (its entry in ``hosts`` then has ``name``)
 
     Returns a dict: ``name``, ``running``, ``paused`` ({host: libvirt's reason}),
     ``defined`` (persistent), ``hosts`` (per host: ``state``, ``reason``, ``persistent``,
@@ -69,10 +71,13 @@ def locate(vm, hosts=None):
     .. code-block:: bash
 
         salt-run vmigrate.locate vdisk
+        salt-run vmigrate.locate vdisk dname=vdisk-new
     """
     try:
         __utils__["vmigrate_validate.vm_name"](vm)
-        where = __utils__["vmigrate_flow.locate"](__opts__, vm, hosts)
+        if dname is not None:
+            __utils__["vmigrate_validate.vm_name"](dname, "dname")
+        where = __utils__["vmigrate_flow.locate"](__opts__, vm, hosts, dname=dname)
     except (SaltException, OSError) as err:
         return _finish({"name": vm, "comment": str(err)}, False)
     where.pop("timeouts", None)
@@ -214,7 +219,7 @@ def watch(vm, timeout=600):
     return _finish(out, out["result"] is not False)
 
 
-def reconcile(vm, dry_run=False):
+def reconcile(vm, dry_run=False, dname=None):
     """
     Bring domain ``vm`` to one running copy, defined on one host, and report what was found
     and what was changed. A running copy is kept and any other copy destroyed and undefined; with
@@ -224,6 +229,8 @@ def reconcile(vm, dry_run=False):
 
     :param vm: the domain name
     :param dry_run: report the repairs without making them
+    :param dname: the new name a migration (option dname) was giving it: its copies under
+        that name, with its UUID, are repaired too
 
     CLI Example:
 
@@ -231,9 +238,10 @@ def reconcile(vm, dry_run=False):
 
         salt-run vmigrate.reconcile vdisk
         salt-run vmigrate.reconcile vdisk dry_run=True
+        salt-run vmigrate.reconcile vdisk dname=vdisk-new
     """
     try:
-        out = __utils__["vmigrate_flow.reconcile"](__opts__, vm, dry_run=dry_run)
+        out = __utils__["vmigrate_flow.reconcile"](__opts__, vm, dry_run=dry_run, dname=dname)
     except (SaltException, OSError) as err:
         out = {"name": vm, "result": False, "comment": str(err), "actions": []}
     return _finish(out, out["result"] is not False)

@@ -60,6 +60,8 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
     Under ``salt-run state.orch``, progress lines are printed on standard error as they happen.
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    dname = options.get("dname") if isinstance(options, dict) else None
+    renamed = {"name": {"old": name, "new": dname}} if dname not in (None, name) else {}
     if __opts__.get("test"):
         try:
             plan = __utils__["vmigrate_flow.plan"](__opts__, name, host, mode, force,
@@ -74,7 +76,8 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
         if plan["result"] is False:
             return dict(ret, result=False, comment="\n".join(lines))
         return dict(ret, result=None, comment="\n".join(lines),
-                    changes={"host": {"old": plan["source"], "new": host}, "mode": mode})
+                    changes={"host": {"old": plan["source"], "new": host}, "mode": mode,
+                             **renamed})
     out = __utils__["vmigrate_flow.migrate"](
         __opts__, name, host, mode, bandwidth, timeout, force, already_ok=not require_move,
         trigger="state", options=options,
@@ -86,7 +89,8 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
     numbers = {k: out.get(k) for k in ("elapsed", "job_ms", "downtime_ms", "bytes",
                                        "iterations", "data_stream", "wall", "policy")}
     return dict(ret, comment=out["comment"],
-                changes={"host": {"old": out["source"], "new": host}, "migration": numbers})
+                changes={"host": {"old": out["source"], "new": host}, **renamed,
+                         "migration": numbers})
 
 
 def evacuated(name, targets=None, concurrency=2, bandwidth=None, timeout=None):

@@ -332,7 +332,7 @@ def assess_dest(facts, source, dest):
             f"bridge {bridge!r}: not checked through libvirt; it must exist on {dest}")
     clash = facts.get("uuid_clash")
     add("dest_no_clash", not clash,
-        f"{dest} already has domain {clash!r} with this guest's UUID" if clash
+        f"{dest} already has domain {clash}" if clash
         else f"no domain of this name or UUID on {dest}",
         f"remove or rename the other domain on {dest} (it is not this guest)")
     return checks + assess_dest_storage(facts, source, dest)

@@ -257,10 +257,14 @@ def _listing(data):
     return ret
 
 
-def locate(opts, vm, hosts=None, client=None):
+def locate(opts, vm, hosts=None, client=None, dname=None):
     """Where domain ``vm`` is: one broadcast of ``vmigrate.domains`` to the hypervisors (or to
     ``hosts``). A targeted hypervisor without a valid answer is ``unaccounted``: nothing is
-    concluded about it (the domain may run there).
+    concluded about it (the domain may run there). A domain with ``vm``'s UUID under another
+    name is a copy of it too (its info then has ``name``): expected when that name is
+    ``dname``, the one a migration gives it (option dname), else nothing is repaired (see
+    :func:`repairs`). With ``dname``, ``dname_taken`` ({host: uuid}) names the hosts where
+    another domain has that name.
 
     Returns ``name``, ``running``, ``paused`` (with libvirt's reasons), ``defined``
     (persistent), ``hosts`` (per host: ``state``, ``reason``, ``persistent``, ``uuid``),
@@ -269,7 +273,7 @@ def locate(opts, vm, hosts=None, client=None):
     opens one)."""
     if client is None:
         with _client(opts) as opened:
-            return locate(opts, vm, hosts, opened)
+            return locate(opts, vm, hosts, opened, dname)
     conf = settings(opts)
     wait = conf["query_timeout"]
     tgt, tgt_type = (sorted(hosts), "list") if hosts else (conf["tgt"], conf["tgt_type"])
@@ -284,8 +288,31 @@ def locate(opts, vm, hosts=None, client=None):
             unaccounted[host] = f"answered with an error: {str(got[host].get('return'))[:400]}"
         else:
             listings[host] = _listing(got[host])
+    renamed = dname if dname != vm else None
+    present, taken = _copies_of(vm, renamed, listings)
+    where = _where(vm, present, listings, unaccounted)
+    if renamed:
+        where.update(dname=renamed, dname_taken=taken)
+    return where
+
+
+def _copies_of(vm, dname, listings):
+    """({host: info} of ``vm``'s copies, {host: uuid} of other domains named ``dname``). A
+    copy is the domain named ``vm``, else one with the UUID of a domain named ``vm`` (of one
+    named ``dname`` when no host has ``vm``: after the rename), whatever its name."""
     present = {h: ret["domains"][vm] for h, ret in listings.items() if vm in ret["domains"]}
-    return _where(vm, present, listings, unaccounted)
+    named = {h: ret["domains"][dname] for h, ret in listings.items()
+             if dname and dname in ret["domains"]}
+    uuids = {i.get("uuid") for i in (present or named).values()} - {None}
+    taken = {}
+    for host, ret in sorted(listings.items()):
+        same = sorted(n for n, i in ret["domains"].items() if i.get("uuid") in uuids)
+        if host not in present and same:
+            name = dname if dname in same else same[0]
+            present[host] = dict(ret["domains"][name], name=name)
+        if host in named and present.get(host, {}).get("name") != dname:
+            taken[host] = named[host].get("uuid")
+    return present, taken
 
 
 def _where(vm, present, listings, unaccounted):
@@ -325,15 +352,19 @@ def _seen_by_source(vm, value, source, dest, dest_host_uuid):
     return _where(vm, dict(copies["hosts"]), answered, dict(copies["unaccounted"]))
 
 
-def _misplaced(after, source, dest, want):
+def _misplaced(after, source, dest, want, dname=None):
     """What is wrong with ``after`` (a locate result) for a move to ``dest`` that should
-    leave the domain ``want`` (running, paused, shutoff) there and nothing on ``source``."""
+    leave the domain ``want`` (running, paused, shutoff) there, named ``dname`` if given, and
+    nothing on ``source``."""
     on_dest = after["hosts"].get(dest, {})
     problems = [f"could not verify {h} ({why})" for h, why in after["unaccounted"].items()]
     if dest not in after["unaccounted"] and (on_dest.get("state") != want
                                              or not on_dest.get("persistent")):
         problems.append(f"on {dest} it is {on_dest.get('state', 'absent')}"
                         f"{'' if on_dest.get('persistent', True) else ', not persistent'}")
+    named = on_dest.get("name", after["name"])
+    if on_dest and named != (dname or after["name"]):
+        problems.append(f"on {dest} it is named {named}, not {dname or after['name']}")
     if source in after["hosts"]:
         problems.append(f"{source} still has it ({after['hosts'][source]['state']})")
     return problems
@@ -350,7 +381,8 @@ def placement(where, pair=()):
             if info.get("reason") in MIGRATION_PAUSE:
                 other = next((h for h in pair if h != host), "the other host")
                 state += f": do not resume before checking {other}"
-        parts.append(f"{host}: {state}{'' if info['persistent'] else ', transient'}")
+        parts.append(f"{host}: {state}{'' if info['persistent'] else ', transient'}"
+                     + (f" (as {info['name']})" if info.get("name") else ""))
     parts += [f"{host}: could not verify ({why})" for host, why in where["unaccounted"].items()]
     return "; ".join(parts) or "on no hypervisor that answered"
 
@@ -470,27 +502,33 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
         raise SaltInvocationError(f"force {force!r}: true or false")
     # Names, values and the rules between them; the minion checks again, with the domain.
     options = options_.check(options_.merge(None, options), mode)
+    if "dname" in options:
+        validate.vm_name(options["dname"], "option dname")
     conf = settings(opts)
-    # One request per VM at a time, held from before it is located (Busy names the other);
-    # one client for every publish it makes.
-    with locks.hold(opts, vm, trigger) as held, _client(opts) as client:
+    # One request per VM at a time (and per name it is given), held from before it is
+    # located (Busy names the other); one client for every publish it makes.
+    with locks.hold(opts, vm, trigger, dname=options.get("dname")) as held, \
+            _client(opts) as client:
         _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout,
                         force, already_ok, owner, options, report)
 
 
 def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
                     already_ok, owner=None, options=None, report=None):
-    where = locate(opts, vm, client=client)
+    dname = (options or {}).get("dname")
+    where = locate(opts, vm, client=client, dname=dname)
     ret["located"] = _summary(where)
     if force and where["unaccounted"]:
         ret["forced"] = sorted(where["unaccounted"])
     source, why = decide(where, vm, dest, force, already_ok, mode)
     if source == "":
+        named = where["hosts"][dest].get("name")
         ret.update(result=True, status="unchanged", source=dest,
-                   comment=f"{vm} already runs on {dest}")
+                   comment=f"{vm} already runs on {dest}" + (f" as {named}" if named else ""))
         return
     if source:
         ret["source"] = source
+    why = why or _rename_refused(where, vm, source, dname)
     if why:
         ret["comment"] = why
         return
@@ -535,11 +573,28 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
                      dest_host_uuid, was_paused, report)
 
 
+def _rename_refused(where, vm, source, dname):
+    """Why option ``dname`` cannot rename ``vm`` (from ``source``), or None."""
+    if not dname or dname == vm:
+        return None
+    taken = where.get("dname_taken") or {}
+    if taken:
+        return (f"option dname {dname}: {', '.join(sorted(taken))} already "
+                f"{'has' if len(taken) == 1 else 'have'} another domain of that name (UUID "
+                f"{', '.join(sorted({str(u) for u in taken.values()}))}), {REFUSED}: choose "
+                "another name")
+    if where["hosts"][source].get("name"):
+        return (f"vm {vm} is on {source} already named {dname}, {REFUSED}: migrate it by "
+                "that name")
+    return None
+
+
 def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
                      dest_host_uuid, was_paused, report):
     """Run vmigrate.migrate on the source minion, then verify that the domain is ``want`` on
-    ``dest`` only -- or report where it is and repair what a definite failure left (see
-    :func:`_settle`). Fills ``ret``."""
+    ``dest`` only (named as option dname says) -- or report where it is and repair what a
+    definite failure left (see :func:`_settle`). Fills ``ret``."""
+    dname = (kwarg.get("options") or {}).get("dname")
     with Relay(opts, vm, source, report) as _relay:
         jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
                              wait_all, published=lambda jid: ret.update(jid=jid))
@@ -552,8 +607,8 @@ def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all,
     after = (_seen_by_source(vm, value, source, dest, dest_host_uuid)
              if out.get("retcode", 0) == 0 and isinstance(value, dict) else None)
     ret["verified_by"] = source
-    if after is None or _misplaced(after, source, dest, want):
-        after = locate(opts, vm, [source, dest], client)
+    if after is None or _misplaced(after, source, dest, want, dname):
+        after = locate(opts, vm, [source, dest], client, dname)
         ret["verified_by"] = "master"
     ret["after"] = _summary(after)
     now = placement(after, (source, dest))
@@ -561,7 +616,8 @@ def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all,
         ret.update(status="unknown", comment=(
             f"no return from {source} within {wait_all:g}s: the migration "
             f"of {vm} to {dest} may still be running (job {jid}); check with "
-            f"salt-run vmigrate.locate {vm} and salt-run jobs.lookup_jid {jid} before acting. "
+            f"salt-run vmigrate.locate {vm}{f' dname={dname}' if dname else ''} and "
+            f"salt-run jobs.lookup_jid {jid} before acting. "
             f"Now: {now}"))
         return
     if out.get("retcode", 0) != 0 or not isinstance(value, dict):
@@ -579,30 +635,32 @@ def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all,
         ret["comment"] = (f"migration of {vm} from {source} to {dest} "
                           f"{'stopped' if ret['status'] == 'aborted' else 'failed'}: {text}; "
                           f"now: {now}")
-        _settle(opts, ret, vm, source, dest, mode, after, was_paused)
+        _settle(opts, ret, vm, source, dest, mode, after, was_paused, dname)
         return
     for key in ("elapsed", "downtime_ms", "bytes", "iterations", "data_stream", "switches",
                 "final", "policy"):
         ret[key] = value.get(key)
     ret["job_ms"] = (value.get("stats") or {}).get("time_elapsed")
 
-    problems = _misplaced(after, source, dest, want)
+    problems = _misplaced(after, source, dest, want, dname)
     if problems:
         ret["comment"] = (f"migration of {vm} reported success but verification failed: "
                           + "; ".join(problems))
-        _settle(opts, ret, vm, source, dest, mode, after, was_paused)
+        _settle(opts, ret, vm, source, dest, mode, after, was_paused, dname)
         return
     ret.update(result=True, status="migrated", comment=(
-        f"{vm} migrated {mode} from {source} to {dest} in {ret['elapsed']}s"
+        f"{vm} migrated {mode} from {source} to {dest}"
+        + (f" as {dname}" if dname and dname != vm else "") + f" in {ret['elapsed']}s"
         + (f", downtime {ret['downtime_ms']} ms" if ret["downtime_ms"] is not None else "")))
 
 
-def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False):
+def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False, dname=None):
     """After a definite failure (the source returned an error), repair anything but the state
     the migration started from -- one copy, on the source, as it was (live) or defined
     (offline) -- toward one running copy defined on one host (the destination's if it runs).
     ``after``: the master's own reading of both hosts, taken just before (never the source's
-    report, which a failure must not be trusted for)."""
+    report, which a failure must not be trusted for). ``dname``: the migration's new name (a
+    copy under it is this domain's too)."""
     if mode in RUNNING_MODES:
         want = ("paused", "running") if was_paused else ("running",)
     else:
@@ -617,7 +675,7 @@ def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False):
         # every host read, they are asked again, so a copy libvirt is still cleaning up is
         # seen gone rather than repaired.
         fixed = _reconcile(opts, vm, [source, dest], prefer=dest,
-                           where=after if after["unaccounted"] else None)
+                           where=after if after["unaccounted"] else None, dname=dname)
     except (SaltException, OSError) as err:
         fixed = {"result": False, "comment": f"could not reconcile: {err}"}
     ret["reconciled"] = fixed
@@ -631,14 +689,17 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=Non
     validate.vm_name(vm)
     validate.minion_id(dest)
     validate.mode(mode)
-    options_.check(options_.merge(None, options), mode)
-    where = locate(opts, vm)
+    dname = options_.check(options_.merge(None, options), mode).get("dname")
+    if dname is not None:
+        validate.vm_name(dname, "option dname")
+    where = locate(opts, vm, dname=dname)
     out = {"name": vm, "dest": dest, "mode": mode, "located": _summary(where), "checks": [],
            "blockers": []}
     source, why = decide(where, vm, dest, force, already_ok, mode)
     if source == "":
         return dict(out, result=None, source=dest, comment=f"{vm} already runs on {dest}")
     out["source"] = source
+    why = why or _rename_refused(where, vm, source, dname)
     if why:
         return dict(out, result=False, comment=why, blockers=["placement"])
     kwarg = {"mode": mode}
@@ -692,6 +753,15 @@ def repairs(where, prefer=None):
     split = _postcopy_split(where)
     if split:
         return [], split
+    # A copy under another name than the one asked: a migration's option dname, or another
+    # VM sharing the UUID. Resuming or dropping a copy beside it could start a second guest.
+    other = {h: i["name"] for h, i in sorted(hosts.items())
+             if i.get("name") and i["name"] != where.get("dname")}
+    if other:
+        names = ", ".join(f"{n} on {h}" for h, n in other.items())
+        return [], (f"a domain with {where.get('name', 'its')}'s UUID is named {names}: if a "
+                    f"migration renamed it (option dname), reconcile with dname=<that name>; "
+                    "if it is another VM with the same UUID, sort it out by hand")
     uuids = {i.get("uuid") for i in hosts.values()}
     if len(uuids) > 1:
         return [], (f"the domains named {where.get('name', 'so')} on "
@@ -771,7 +841,9 @@ def requests(opts):
                 continue
             with open(path, encoding="utf-8") as fh:
                 text = fh.read()
-            out[entry[3:]] = json.loads(text) if text.strip() else {}
+            record = json.loads(text) if text.strip() else {}
+            if record.get("vm", entry[3:]) == entry[3:]:  # not a new name's (option dname)
+                out[entry[3:]] = record
     return out
 
 
@@ -865,21 +937,24 @@ def watch(opts, vm, timeout=600, report=None):
                         + ("" if lines else " (and none reported progress)"))}
 
 
-def reconcile(opts, vm, hosts=None, prefer=None, dry_run=False):
+def reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, dname=None):
     """Bring domain ``vm`` to one running copy, defined on one host (see :func:`repairs`),
-    holding its migration lock (Busy while a migration of it runs). Returns ``result``,
-    ``comment``, ``found`` (placement before), ``actions`` (each with its outcome) and ``now``
-    (placement after)."""
+    holding its migration lock (Busy while a migration of it runs). ``dname``: the new name a
+    migration of it was giving it (its copies under that name count, see :func:`locate`).
+    Returns ``result``, ``comment``, ``found`` (placement before), ``actions`` (each with its
+    outcome) and ``now`` (placement after)."""
     validate.vm_name(vm)
-    with locks.hold(opts, vm, "reconcile"):
-        return _reconcile(opts, vm, hosts, prefer, dry_run)
+    if dname is not None:
+        validate.vm_name(dname, "dname")
+    with locks.hold(opts, vm, "reconcile", dname=dname):
+        return _reconcile(opts, vm, hosts, prefer, dry_run, dname=dname)
 
 
-def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, where=None):
+def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, where=None, dname=None):
     """:func:`reconcile` without the lock; ``where``: a placement the caller has just read
     from the master (never a minion's report), else ``hosts`` are asked now."""
     if where is None:
-        where = locate(opts, vm, hosts)
+        where = locate(opts, vm, hosts, dname=dname)
     out = {"name": vm, "found": _summary(where), "actions": []}
     actions, why = repairs(where, prefer)
     if why:
@@ -893,7 +968,10 @@ def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, where=None):
     ok = True
     with _client(opts) as client:
         for host, action in actions:
-            _jid, got, _ = gather(client, [host], "list", "vmigrate.repair", [vm, action], {},
+            # The copy by the name it has there, and only while it has the UUID read.
+            info = where["hosts"][host]
+            _jid, got, _ = gather(client, [host], "list", "vmigrate.repair",
+                                  [info.get("name", vm), action], {"uuid": info.get("uuid")},
                                   settings(opts)["query_timeout"] + 30)
             data = got.get(host) or {}
             done = data.get("retcode", 1) == 0
@@ -902,7 +980,7 @@ def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, where=None):
             if not done:
                 ok = False
                 break  # stop at the first failed step: the next assumed it
-    after = locate(opts, vm, sorted(set(where["hosts"]) | set(hosts or ())))
+    after = locate(opts, vm, sorted(set(where["hosts"]) | set(hosts or ())), dname=dname)
     out["now"] = _summary(after)
     left, why = repairs(after, prefer)
     if ok and (left or why):

@@ -154,21 +154,34 @@ class Holding:
             lock.release()
 
 
+def _take_name(directory, vm, record):
+    lock = _Lock(os.path.join(directory, f"vm-{vm}"))
+    ok, holder = lock.take(record)
+    if not ok:
+        raise Busy(f"vm {vm} is already being migrated: {_describe(holder)}")
+    return lock
+
+
 @contextlib.contextmanager
-def hold(opts, vm, trigger="cli", jid=None):
+def hold(opts, vm, trigger="cli", jid=None, dname=None):
     """Hold domain ``vm``'s migration lock for the block (then :meth:`Holding.take_slots`
     once the route is known); everything is released on every way out. Raises Busy, naming
-    the running migration, when another request holds it."""
+    the running migration, when another request holds it. ``dname``: the name the migration
+    gives the domain, held too (its record names ``vm``), so no request for that name runs
+    meanwhile."""
     directory = lock_dir(opts)
     limits = caps(opts)
     record = {"vm": vm, "source": None, "dest": None, "trigger": trigger, "jid": jid,
               "pid": os.getpid(), "since": time.time()}
-    vm_lock = _Lock(os.path.join(directory, f"vm-{vm}"))
-    ok, holder = vm_lock.take(record)
-    if not ok:
-        raise Busy(f"vm {vm} is already being migrated: {_describe(holder)}")
-    holding = Holding(directory, limits, record, vm_lock)
+    if dname and dname != vm:
+        record["dname"] = dname
+    holding = Holding(directory, limits, record, _take_name(directory, vm, record))
     try:
+        if "dname" in record:
+            renamed = _take_name(directory, dname, record)
+            holding.locks.append(renamed)
+            if renamed.previous:
+                holding.recovered.append(renamed.previous)
         yield holding
     finally:
         holding.release()

@@ -70,9 +70,10 @@ TABLE = (
     ("--tls", "transport: tls (QEMU's own TLS memory stream)"),
     ("--tls-destination", "option tls_destination (the name in the destination's certificate)"),
     ("--available-switchover-bandwidth", "option switchover_bandwidth (MiB/s)"),
-    ("--xml", "option xml (the domain XML for the destination, same name and UUID)"),
-    ("--persistent-xml", "option persistent_xml (same name and UUID)"),
-    ("--dname", "not offered: the domain keeps its name (placement and locks follow it)"),
+    ("--xml", "option xml (the domain XML for the destination, same UUID; name unchanged "
+              "or dname's)"),
+    ("--persistent-xml", "option persistent_xml (the same rules)"),
+    ("--dname", "option dname (the domain's name on the destination; live, offline, cold)"),
     ("--migrateuri", "pillar vmigrate:hypervisors:<id>:migration_address, or option migrate_uri"),
     ("--listen-address", "option listen_address"),
     ("--disks-port / --disks-uri", "options disks_port / disks_uri (tcp://: where the "
@@ -175,6 +176,8 @@ SCHEMA = {
     "zerocopy": _bool,
     "xml": _domain_xml,
     "persistent_xml": _domain_xml,
+    # The name rule is vmigrate_validate.vm_name's: the callers apply it (a plain file here).
+    "dname": lambda v, n: _str(v, n),
     "migrate_uri": _uri,
     "listen_address": _addr,
     "graphics_uri": lambda v, n: _str(v, n),
@@ -198,7 +201,9 @@ COLD_ONLY = {"shutdown_timeout", "force_off"}
 # every guest's disks, including those on the shared storage.
 STORAGE = {"copy_storage", "copy_storage_synchronous_writes", "migrate_disks",
            "migrate_disks_detect_zeroes", "disks_port", "disks_uri"}
-DEFINITION = {"xml", "persistent_xml"}
+# A new name is one guest's, never a default (every guest would take it).
+PER_MIGRATION = STORAGE | {"dname"}
+DEFINITION = {"xml", "persistent_xml", "dname"}
 ALLOWED = {
     "live": set(SCHEMA) - COLD_ONLY,
     "offline": DEFINITION,
@@ -231,10 +236,10 @@ def merge(defaults, options, mode=None):
                     f"{where}: unknown option {name!r} (known: {', '.join(sorted(SCHEMA))}; "
                     "README, 'Every virsh migrate option')")
             value = SCHEMA[name](value, name)
-            if given is defaults and name in STORAGE:
+            if given is defaults and name in PER_MIGRATION:
                 raise SaltInvocationError(
                     f"{where}: option {name} is given per migration, not as a default "
-                    "(README, 'Guests on local storage: copy_storage')")
+                    "(README, 'Every virsh migrate option')")
             if given is defaults and mode is not None and name not in ALLOWED[mode]:
                 continue
             out[name] = value
@@ -292,12 +297,15 @@ def check(options, mode, name=None, uuid=None, stream=None):
                                   or options.get("migrate_uri")):
         raise SaltInvocationError(
             "transport ssh tunnels the memory stream: no migrate_uri or parallel_connections")
+    dname = options.get("dname")
     for key in ("xml", "persistent_xml"):
         if key in options:
             root = ET.fromstring(options[key])
-            if name is not None and root.findtext("name") != name:
+            names = [n for n in (name, dname) if n is not None]
+            if names and root.findtext("name") not in names:
                 raise SaltInvocationError(
-                    f"option {key}: <name> must stay {name!r} (vmigrate does not rename)")
+                    f"option {key}: <name> must be {' or '.join(map(repr, names))} (a new name "
+                    "is option dname)")
             if uuid is not None and (root.findtext("uuid") or "").lower() != uuid.lower():
                 raise SaltInvocationError(f"option {key}: <uuid> must stay {uuid}")
     return options
@@ -325,6 +333,8 @@ def to_libvirt(libvirt, options, mode, stream):
         params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = options["xml"]
     if "persistent_xml" in options:
         params[libvirt.VIR_MIGRATE_PARAM_PERSIST_XML] = options["persistent_xml"]
+    if "dname" in options:
+        params[libvirt.VIR_MIGRATE_PARAM_DEST_NAME] = options["dname"]
     if mode != "live":
         return flags, params
     for key, flag in (("suspend", "PAUSED"), ("auto_converge", "AUTO_CONVERGE"),

@@ -536,16 +536,17 @@ class Lab:
             return f"no QEMU process in {host}'s namespaces"
         return None
 
-    def counter_lines_on(self, host, name="vdisk", count=2, timeout=30):
+    def counter_lines_on(self, host, name="vdisk", count=2, timeout=30, console=None):
         """Counter lines that ``host`` verifiably wrote: the guest is checked to run on ``host``
         and on no other hypervisor (libvirt on every host, and a QEMU in ``host``'s mount
         namespace), then the console log's length is taken, then ``count`` new lines are
         awaited, then the check is repeated. Raises LabError, naming where the guest runs, when
-        it does not run on ``host`` alone. Returns the new lines as (n, bad)."""
+        it does not run on ``host`` alone. Returns the new lines as (n, bad). ``console``: the
+        name its console log was created under (a migration may have renamed it)."""
         why = self._runs_only_on(host, name)
         if why:
             raise LabError(f"cannot attribute {name}'s counter to {host}: {why}")
-        log = self.console_log(name)
+        log = self.console_log(console or name)
         offset = len(log.read_text(errors="replace"))
 
         def new_lines():

@@ -181,10 +181,13 @@ def test_cold_mode_shuts_down_moves_and_starts(guest, lab, salt_run_cli):
         comment = orch_state(ret)["comment"]
         assert "did not shut down within 2s" in comment and "force_off" in comment, comment
         assert _placement(lab, name) == (["host1"], ["host1"])
-        pillar["options"]["force_off"] = True
+        # ... and option dname: it starts on host2 under its new name.
+        pillar["options"].update(force_off=True, dname=f"{name}-new")
         ret = salt_run_cli.run("state.orch", "migrate", f"pillar={json.dumps(pillar)}")
         assert ret.returncode == 0, orch_state(ret)
         assert orch_state(ret)["changes"]["migration"]["policy"]["forced_off"] is True
-        assert _placement(lab, name) == (["host2"], ["host2"])
+        assert _placement(lab, f"{name}-new") == (["host2"], ["host2"])
+        assert _placement(lab, name) == ([], [])
     finally:
         lab.remove_guest_everywhere(name)
+        lab.remove_guest_everywhere(f"{name}-new")

@@ -46,14 +46,41 @@ def clash(lab, vdisk_on_host1):
     conn.close()
 
 
-def test_a_domain_with_the_guests_uuid_on_the_destination_blocks(clash, lab, salt_run_cli):
+def test_a_domain_with_the_guests_uuid_on_the_destination_blocks(clash, lab, salt_cli,
+                                                                 salt_run_cli):
+    # The master sees it as a copy of vdisk (same UUID, under another name) and moves nothing.
     ret = salt_run_cli.run("state.orch", "migrate", "pillar={\"vm\": \"vdisk\", \"dest\": \"host2\"}")
     assert ret.returncode != 0, ret
     comment = orch_state(ret)["comment"]
+    assert ("vm vdisk is on several hypervisors (host1: running; host2: shutoff (as vclash))"
+            in comment), comment
+    # Nor would the source, asked directly: its precheck reads host2 through the URI.
+    ret = salt_cli.run("vmigrate.migrate", "vdisk", "host2", minion_tgt="host1")
+    assert ret.returncode != 0, ret
+    comment = str(ret.data)
     assert "precheck refused the migration of 'vdisk', nothing was moved" in comment
     assert "host2 already has domain 'vclash' with this guest's UUID" in comment
     assert "Fix: remove or rename the other domain on host2" in comment
-    assert lab.running_on() == ["host1"]
+    # A reconcile does not take it for a copy to drop: it names it and changes nothing.
+    ret = salt_run_cli.run("vmigrate.reconcile", "vdisk")
+    assert ret.returncode != 0 and "is named vclash on host2" in ret.data["comment"], ret.data
+    assert lab.running_on() == ["host1"] and lab.running_on("vclash") == []
+
+
+def test_a_new_name_another_domain_has_is_refused(vdisk_on_host1, lab, salt_run_cli):
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    conn = libvirt.open(lab.libvirt_uri("host2"))
+    conn.defineXML(lab.guest_xml("vtaken"))  # its own UUID: another VM
+    try:
+        pillar = json.dumps({"vm": "vdisk", "dest": "host2", "options": {"dname": "vtaken"}})
+        ret = salt_run_cli.run("state.orch", "migrate", f"pillar={pillar}")
+        assert ret.returncode != 0, ret
+        comment = orch_state(ret)["comment"]
+        assert "option dname vtaken: host2 already has another domain of that name" in comment
+        assert lab.running_on() == ["host1"]
+    finally:
+        conn.lookupByName("vtaken").undefine()
+        conn.close()
 
 
 def test_an_address_that_leads_to_another_machine_is_refused(vdisk_on_host1, lab, pillar_dir,

@@ -37,7 +37,7 @@ def test_all_good():
      "cannot provide the guest's CPU: guest CPU doesn't match: avx512f",
      "hypervisor-cpu-baseline"),
     ({"networks": {"prod": False}}, "dest_network:prod", "missing or inactive", "net-start"),
-    ({"uuid_clash": "other"}, "dest_no_clash", "already has domain 'other'", "remove or rename"),
+    ({"uuid_clash": "'other' with this guest's UUID"}, "dest_no_clash", "already has domain 'other' with this guest's UUID", "remove or rename"),
 ])
 def test_each_check_fails_with_its_fix(change, name, words, fix):
     check = _check(dict(FACTS, **change), name)

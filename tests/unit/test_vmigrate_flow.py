@@ -449,6 +449,107 @@ def test_a_failed_post_copy_is_never_repaired_by_stopping_or_resuming_a_half(env
     assert again["status"] == "refused" and "post-copy recovery" in again["comment"]
 
 
+RENAMED = dict(RUNNING, name="vdisk-new")
+
+
+def test_dname_renames_it_and_the_verification_finds_it_by_its_uuid(env):
+    after = {"host1": {}, "host2": {"vdisk-new": RUNNING}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=after,
+                         migrate=_moved({"hosts": {"host2": RENAMED}, "unaccounted": {}}))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"})
+    assert ret["result"] is True and ret["verified_by"] == "host1", ret["comment"]
+    assert "vdisk migrated live from host1 to host2 as vdisk-new" in ret["comment"]
+    assert _published(client, "vmigrate.migrate")[0][3]["options"] == {"dname": "vdisk-new"}
+    # Verified again by the master, from its own reading: the same.
+    client.hosts = {"host1": {"vdisk": RUNNING}, "host2": {}}
+    client.migrate = _moved({"hosts": {"host2": RENAMED}, "unaccounted": {}}, read_on="host3")
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"})
+    assert ret["result"] is True and ret["verified_by"] == "master", ret["comment"]
+    assert ret["after"]["hosts"]["host2"]["name"] == "vdisk-new"
+
+
+def test_dname_the_destination_ignored_is_a_failed_verification(env):
+    after = {"host1": {}, "host2": {"vdisk": RUNNING}}
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=after,
+                migrate=_moved({"hosts": {"host2": RUNNING}, "unaccounted": {}}))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"})
+    assert ret["result"] is False and ret["verified_by"] == "master"
+    assert "on host2 it is named vdisk, not vdisk-new" in ret["comment"]
+
+
+def test_a_failed_rename_leaves_a_copy_under_the_new_name_which_is_repaired(env):
+    # The incoming copy, paused and transient on host2, already has the new name: looked up by
+    # the old name it would be invisible, and stay there.
+    incoming = {"host2": {"vdisk-new": dict(RUNNING, state="paused", reason="migration",
+                                            persistent=False)}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=incoming,
+                         migrate=(1, 1, "ERROR: live migration failed: Channel error"))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"})
+    assert ret["status"] == "failed" and "host2: paused (migration)" in ret["comment"]
+    assert "(as vdisk-new)" in ret["comment"]
+    assert [(c[1], c[2], c[3]) for c in _published(client, "vmigrate.repair")] == [
+        (["host2"], ["vdisk-new", "destroy"], {"uuid": "u"})]
+    assert ret["reconciled"]["result"] is True and client.hosts["host2"] == {}
+
+
+@pytest.mark.parametrize("hosts, words", [
+    # another VM has that name already, on the destination or anywhere else
+    ({"host1": {"vdisk": RUNNING}, "host2": {"vdisk-new": dict(RUNNING, uuid="v")}},
+     "host2 already has another domain of that name (UUID v), nothing was moved"),
+    ({"host1": {"vdisk": RUNNING, "vdisk-new": dict(RUNNING, uuid="v")}, "host2": {}},
+     "host1 already has another domain of that name"),
+])
+def test_dname_taken_by_another_domain_is_refused_before_anything_is_sent(env, hosts, words):
+    client = env["make"](hosts=hosts)
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"})
+    assert ret["status"] == "refused" and words in ret["comment"], ret["comment"]
+    assert not _published(client, "vmigrate.migrate")
+
+
+def test_a_copy_under_another_name_with_the_uuid_is_seen_without_dname(env):
+    # A renamed copy a migration left, or another VM sharing the UUID: either way the VM is
+    # not on one host only, and nothing is moved.
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING},
+                                "host2": {"vclone": dict(RUNNING, state="shutoff")}})
+    where = env["flow"].locate(OPTS, "vdisk")
+    assert where["hosts"]["host2"]["name"] == "vclone" and "dname_taken" not in where
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["status"] == "refused" and (
+        "on several hypervisors (host1: running; host2: shutoff (as vclone))" in ret["comment"])
+    assert not _published(client, "vmigrate.migrate")
+
+
+def test_a_state_run_again_after_a_rename_is_unchanged(env):
+    client = env["make"](hosts={"host1": {}, "host2": {"vdisk-new": RUNNING}})
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"},
+                              already_ok=True)
+    assert ret["status"] == "unchanged" and ret["result"] is True
+    assert ret["comment"] == "vdisk already runs on host2 as vdisk-new"
+    ret = env["flow"].migrate(OPTS, "vdisk", "host1", options={"dname": "vdisk-new"})
+    assert ret["status"] == "refused" and "already named vdisk-new" in ret["comment"]
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk new"})
+    assert ret["status"] == "refused" and "option dname 'vdisk new' is not a valid" in (
+        ret["comment"])
+    assert not _published(client, "vmigrate.migrate")
+
+
+def test_reconcile_with_dname_finds_the_renamed_copy(env):
+    client = env["make"](hosts={"host1": {"vdisk": dict(RUNNING, state="paused",
+                                                        reason="migration")},
+                                "host2": {"vdisk-new": dict(RUNNING)}})
+    # Without the new name the renamed copy is seen (same UUID) but not trusted: the paused
+    # source is not resumed beside it.
+    out = env["flow"].reconcile(OPTS, "vdisk")
+    assert out["result"] is False and "is named vdisk-new on host2: if a migration renamed " \
+        "it (option dname), reconcile with dname=<that name>" in out["comment"], out
+    assert not _published(client, "vmigrate.repair")
+    out = env["flow"].reconcile(OPTS, "vdisk", dname="vdisk-new")
+    assert out["result"] is True, out
+    assert [(c[1], c[2]) for c in _published(client, "vmigrate.repair")] == [
+        (["host1"], ["vdisk", "destroy"]), (["host1"], ["vdisk", "undefine"])]
+    assert "now host2: running (as vdisk-new)" in out["comment"]
+
+
 @pytest.mark.parametrize("state, mode, words", [
     ("shutoff", "live", "a live migration needs it running; use mode=offline"),
     ("running", "offline", "shut it down first or use mode=live"),
@@ -526,6 +627,9 @@ SHUTOFF = dict(RUNNING, state="shutoff", reason="shutdown")
 
 
 def _evac_env(env, monkeypatch, hosts):
+    for domains in hosts.values():  # different VMs: different UUIDs
+        for name, info in domains.items():
+            info["uuid"] = f"u-{name}"
     client = MovingClient(env["clock"], hosts=hosts)
     monkeypatch.setattr(env["flow"], "_client", lambda opts: client)
     return client
@@ -605,3 +709,4 @@ def test_an_evacuation_request_keeps_to_the_requesters_destinations(env, monkeyp
     ret = env["flow"].evacuate(opts, "host1", allowed=["host3"])
     assert ret["result"] is True and set(client.hosts["host3"]) == {"a", "b"}
     assert client.hosts["host2"] == {}
+

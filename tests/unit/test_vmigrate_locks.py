@@ -29,6 +29,23 @@ def test_one_migration_per_vm_names_the_running_one(opts):
         assert again.recovered == []
 
 
+def test_a_rename_holds_the_new_name_too_and_takes_nothing_when_it_is_held(opts):
+    with locks.hold(opts, "vdisk", trigger="cli", dname="vdisk-new") as held:
+        held.take_slots("host1", "host2")
+        for name in ("vdisk", "vdisk-new"):
+            with pytest.raises(locks.Busy, match=r"already being migrated: vdisk host1 -> "
+                                                 r"host2 by cli"):
+                with locks.hold(opts, name):
+                    pass
+    with locks.hold(opts, "other", dname="vdisk"):
+        with pytest.raises(locks.Busy, match="vm vdisk is already being migrated: other"):
+            with locks.hold(opts, "vdisk-new", dname="vdisk"):
+                pass
+        # The refused request let go of its own name on the way out.
+        with locks.hold(opts, "vdisk-new"):
+            pass
+
+
 def test_host_caps_and_their_release(opts):
     with locks.hold(opts, "a") as a:
         a.take_slots("host1", "host2")

@@ -155,10 +155,18 @@ class _Conn:
         self.libvirt, self.dom, self.code = libvirt, dom, code
 
     def lookupByName(self, name):  # pylint: disable=invalid-name
-        if self.dom is not None:
+        if self.dom is not None and self.dom.name() == name:
             return self.dom
+        return self._missing()
+
+    def lookupByUUIDString(self, uuid):  # pylint: disable=invalid-name
+        if self.dom is not None and self.dom.UUIDString() == uuid:
+            return self.dom
+        return self._missing()
+
+    def _missing(self):
         err = self.libvirt.libvirtError("no")
-        err.get_error_code = lambda: self.code
+        err.get_error_code = lambda: self.code or self.libvirt.VIR_ERR_NO_DOMAIN
         err.get_error_message = lambda: "cannot read: connection closed"
         raise err
 
@@ -166,7 +174,7 @@ class _Conn:
 def test_copies_read_after_a_move_never_take_an_unreadable_host_for_absent(monkeypatch):
     mod = _module(monkeypatch)
     lv = mod.libvirt
-    out = mod._copies("vdisk", (  # pylint: disable=protected-access
+    out = mod._copies("vdisk", "u", (  # pylint: disable=protected-access
         ("host1", _Conn(lv, code=lv.VIR_ERR_NO_DOMAIN)),
         ("host2", _Conn(lv, _Dom("vdisk"))),
         ("host3", _Conn(lv, code=lv.VIR_ERR_RPC)),
@@ -175,6 +183,19 @@ def test_copies_read_after_a_move_never_take_an_unreadable_host_for_absent(monke
                                       "persistent": True}}
     assert set(out["unaccounted"]) == {"host3", "host4"}
     assert "connection closed" in out["unaccounted"]["host3"]
+
+
+def test_copies_are_found_by_uuid_and_a_renamed_one_says_its_name(monkeypatch):
+    """Option dname renames the guest on the destination: looked up by name it would read as
+    gone; by UUID it is found, and named."""
+    mod = _module(monkeypatch)
+    lv = mod.libvirt
+    out = mod._copies("vdisk", "u", (  # pylint: disable=protected-access
+        ("host1", _Conn(lv, _Dom("vdisk"))), ("host2", _Conn(lv, _Dom("vdisk-new")))))
+    assert out["hosts"]["host2"]["name"] == "vdisk-new"
+    assert "name" not in out["hosts"]["host1"]
+    assert mod._copies("vdisk", "other", (  # pylint: disable=protected-access
+        ("host2", _Conn(lv, _Dom("vdisk"))),)) == {"hosts": {}, "unaccounted": {}}
 
 
 @pytest.mark.parametrize("state, action", [((1, 11), "destroy"), ((3, 13), "resume"),
@@ -200,6 +221,29 @@ def test_repair_never_stops_or_resumes_a_half_of_a_post_copy(monkeypatch, state,
     with pytest.raises(CommandExecutionError, match="post-copy migration .* refused"):
         mod.repair("vdisk", action)
     assert calls == []
+
+
+def test_repair_acts_only_on_the_domain_the_master_read(monkeypatch):
+    """The master passes the UUID it read: a domain redefined under that name since is
+    another guest, and is left alone."""
+    import contextlib  # pylint: disable=import-outside-toplevel
+    from salt.exceptions import CommandExecutionError  # pylint: disable=import-outside-toplevel
+
+    mod = _module(monkeypatch)
+    dom = _Dom("vdisk")
+    calls = []
+    dom.destroy = lambda: calls.append("destroy")
+
+    @contextlib.contextmanager
+    def connect(_conf):
+        yield _Conn(mod.libvirt, dom)
+
+    monkeypatch.setattr(mod, "_connect", connect)
+    with pytest.raises(CommandExecutionError, match="has UUID u, not u-2: destroy refused"):
+        mod.repair("vdisk", "destroy", uuid="u-2")
+    assert calls == []
+    assert mod.repair("vdisk", "destroy", uuid="u")["action"] == "destroy"
+    assert calls == ["destroy"]
 
 
 # ---- copy_storage: what the destination's libvirtd is asked ---------------------------------

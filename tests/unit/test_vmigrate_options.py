@@ -113,8 +113,13 @@ def test_rules_between_options_and_modes(given, mode, words):
 
 def test_xml_must_keep_the_name_and_uuid():
     xml = "<domain><name>other</name><uuid>u-1</uuid></domain>"
-    with pytest.raises(SaltInvocationError, match="vmigrate does not rename"):
+    with pytest.raises(SaltInvocationError, match="<name> must be 'vdisk' .a new name is "
+                                                  "option dname"):
         opt.check(opt.merge(None, {"xml": xml}), "live", "vdisk", "u-1")
+    # With option dname the XML may carry either name: libvirt gives it dname.
+    assert opt.check(opt.merge(None, {"xml": xml, "dname": "other"}), "live", "vdisk", "u-1")
+    with pytest.raises(SaltInvocationError, match="must be 'vdisk' or 'new'"):
+        opt.check(opt.merge(None, {"xml": xml, "dname": "new"}), "live", "vdisk", "u-1")
     xml = "<domain><name>vdisk</name><uuid>u-2</uuid></domain>"
     with pytest.raises(SaltInvocationError, match="<uuid> must stay u-1"):
         opt.check(opt.merge(None, {"persistent_xml": xml}), "offline", "vdisk", "u-1")
@@ -125,6 +130,21 @@ def test_ssh_tunnel_takes_no_migrate_uri_and_tls_destination_needs_tls():
         opt.check({"parallel_connections": 4}, "live", stream="tunnelled")
     with pytest.raises(SaltInvocationError, match="needs transport tls"):
         opt.check({"tls_destination": "hv2"}, "live", stream="tunnelled")
+
+
+def test_dname_is_per_migration_and_for_the_modes_that_move_a_definition():
+    # A pillar default would give every guest the same name.
+    with pytest.raises(SaltInvocationError, match="option dname is given per migration"):
+        opt.merge({"dname": "x"}, None, "live")
+    for mode in ("live", "offline", "cold"):
+        assert opt.check(opt.merge(None, {"dname": "x"}), mode) == {"dname": "x"}
+    with pytest.raises(SaltInvocationError, match="do not apply to mode=save"):
+        opt.check(opt.merge(None, {"dname": "x"}), "save")
+    with pytest.raises(SaltInvocationError, match="a one-line string"):
+        opt.merge(None, {"dname": ""})
+    for mode in ("live", "offline"):
+        _flags, params = opt.to_libvirt(libvirt, {"dname": "x"}, mode, "tls")
+        assert params == {libvirt.VIR_MIGRATE_PARAM_DEST_NAME: "x"}
 
 
 def test_copy_storage_is_per_migration_and_not_through_an_ssh_tunnel():
