@@ -1247,7 +1247,8 @@ def _run_job(conn, dom, name, mode, params, flags, timeout, job):
                  else "it did not finish")
         outcome["error"] = CommandExecutionError(
             f"{what}: {STILL_RUNNING} {elapsed:.0f}s ({state}); it may yet complete: "
-            f"check with salt-run vmigrate.locate {name} before acting")
+            f"check with salt-run vmigrate.locate {name}"
+            + (f" dname={opts['dname']}" if "dname" in opts else "") + " before acting")
     elif "libvirt_error" in outcome:
         err = outcome["libvirt_error"]
         if policy.aborted:
@@ -1269,7 +1270,7 @@ def _run_job(conn, dom, name, mode, params, flags, timeout, job):
         # began. Make sure it runs there, as it ran here.
         with contextlib.suppress(CommandExecutionError, libvirt.libvirtError):
             with _dest_connection(uris["uri"], conf) as dconn:
-                ddom = dconn.lookupByName(name)
+                ddom = dconn.lookupByUUIDString(dom.UUIDString())  # option dname renames it
                 if ddom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                     ddom.resume()
     progress.put("failed" if failed else "completed", elapsed, stats, final)

@@ -352,10 +352,10 @@ def _seen_by_source(vm, value, source, dest, dest_host_uuid):
     return _where(vm, dict(copies["hosts"]), answered, dict(copies["unaccounted"]))
 
 
-def _misplaced(after, source, dest, want, dname=None):
+def _misplaced(after, source, dest, want, dname=None, uuid=None):
     """What is wrong with ``after`` (a locate result) for a move to ``dest`` that should
-    leave the domain ``want`` (running, paused, shutoff) there, named ``dname`` if given, and
-    nothing on ``source``."""
+    leave the domain ``want`` (running, paused, shutoff) there, named ``dname`` if given, with
+    ``uuid`` if given, and nothing on ``source``."""
     on_dest = after["hosts"].get(dest, {})
     problems = [f"could not verify {h} ({why})" for h, why in after["unaccounted"].items()]
     if dest not in after["unaccounted"] and (on_dest.get("state") != want
@@ -365,6 +365,8 @@ def _misplaced(after, source, dest, want, dname=None):
     named = on_dest.get("name", after["name"])
     if on_dest and named != (dname or after["name"]):
         problems.append(f"on {dest} it is named {named}, not {dname or after['name']}")
+    if on_dest and uuid and on_dest.get("uuid") != uuid:
+        problems.append(f"on {dest} it has UUID {on_dest.get('uuid')}, not {uuid}")
     if source in after["hosts"]:
         problems.append(f"{source} still has it ({after['hosts'][source]['state']})")
     return problems
@@ -441,6 +443,8 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
     ``report(line)`` is called with a line for each progress event of the migration, as it
     happens (the runner prints them)."""
     start = time.monotonic()
+    dname = options.get("dname") if isinstance(options, dict) else None
+    ask = f"{vm} dname={dname}" if isinstance(dname, str) and dname != vm else vm
     ret = {"result": False, "status": "refused", "name": vm, "dest": dest, "mode": mode,
            "trigger": trigger, "comment": "",
            "options": {"bandwidth": bandwidth, "timeout": timeout, "force": force,
@@ -464,14 +468,14 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
             ret["status"] = "unknown"
             ret["comment"] = "; ".join(x for x in (ret["comment"], (
                 f"interrupted on the master while checking the outcome: run salt-run "
-                f"vmigrate.reconcile {vm}")) if x)
+                f"vmigrate.reconcile {ask}")) if x)
         elif ret.get("jid"):
             ret["status"] = "unknown"
             ret["comment"] = (
                 f"interrupted on the master while {vm} migrates from {ret.get('source')} to "
                 f"{dest} (job {ret['jid']}): the migration goes on there under its own timeout "
                 f"and ends with the guest on one host; check with salt-run vmigrate.locate "
-                f"{vm}, and salt-run vmigrate.reconcile {vm} if it reports a problem")
+                f"{ask}, and salt-run vmigrate.reconcile {ask} if it reports a problem")
         else:
             ret["status"] = "refused"
             ret["comment"] = f"interrupted on the master before anything was sent: {REFUSED}"
@@ -501,7 +505,7 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
     if not isinstance(force, bool):
         raise SaltInvocationError(f"force {force!r}: true or false")
     # Names, values and the rules between them; the minion checks again, with the domain.
-    options = options_.check(options_.merge(None, options), mode)
+    options = options_.check(options_.merge(None, options), mode, vm)
     if "dname" in options:
         validate.vm_name(options["dname"], "option dname")
     conf = settings(opts)
@@ -522,10 +526,13 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
         ret["forced"] = sorted(where["unaccounted"])
     source, why = decide(where, vm, dest, force, already_ok, mode)
     if source == "":
-        named = where["hosts"][dest].get("name")
-        ret.update(result=True, status="unchanged", source=dest,
-                   comment=f"{vm} already runs on {dest}" + (f" as {named}" if named else ""))
-        return
+        why = _rename_refused(where, vm, dest, dname, here=True)
+        if not why:
+            named = where["hosts"][dest].get("name")
+            ret.update(result=True, status="unchanged", source=dest,
+                       comment=f"{vm} already runs on {dest}" + (f" as {named}" if named else ""))
+            return
+        source = dest
     if source:
         ret["source"] = source
     why = why or _rename_refused(where, vm, source, dname)
@@ -570,13 +577,19 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
     else:
         want = "paused" if was_paused or options.get("suspend") else "running"
     _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
-                     dest_host_uuid, was_paused, report)
+                     dest_host_uuid, was_paused, report, where["hosts"][source].get("uuid"))
 
 
-def _rename_refused(where, vm, source, dname):
-    """Why option ``dname`` cannot rename ``vm`` (from ``source``), or None."""
+def _rename_refused(where, vm, source, dname, here=False):
+    """Why option ``dname`` cannot rename ``vm`` (from ``source``), or None. ``here``: it is on
+    the destination already, which is fine only under the new name."""
     if not dname or dname == vm:
         return None
+    if here:
+        if where["hosts"][source].get("name") == dname:
+            return None
+        return (f"vm {vm} is already on {source} under its own name, {REFUSED}: option dname "
+                "renames on a migration, not in place (virsh domrename)")
     taken = where.get("dname_taken") or {}
     if taken:
         return (f"option dname {dname}: {', '.join(sorted(taken))} already "
@@ -590,9 +603,9 @@ def _rename_refused(where, vm, source, dname):
 
 
 def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
-                     dest_host_uuid, was_paused, report):
+                     dest_host_uuid, was_paused, report, uuid=None):
     """Run vmigrate.migrate on the source minion, then verify that the domain is ``want`` on
-    ``dest`` only (named as option dname says) -- or report where it is and repair what a
+    ``dest`` only (named as option dname says, with ``uuid``) -- or report where it is and repair what a
     definite failure left (see :func:`_settle`). Fills ``ret``."""
     dname = (kwarg.get("options") or {}).get("dname")
     with Relay(opts, vm, source, report) as _relay:
@@ -607,7 +620,7 @@ def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all,
     after = (_seen_by_source(vm, value, source, dest, dest_host_uuid)
              if out.get("retcode", 0) == 0 and isinstance(value, dict) else None)
     ret["verified_by"] = source
-    if after is None or _misplaced(after, source, dest, want, dname):
+    if after is None or _misplaced(after, source, dest, want, dname, uuid):
         after = locate(opts, vm, [source, dest], client, dname)
         ret["verified_by"] = "master"
     ret["after"] = _summary(after)
@@ -642,7 +655,7 @@ def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all,
         ret[key] = value.get(key)
     ret["job_ms"] = (value.get("stats") or {}).get("time_elapsed")
 
-    problems = _misplaced(after, source, dest, want, dname)
+    problems = _misplaced(after, source, dest, want, dname, uuid)
     if problems:
         ret["comment"] = (f"migration of {vm} reported success but verification failed: "
                           + "; ".join(problems))
@@ -689,15 +702,17 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=Non
     validate.vm_name(vm)
     validate.minion_id(dest)
     validate.mode(mode)
-    dname = options_.check(options_.merge(None, options), mode).get("dname")
+    dname = options_.check(options_.merge(None, options), mode, vm).get("dname")
     if dname is not None:
         validate.vm_name(dname, "option dname")
     where = locate(opts, vm, dname=dname)
     out = {"name": vm, "dest": dest, "mode": mode, "located": _summary(where), "checks": [],
            "blockers": []}
     source, why = decide(where, vm, dest, force, already_ok, mode)
-    if source == "":
+    if source == "" and not _rename_refused(where, vm, dest, dname, here=True):
         return dict(out, result=None, source=dest, comment=f"{vm} already runs on {dest}")
+    if source == "":
+        source, why = dest, _rename_refused(where, vm, dest, dname, here=True)
     out["source"] = source
     why = why or _rename_refused(where, vm, source, dname)
     if why:
@@ -960,7 +975,9 @@ def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, where=None, dna
     if why:
         return dict(out, result=False, comment=f"{vm}: {why}")
     if not actions:
-        return dict(out, result=True, comment=f"{vm} is consistent: {placement(where)}")
+        hint = ("" if where["hosts"] or dname else
+                f" (a copy a migration renamed is found with dname=<its new name>)")
+        return dict(out, result=True, comment=f"{vm} is consistent: {placement(where)}{hint}")
     if dry_run:
         out["actions"] = [{"host": h, "action": a, "done": None} for h, a in actions]
         return dict(out, result=None, comment=f"{vm} would be repaired: " + ", ".join(

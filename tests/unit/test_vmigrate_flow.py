@@ -86,6 +86,12 @@ class FakeClient:
             elif fun == "vmigrate.repair":
                 vm, action = arg
                 info = self.hosts[host][vm]
+                if kwarg.get("uuid") != info["uuid"]:  # as the minion's repair refuses
+                    retcode, value = 1, f"ERROR: {vm} has UUID {info['uuid']}"
+                    self.pending.append((self.clock.now, {
+                        "tag": f"salt/job/{jid}/ret/{host}",
+                        "data": {"id": host, "fun": fun, "return": value, "retcode": 1}}))
+                    continue
                 if action == "destroy" and not info["persistent"]:
                     del self.hosts[host][vm]
                 else:
@@ -519,6 +525,29 @@ def test_a_copy_under_another_name_with_the_uuid_is_seen_without_dname(env):
     assert not _published(client, "vmigrate.migrate")
 
 
+def test_the_master_checks_xml_options_against_the_vms_name_or_the_new_one(env):
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
+    for name in ("vdisk", "vdisk-new"):
+        xml = f"<domain><name>{name}</name><uuid>u</uuid></domain>"
+        env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new", "xml": xml})
+    assert len(_published(client, "vmigrate.migrate")) == 2
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={
+        "xml": "<domain><name>other</name></domain>"})
+    assert ret["status"] == "refused" and "<name> must be 'vdisk'" in ret["comment"]
+    assert len(_published(client, "vmigrate.migrate")) == 2
+
+
+def test_a_copy_with_another_uuid_under_the_new_name_is_not_a_success(env):
+    # What the master reads after the move: the old name gone, the new name on host2 -- but
+    # another domain's UUID there.
+    after = {"host1": {}, "host2": {"vdisk-new": dict(RUNNING, uuid="v")}}
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=after,
+                migrate=_moved({"hosts": {"host2": RENAMED}, "unaccounted": {}},
+                               read_on="host3"))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"})
+    assert ret["result"] is False and "on host2 it has UUID v, not u" in ret["comment"], ret
+
+
 def test_a_state_run_again_after_a_rename_is_unchanged(env):
     client = env["make"](hosts={"host1": {}, "host2": {"vdisk-new": RUNNING}})
     ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"},
@@ -527,6 +556,16 @@ def test_a_state_run_again_after_a_rename_is_unchanged(env):
     assert ret["comment"] == "vdisk already runs on host2 as vdisk-new"
     ret = env["flow"].migrate(OPTS, "vdisk", "host1", options={"dname": "vdisk-new"})
     assert ret["status"] == "refused" and "already named vdisk-new" in ret["comment"]
+    # Already there under its own name: a rename in place is not a migration.
+    client.hosts = {"host1": {}, "host2": {"vdisk": RUNNING}}
+    for already_ok, words in ((True, "already on host2 under its own name, nothing was moved"),
+                              (False, "vm vdisk is already on host2 (running)")):
+        ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk-new"},
+                                  already_ok=already_ok)
+        assert ret["status"] == "refused" and words in ret["comment"], ret["comment"]
+    plan = env["flow"].plan(OPTS, "vdisk", "host2", already_ok=True,
+                            options={"dname": "vdisk-new"})
+    assert plan["result"] is False and "under its own name" in plan["comment"], plan
     ret = env["flow"].migrate(OPTS, "vdisk", "host2", options={"dname": "vdisk new"})
     assert ret["status"] == "refused" and "option dname 'vdisk new' is not a valid" in (
         ret["comment"])
@@ -548,6 +587,9 @@ def test_reconcile_with_dname_finds_the_renamed_copy(env):
     assert [(c[1], c[2]) for c in _published(client, "vmigrate.repair")] == [
         (["host1"], ["vdisk", "destroy"]), (["host1"], ["vdisk", "undefine"])]
     assert "now host2: running (as vdisk-new)" in out["comment"]
+    # The old name gone, only the new one left: nothing of vdisk, and how to find it is said.
+    out = env["flow"].reconcile(OPTS, "vdisk")
+    assert "found with dname=<its new name>" in out["comment"], out
 
 
 @pytest.mark.parametrize("state, mode, words", [

@@ -222,6 +222,34 @@ def test_timeout_action_pause_completes_paused_instead_of_aborting(mod, monkeypa
     assert out["policy"] == {"timeout_action": "pause", "paused_source": True}
 
 
+def test_timeout_action_pause_resumes_the_copy_there_found_by_uuid(mod, monkeypatch):
+    """Paused to converge: it must run on the destination as it ran here, also when option
+    dname gave it another name there."""
+    arrived = FakeDomain()
+    arrived.state = lambda: (libvirt.VIR_DOMAIN_PAUSED, 0)
+
+    class Dest:
+        def __init__(self, uri, conf):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def lookupByUUIDString(self, uuid):  # noqa: N802
+            assert uuid == "u-1"
+            return arrived
+
+    monkeypatch.setattr(mod, "_dest_connection", Dest)
+    dom = FakeDomain()
+    dom.UUIDString = lambda: "u-1"
+    out = _run(mod, dom, timeout=0.2, options={"timeout_action": "pause", "dname": "vnew"})
+    assert "error" not in out, out
+    assert getattr(arrived, "resumed", False)
+
+
 def test_timeout_action_pause_that_still_does_not_finish_is_aborted_and_resumed(mod):
     dom = FakeDomain()
     dom.suspend = lambda: setattr(dom, "suspended", True)  # paused, yet the copy drags on
