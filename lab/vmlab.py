@@ -448,7 +448,7 @@ class Lab:
                 raise LabError(f"{self.mountpoint} is not mounted on {host}: apply vmigrate.nfs.client"
                                " first")
         shared = self.host_path(host, directory)
-        shutil.copyfile(kernel, shared / f"{name}.vmlinuz")
+        shutil.copyfile(kernel, shared / f"{name}.kernel")
         shutil.copyfile(initrd, shared / f"{name}.initrd")
         disk = shared / f"{name}.qcow2"
         if disk_dir is not None:
