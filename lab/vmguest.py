@@ -1,5 +1,5 @@
 """The lab's guest: a TCG domain booting Debian's kernel with a busybox initramfs whose
-program (memtick) prints ``memtick n=<counter> bad=<corrupted pages>`` twice a second on the
+program (memtick) prints ``memtick n=<counter> bad=<corrupted pages>`` every second on the
 serial console, logged to the shared storage so both hosts append to one file."""
 import lzma
 import pathlib
