@@ -605,8 +605,8 @@ def _rename_refused(where, vm, source, dname, here=False):
 def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
                      dest_host_uuid, was_paused, report, uuid=None):
     """Run vmigrate.migrate on the source minion, then verify that the domain is ``want`` on
-    ``dest`` only (named as option dname says, with ``uuid``) -- or report where it is and repair what a
-    definite failure left (see :func:`_settle`). Fills ``ret``."""
+    ``dest`` only (named as option dname says, with ``uuid``) -- or report where it is and
+    repair what a definite failure left (see :func:`_settle`). Fills ``ret``."""
     dname = (kwarg.get("options") or {}).get("dname")
     with Relay(opts, vm, source, report) as _relay:
         jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
@@ -976,7 +976,7 @@ def _reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, where=None, dna
         return dict(out, result=False, comment=f"{vm}: {why}")
     if not actions:
         hint = ("" if where["hosts"] or dname else
-                f" (a copy a migration renamed is found with dname=<its new name>)")
+                " (a copy a migration renamed is found with dname=<its new name>)")
         return dict(out, result=True, comment=f"{vm} is consistent: {placement(where)}{hint}")
     if dry_run:
         out["actions"] = [{"host": h, "action": a, "done": None} for h, a in actions]
