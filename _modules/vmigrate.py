@@ -720,8 +720,9 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
     provide the CPU the guest runs with, the guest's libvirt networks are active there, no
     other domain there has this guest's UUID or the name it will have (option dname's), its
     libvirtd sees a sentinel written here beside each disk at the same path, and QEMU's user
-    there can open each image (root squashed or not). A disk with ``cache='unsafe'`` is refused. The sentinel's directory is
-    the only thing a precheck writes, and it is removed before this returns.
+    there can open each image (root squashed or not). A disk with ``cache='unsafe'`` is
+    refused. The sentinel's directory is the only thing a precheck writes, and it is removed
+    before this returns.
 
     :param name: the domain
     :param dest: the destination minion id (validated when given)
