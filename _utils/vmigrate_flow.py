@@ -709,10 +709,11 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=Non
     out = {"name": vm, "dest": dest, "mode": mode, "located": _summary(where), "checks": [],
            "blockers": []}
     source, why = decide(where, vm, dest, force, already_ok, mode)
-    if source == "" and not _rename_refused(where, vm, dest, dname, here=True):
-        return dict(out, result=None, source=dest, comment=f"{vm} already runs on {dest}")
     if source == "":
-        source, why = dest, _rename_refused(where, vm, dest, dname, here=True)
+        why = _rename_refused(where, vm, dest, dname, here=True)
+        if not why:
+            return dict(out, result=None, source=dest, comment=f"{vm} already runs on {dest}")
+        source = dest
     out["source"] = source
     why = why or _rename_refused(where, vm, source, dname)
     if why:
