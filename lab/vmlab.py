@@ -511,6 +511,25 @@ class Lab:
                 conn.close()
         return found
 
+    def placement(self, name="vdisk"):
+        """(hypervisors where ``name`` is active, hypervisors where it is defined), asked of
+        each libvirtd directly, not through salt or vmigrate."""
+        libvirt = _quiet_libvirt()
+        running, defined = [], []
+        for host in HYPERVISORS:
+            conn = libvirt.open(self.libvirt_uri(host))
+            try:
+                dom = conn.lookupByName(name)
+                if dom.isActive():
+                    running.append(host)
+                if dom.isPersistent():
+                    defined.append(host)
+            except libvirt.libvirtError:
+                pass
+            finally:
+                conn.close()
+        return running, defined
+
     def incoming_qemu(self, host, name="vdisk", timeout=60):
         """Wait until ``host``'s libvirtd has ``name`` active (an incoming migration starts it
         paused) and return the pid libvirt recorded for its QEMU. A QEMU that is still exiting

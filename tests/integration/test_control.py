@@ -7,7 +7,7 @@ import time
 
 from tests.support import labsalt
 
-from .test_faults import _assert_one_intact_copy, _placement
+from .test_faults import _assert_one_intact_copy
 from .test_migrate import assert_guest_went_on, counter_before, orch_state
 
 SALT_RUN = labsalt.REPO / ".venv" / "bin" / "salt-run"
@@ -105,13 +105,13 @@ def test_timeout_action_pause_converges_where_abort_gives_up(vdisk_on_host1, lab
     ret = salt_run_cli.run("vmigrate.migrate", "vdisk", "host2", "bandwidth=16", "timeout=3")
     assert ret.data["status"] == "failed" and "aborted after the 3s timeout" in \
         ret.data["comment"], ret.data
-    assert _placement(lab) == (["host1"], ["host1"])
+    assert lab.placement() == (["host1"], ["host1"])
     # Pause: the guest stops on host1, the rest is copied, it runs on host2, not paused.
     ret = salt_run_cli.run("vmigrate.migrate", "vdisk", "host2", "bandwidth=16", "timeout=3",
                            "options={timeout_action: pause}")
     assert ret.returncode == 0, ret.data
     assert ret.data["policy"] == {"timeout_action": "pause", "paused_source": True}, ret.data
-    assert _placement(lab) == (["host2"], ["host2"])
+    assert lab.placement() == (["host2"], ["host2"])
     assert salt_run_cli.run("vmigrate.locate", "vdisk").data["hosts"]["host2"]["state"] == \
         "running"
     assert_guest_went_on(lab, "host2", before)
@@ -135,7 +135,7 @@ def test_bad_options_are_refused_before_anything_moves(vdisk_on_host1, lab, salt
         ret = salt_run_cli.run("state.orch", "migrate", f"pillar={pillar}")
         assert ret.returncode != 0
         assert words in orch_state(ret)["comment"], orch_state(ret)
-    assert _placement(lab) == (["host1"], ["host1"])
+    assert lab.placement() == (["host1"], ["host1"])
     assert salt_run_cli.run("vmigrate.jobs").data["jobs"] == []
 
 
@@ -166,7 +166,7 @@ def test_cold_mode_shuts_down_moves_and_starts(guest, lab, salt_run_cli):
         ret = salt_run_cli.run("state.orch", "migrate", f"pillar={pillar}")
         assert ret.returncode == 0, orch_state(ret)
         assert orch_state(ret)["changes"]["migration"]["policy"]["forced_off"] is False
-        assert _placement(lab, name) == (["host2"], ["host2"])
+        assert lab.placement(name) == (["host2"], ["host2"])
         assert "power button: powering off" in lab.console_log(name).read_text()
         lines = lab.counter_lines_on("host2", name, count=1)
         assert lines[0][0] < 30, lines
@@ -180,14 +180,14 @@ def test_cold_mode_shuts_down_moves_and_starts(guest, lab, salt_run_cli):
         assert ret.returncode != 0
         comment = orch_state(ret)["comment"]
         assert "did not shut down within 2s" in comment and "force_off" in comment, comment
-        assert _placement(lab, name) == (["host1"], ["host1"])
+        assert lab.placement(name) == (["host1"], ["host1"])
         # ... and option dname: it starts on host2 under its new name.
         pillar["options"].update(force_off=True, dname=f"{name}-new")
         ret = salt_run_cli.run("state.orch", "migrate", f"pillar={json.dumps(pillar)}")
         assert ret.returncode == 0, orch_state(ret)
         assert orch_state(ret)["changes"]["migration"]["policy"]["forced_off"] is True
-        assert _placement(lab, f"{name}-new") == (["host2"], ["host2"])
-        assert _placement(lab, name) == ([], [])
+        assert lab.placement(f"{name}-new") == (["host2"], ["host2"])
+        assert lab.placement(name) == ([], [])
     finally:
         lab.remove_guest_everywhere(name)
         lab.remove_guest_everywhere(f"{name}-new")

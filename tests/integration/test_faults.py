@@ -18,27 +18,8 @@ from .test_contact import _minion_pids
 from .test_migrate import assert_guest_went_on, counter_before, orch_state
 
 
-def _placement(lab, name="vdisk"):
-    """(hosts running it, hosts defining it), asked of libvirt directly."""
-    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
-    running, defined = [], []
-    for host in vmlab.HYPERVISORS:
-        conn = libvirt.open(lab.libvirt_uri(host))
-        try:
-            dom = conn.lookupByName(name)
-            if dom.isActive():
-                running.append(host)
-            if dom.isPersistent():
-                defined.append(host)
-        except libvirt.libvirtError:
-            pass
-        finally:
-            conn.close()
-    return running, defined
-
-
 def _assert_one_intact_copy(lab, host, before):
-    running, defined = _placement(lab)
+    running, defined = lab.placement()
     assert (running, defined) == ([host], [host]), (running, defined)
     image = lab.export_dir / "vdisk.qcow2"
     check = vmlab.run(["qemu-img", "check", "-U", image], check=False, capture=True)
@@ -71,7 +52,7 @@ def _retry_succeeds(salt_run_cli, lab, dest="host2"):
     pillar = json.dumps({"vm": "vdisk", "dest": dest})
     ret = salt_run_cli.run("state.orch", "migrate", f"pillar={pillar}")
     assert ret.returncode == 0, orch_state(ret)["comment"]
-    assert _placement(lab) == ([dest], [dest])
+    assert lab.placement() == ([dest], [dest])
 
 
 def test_destination_libvirtd_killed_mid_copy(vdisk_on_host1, lab, salt_master, salt_run_cli):
@@ -132,7 +113,7 @@ def test_source_libvirtd_restarted_mid_copy(vdisk_on_host1, lab, salt_master, sa
     assert "migration of vdisk from host1 to host2 failed" in comment, comment
     vmlab.wait_for("host2 to drop the incoming domain", lambda: "host2" not in lab.running_on(),
                    60, 0.5)
-    running, _ = _placement(lab)
+    running, _ = lab.placement()
     if running != ["host1"]:
         pytest.fail(f"after the source libvirtd restart vdisk runs on {running}: {comment}")
     _assert_one_intact_copy(lab, "host1", before)
@@ -156,7 +137,7 @@ def _lift_cap(lab, host):
 
 def _settles_on(lab, host):
     vmlab.wait_for(f"vdisk to settle on {host} alone",
-                   lambda: _placement(lab) == ([host], [host]), 90, 0.5)
+                   lambda: lab.placement() == ([host], [host]), 90, 0.5)
 
 
 @pytest.fixture

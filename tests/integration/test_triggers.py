@@ -11,7 +11,6 @@ import saltconf
 import vmlab
 from tests.support.modload import load
 
-from .test_faults import _placement
 from .test_migrate import assert_guest_went_on, counter_before
 from .test_shared_storage import _where
 
@@ -48,7 +47,7 @@ def test_a_request_the_master_signs_migrates(vdisk_on_host1, lab, salt_master,
     assert ret.returncode == 0 and ret.data["sent"] == "vmigrate/request", ret
     result = _wait_event(salt_master, ["vmigrate/vdisk/result"], since)[0].data
     assert result["status"] == "migrated" and result["trigger"] == "reactor:master", result
-    assert _placement(lab) == (["host2"], ["host2"])
+    assert lab.placement() == (["host2"], ["host2"])
     assert_guest_went_on(lab, "host2", before)
 
 
@@ -59,7 +58,7 @@ def test_a_signed_request_from_the_vms_own_host_migrates(vdisk_on_host1, lab, sa
     assert ret.returncode == 0 and ret.data["requester"] == "host1", ret
     result = _wait_event(salt_master, ["vmigrate/vdisk/result"], since)[0].data
     assert result["status"] == "migrated" and result["trigger"] == "reactor:host1", result
-    assert _placement(lab) == (["host2"], ["host2"])
+    assert lab.placement() == (["host2"], ["host2"])
 
 
 def _batched(event):
@@ -139,7 +138,7 @@ def test_forged_or_malformed_requests_do_nothing_and_are_logged(vdisk_on_host1, 
         time.sleep(2)  # anything else the reactor started has had time to act
         assert why in _master_log(salt_master)
     assert not _migrations_published(salt_master, since)
-    assert _placement(lab) == (["host1"], ["host1"])
+    assert lab.placement() == (["host1"], ["host1"])
     assert not pathlib.Path("/tmp/pwned").exists()
 
 
@@ -156,7 +155,7 @@ def test_a_minion_schedule_migrates(vdisk_on_host1, lab, salt_master, salt_cli):
     finally:
         salt_cli.run("schedule.delete", "vmigrate-drain", "persist=False", minion_tgt="host1")
     assert result["trigger"] == "reactor:host1"
-    assert _placement(lab) == (["host2"], ["host2"])
+    assert lab.placement() == (["host2"], ["host2"])
 
 
 @pytest.fixture
