@@ -73,7 +73,8 @@ TABLE = (
     ("--xml", "option xml (the domain XML for the destination, same UUID; name unchanged "
               "or dname's)"),
     ("--persistent-xml", "option persistent_xml (the same rules)"),
-    ("--dname", "option dname (the domain's name on the destination; live, offline, cold)"),
+    ("--dname", "option dname (the domain's name on the destination; live, offline, cold: "
+                "not save, whose restore libvirt allows only under the saved name)"),
     ("--migrateuri", "pillar vmigrate:hypervisors:<id>:migration_address, or option migrate_uri"),
     ("--listen-address", "option listen_address"),
     ("--disks-port / --disks-uri", "options disks_port / disks_uri (tcp://: where the "
@@ -249,6 +250,14 @@ def merge(defaults, options, mode=None):
 def check(options, mode, name=None, uuid=None, stream=None):
     """Rules between options. ``mode`` the migration mode; ``name``/``uuid`` the domain's, for
     the XML options; ``stream`` the data stream the transport chose. Returns ``options``."""
+    if mode == "save" and "dname" in options:
+        # libvirt restores a saved image only under the name inside it: its ABI stability
+        # check compares names (domain_conf.c, "Target domain name ... does not match
+        # source"), and a running domain cannot be renamed afterwards.
+        raise SaltInvocationError(
+            "option dname does not apply to mode=save: libvirt restores a saved image only "
+            "under the name it was saved with and renames only a shut-off domain; use "
+            "mode=cold (or live) to rename on the way")
     extra = sorted(set(options) - ALLOWED[mode])
     if extra:
         modes = [m for m in ALLOWED if set(extra) <= ALLOWED[m]]

@@ -138,7 +138,8 @@ def test_dname_is_per_migration_and_for_the_modes_that_move_a_definition():
         opt.merge({"dname": "x"}, None, "live")
     for mode in ("live", "offline", "cold"):
         assert opt.check(opt.merge(None, {"dname": "x"}), mode) == {"dname": "x"}
-    with pytest.raises(SaltInvocationError, match="do not apply to mode=save"):
+    with pytest.raises(SaltInvocationError, match="dname does not apply to mode=save: libvirt "
+                                                  "restores a saved image only under the name"):
         opt.check(opt.merge(None, {"dname": "x"}), "save")
     with pytest.raises(SaltInvocationError, match="a one-line string"):
         opt.merge(None, {"dname": ""})
