@@ -9,6 +9,11 @@ p1  `salt-run state.orch migrate` vs `virsh migrate --live --p2p --persistent --
     (same transport and data stream: the lab's plain TCP), a 256 MiB guest rewriting 32 MiB:
     wall of each command, and the switchover (request -> the destination's "Resumed Migrated"
     lifecycle event, from a libvirt event listener on both hosts).
+    Salt's own floor, measured in the same run beside them: `salt-run state.orchestrate_single
+    test.nop` (the CLI's start, the master minion, pillar and state compile: what any
+    orchestration pays before its first step) and `salt <src> test.ping` (one minion job's
+    round trip, the CLI's start included). `p1_overhead_beyond_floor_s` is the orchestration's
+    wall minus virsh's minus that floor: what vmigrate's own steps add.
 p2  `salt <src> vmigrate.migrate` vs saltext-virt's `salt <src> virt.migrate` on the same VM
     (both minion jobs from the master, same lab, same URI).
 p3  downtime under `max_downtime: 300`; and convergence: a guest dirtying faster than an
@@ -136,6 +141,27 @@ def p1_p2(lab, events):
                                     ("saltext_virt", saltext_virt)), ROUNDS)
 
 
+def floors(lab):
+    """Salt's fixed costs, no migration: median walls (seconds) of an orchestration that does
+    nothing and of one minion job, ``ROUNDS * 2`` each, the guest running as for p1."""
+    source = lab.running_on(GUEST)[0]
+    commands = {
+        "orch_nop": lab.salt_cli("salt-run", "state.orchestrate_single", "test.nop",
+                                 "name=floor", "--out=json"),
+        "job_ping": lab.salt_cli("salt", source, "test.ping", "--out=json"),
+    }
+    out = {}
+    for name, argv in commands.items():
+        walls = []
+        for _ in range(ROUNDS * 2):
+            t0 = time.perf_counter()
+            subprocess.run(argv, check=True, capture_output=True)
+            walls.append(time.perf_counter() - t0)
+        out[name] = {"wall_s": round(statistics.median(walls), 3),
+                     "samples": [round(w, 3) for w in walls]}
+    return out
+
+
 def p3(lab):
     """Downtime within max_downtime; convergence under a cap, plain virsh vs the policy."""
     downtimes = []
@@ -242,6 +268,7 @@ def main():
     lab.wait_counter(GUEST, timeout=90)
     events = Lifecycle(lab, GUEST)
     paths = p1_p2(lab, events)
+    floor = floors(lab)
     three = p3(lab)
     lines = lab.counter_lines(GUEST)
     intact = all(bad == 0 for _, bad in lines)
@@ -253,6 +280,10 @@ def main():
         "p1_overhead_s": round(orch["wall_s"] - base["wall_s"], 3),
         "p1_switchover_s": orch["switchover_s"],
         "p1_virsh_switchover_s": base["switchover_s"],
+        "p1_salt_floor_s": floor["orch_nop"]["wall_s"],
+        "p1_overhead_beyond_floor_s": round(orch["wall_s"] - base["wall_s"]
+                                            - floor["orch_nop"]["wall_s"], 3),
+        "salt_floors": floor,
         "p2_module_over_saltext_virt": round(paths["module"]["wall_s"]
                                              / paths["saltext_virt"]["wall_s"], 3),
         **three,
@@ -276,7 +307,12 @@ def main():
         p = paths[key]
         print(f"  {label:40s} {p['wall_s']:6.2f} s  x{p['wall_s'] / base['wall_s']:4.2f}  "
               f"switchover {p['switchover_s']} s")
-    for key in ("p1_orch_over_virsh", "p1_overhead_s", "p1_switchover_s",
+    print(f"  {'salt-run state.orchestrate_single test.nop':40s} "
+          f"{floor['orch_nop']['wall_s']:6.2f} s  (Salt's floor: an orchestration doing nothing)")
+    print(f"  {'salt <src> test.ping':40s} {floor['job_ping']['wall_s']:6.2f} s  "
+          "(one minion job, the CLI's start included)")
+    for key in ("p1_orch_over_virsh", "p1_overhead_s", "p1_salt_floor_s",
+                "p1_overhead_beyond_floor_s", "p1_switchover_s",
                 "p2_module_over_saltext_virt", "p3_downtime_ms", "p3_max_downtime_ms",
                 "p3_policy_converged", "p3_plain_virsh_converged",
                 "p4_parallel_over_sequential"):
