@@ -21,6 +21,7 @@ LOCAL = "/var/lib/libvirt/images"
 NAME = "vcopy"
 PATTERN = ("0x5a", "1M", "1M")  # byte, offset, length
 DISKS_PORT = 49300
+DISKS_URI_PORT = 49301
 
 
 def _image(lab, host, name=NAME):
@@ -159,8 +160,11 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
                                f"{LOCAL}/{NAME}.qcow2", "64M"])
         assert not _has_pattern(_image(lab, "host1"))
         before = counter_before(lab, "host2", NAME)
+        # Where host1 serves the disk, as a URI this time (--disks-uri).
+        disks_uri = f"tcp://{lab.addr('host1')}:{DISKS_URI_PORT}"
         with _dest_qmp(lab, "host2") as sent, _dest_qmp(lab, "host1") as received:
-            ret = _orch(salt_run_cli, vm=NAME, dest="host1", options=options)
+            ret = _orch(salt_run_cli, vm=NAME, dest="host1",
+                        options=dict(options, disks_uri=disks_uri))
             source, dest = sent()[0], received()[0]
     assert ret.returncode == 0, orch_state(ret)["comment"]
     assert orch_state(ret)["changes"]["migration"]["data_stream"] == "tls"
@@ -170,6 +174,9 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
              and a.get("qom-type") == "tls-creds-x509" and a.get("endpoint") == "server"}
     assert any(n == "nbd-server-start" and a.get("tls-creds") in creds
                for n, a in dest), dest
+    served = [a["addr"] for n, a in dest if n == "nbd-server-start"]
+    assert [(str(a.get("data", a).get("host")), str(a.get("data", a).get("port")))
+             for a in served] == [(lab.addr("host1"), str(DISKS_URI_PORT))], served
     assert _where(lab, NAME) == {"host1": (True, True)}
     assert_guest_went_on(lab, "host1", before, NAME)
     # The empty image now holds the pattern: the copy wrote it.
