@@ -7,6 +7,7 @@ private /var/lib/libvirt). Before it boots, a pattern is written into the disk; 
 destination's image is read back for it, so a migration that did not copy the disk fails here.
 """
 import contextlib
+import json
 import subprocess
 
 import pytest
@@ -212,3 +213,83 @@ def test_copying_a_disk_on_storage_the_destination_shares_is_refused(lab, guest,
         for path in local.iterdir():
             path.unlink()
         local.rmdir()
+
+
+def _in_image(lab, host, path, pattern, chain=True):
+    """Whether ``host`` reads ``pattern`` (byte, offset, length) in the qcow2 image ``path``:
+    through its backing chain (opened inside ``host``, where the chain's paths resolve), or
+    from the image's own clusters only (``chain=False``: no backing file opened)."""
+    byte, offset, length = pattern
+    image = path if chain else json.dumps({"driver": "qcow2", "backing": None, "file": {
+        "driver": "file", "filename": path}})
+    out = lab.host_run(host, ["qemu-io", "-r", "-U", *(["-f", "qcow2"] if chain else []),
+                              "-c", f"read -P {byte} {offset} {length}",
+                              image if chain else f"json:{image}"],
+                       check=False, capture=True)
+    return out.returncode == 0 and "read 1048576/1048576" in out.stdout \
+        and "Pattern verification failed" not in out.stdout
+
+
+def test_copy_storage_inc_copies_the_top_image_onto_one_over_the_same_backing_file(
+        lab, guest, salt_run_cli):
+    """A guest whose local disk is an overlay over a base image each host has a copy of:
+    ``inc`` mirrors only the overlay. Refused while host2's overlay sits over another backing
+    file, naming the fix; once it sits over the same one the guest moves, and on host2 it reads
+    the base's data from host2's base and the overlay's from what was copied."""
+    name, base, top = "vchain", f"{LOCAL}/vchain-base.qcow2", f"{LOCAL}/vchain.qcow2"
+    in_base, in_top = ("0x5a", "1M", "1M"), ("0xa5", "2M", "1M")
+
+    def overlay(host, backing):
+        lab.host_run(host, ["rm", "-f", top])
+        lab.host_run(host, ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+                            backing, top, "64M"])
+
+    lab.remove_guest_everywhere(name)
+    try:
+        for host in vmlab.HYPERVISORS:
+            _pool_gone(lab, host)
+            lab.host_path(host, LOCAL).mkdir(parents=True, exist_ok=True)
+            lab.host_run(host, ["rm", "-f", base, top, f"{LOCAL}/other-base.qcow2"])
+            lab.host_run(host, ["qemu-img", "create", "-q", "-f", "qcow2", base, "64M"])
+            lab.host_run(host, ["qemu-io", "-f", "qcow2", "-c",
+                                "write -P {} {} {}".format(*in_base), base], capture=True)
+        overlay("host1", base)
+        lab.host_run("host1", ["qemu-io", "-f", "qcow2", "-c",
+                               "write -P {} {} {}".format(*in_top), top], capture=True)
+        assert _in_image(lab, "host1", top, in_top, chain=False)
+        assert not _in_image(lab, "host1", top, in_base, chain=False)
+        lab.create_guest("host1", name, workset_mib=1, disk_dir=LOCAL)
+        options = {"copy_storage": "inc"}
+
+        # host2's overlay sits over another base (same content, other file): refused.
+        lab.host_run("host2", ["cp", base, f"{LOCAL}/other-base.qcow2"])
+        overlay("host2", f"{LOCAL}/other-base.qcow2")
+        ret = _orch(salt_run_cli, vm=name, dest="host2", options=options)
+        assert ret.returncode != 0, ret
+        comment = orch_state(ret)["comment"]
+        for words in ("precheck refused the migration of 'vchain', nothing was moved",
+                      f"{top} on host2 is over {LOCAL}/other-base.qcow2",
+                      f"qemu-img create -f qcow2 -F qcow2 -b {base}"):
+            assert words in comment, comment
+        assert _where(lab, name) == {"host1": (True, True)}
+
+        # The operator's step: an empty overlay over the same base. Then it moves.
+        overlay("host2", base)
+        before = counter_before(lab, "host1", name)
+        with _dest_qmp(lab, "host1") as sent:
+            ret = _orch(salt_run_cli, vm=name, dest="host2", options=options)
+            source = sent()[0]
+        assert ret.returncode == 0, orch_state(ret)["comment"]
+        assert [a["sync"] for n, a in source if n == "blockdev-mirror"] == ["top"], source
+        assert _where(lab, name) == {"host2": (True, True)}
+        assert_guest_went_on(lab, "host2", before, name)
+        # The overlay's data came over into host2's overlay; the base's did not (it was there).
+        assert _in_image(lab, "host2", top, in_top, chain=False)
+        assert not _in_image(lab, "host2", top, in_base, chain=False)
+        assert _in_image(lab, "host2", top, in_base)
+        _no_transient_pools(lab)
+    finally:
+        lab.remove_guest_everywhere(name)
+        for host in vmlab.HYPERVISORS:
+            lab.host_run(host, ["rm", "-f", base, top, f"{LOCAL}/other-base.qcow2"],
+                         check=False)
