@@ -495,40 +495,33 @@ class Lab:
             return []
         return [(n, bad) for n, bad, _ in vmguest.counters(text)]
 
-    def running_on(self, name="vdisk"):
-        """The hypervisors whose libvirtd reports ``name`` active (running or paused), asked
-        directly over each host's socket, not through salt or vmigrate."""
+    def domain_on(self, name="vdisk"):
+        """{hypervisor: {"active", "state", "persistent"}} for each hypervisor whose libvirtd
+        has ``name`` (``state``: libvirt's state code), asked directly over each host's
+        socket, not through salt or vmigrate."""
         libvirt = _quiet_libvirt()
-        found = []
+        found = {}
         for host in HYPERVISORS:
             conn = libvirt.open(self.libvirt_uri(host))
             try:
-                if conn.lookupByName(name).isActive():
-                    found.append(host)
+                dom = conn.lookupByName(name)
+                found[host] = {"active": bool(dom.isActive()), "state": dom.state()[0],
+                               "persistent": bool(dom.isPersistent())}
             except libvirt.libvirtError:
                 pass
             finally:
                 conn.close()
         return found
 
+    def running_on(self, name="vdisk"):
+        """The hypervisors whose libvirtd reports ``name`` active (running or paused)."""
+        return [host for host, d in self.domain_on(name).items() if d["active"]]
+
     def placement(self, name="vdisk"):
-        """(hypervisors where ``name`` is active, hypervisors where it is defined), asked of
-        each libvirtd directly, not through salt or vmigrate."""
-        libvirt = _quiet_libvirt()
-        running, defined = [], []
-        for host in HYPERVISORS:
-            conn = libvirt.open(self.libvirt_uri(host))
-            try:
-                dom = conn.lookupByName(name)
-                if dom.isActive():
-                    running.append(host)
-                if dom.isPersistent():
-                    defined.append(host)
-            except libvirt.libvirtError:
-                pass
-            finally:
-                conn.close()
-        return running, defined
+        """(hypervisors where ``name`` is active, hypervisors where it is defined)."""
+        found = self.domain_on(name)
+        return ([h for h, d in found.items() if d["active"]],
+                [h for h, d in found.items() if d["persistent"]])
 
     def incoming_qemu(self, host, name="vdisk", timeout=60):
         """Wait until ``host``'s libvirtd has ``name`` active (an incoming migration starts it

@@ -18,6 +18,7 @@ REPO = labsalt.REPO
 sys.path.insert(0, str(REPO / "lab"))
 import vmlab  # noqa: E402  pylint: disable=wrong-import-position
 
+RUNNING = vmlab._quiet_libvirt().VIR_DOMAIN_RUNNING  # pylint: disable=protected-access
 LAB_NAME = os.environ.get("VMLAB_NAME", "vmtest")
 LAB_NET = os.environ.get("VMLAB_NET", "10.78.0")
 
@@ -142,11 +143,12 @@ def guest(storage, lab):
 
 @pytest.fixture
 def vdisk_on_host1(guest, lab, salt_run_cli):
-    """Each test starts with vdisk running on host1 and defined there only, as libvirt reports
-    it (asked directly: a salt-run locate here cost every test ~2 s); moved back live through
-    vmigrate if a test left it elsewhere."""
-    if lab.placement(guest) != (["host1"], ["host1"]):
+    """Each test starts with vdisk running (not paused) on host1 and defined there only, as
+    libvirt reports it (asked directly: a salt-run locate here cost each test ~2.5 s); moved
+    back live through vmigrate if a test left it elsewhere."""
+    expected = {"host1": {"active": True, "state": RUNNING, "persistent": True}}
+    if lab.domain_on(guest) != expected:
         ret = salt_run_cli.run("vmigrate.migrate", guest, "host1")
         assert ret.returncode == 0, ret
-        assert lab.placement(guest) == (["host1"], ["host1"]), lab.placement(guest)
+        assert lab.domain_on(guest) == expected, lab.domain_on(guest)
     return guest

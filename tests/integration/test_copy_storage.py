@@ -8,7 +8,6 @@ destination's image is read back for it, so a migration that did not copy the di
 """
 import contextlib
 import json
-import subprocess
 
 import pytest
 
@@ -20,7 +19,9 @@ from .test_transports import _dest_qmp, _transport
 
 LOCAL = "/var/lib/libvirt/images"
 NAME = "vcopy"
-PATTERN = ("0x5a", "1M", "1M")  # byte, offset, length
+DISK = f"{LOCAL}/{NAME}.qcow2"
+MIB = 1 << 20
+PATTERN = ("0x5a", 1 * MIB, 1 * MIB)  # byte, offset, length (bytes)
 DISKS_PORT = 49300
 DISKS_URI_PORT = 49301
 
@@ -29,14 +30,24 @@ def _image(lab, host, name=NAME):
     return lab.host_path(host, f"{LOCAL}/{name}.qcow2")
 
 
-def _has_pattern(path):
-    """Whether the image holds the pattern (read-only, sharing the running QEMU's lock)."""
-    byte, offset, length = PATTERN
-    out = subprocess.run(["qemu-io", "-r", "-U", "-f", "qcow2", "-c",
-                          f"read -P {byte} {offset} {length}", str(path)],
-                         capture_output=True, text=True, check=False)
-    return out.returncode == 0 and "read 1048576/1048576" in out.stdout \
+def _in_image(lab, host, path, pattern=PATTERN, chain=True):
+    """Whether ``host`` reads ``pattern`` (byte, offset, length) in the qcow2 image ``path``
+    (read-only, sharing the running QEMU's lock): through its backing chain (opened inside
+    ``host``, where the chain's paths resolve), or from the image's own clusters only
+    (``chain=False``: no backing file opened)."""
+    byte, offset, length = pattern
+    image = (path if chain else "json:" + json.dumps(
+        {"driver": "qcow2", "backing": None, "file": {"driver": "file", "filename": path}}))
+    out = lab.host_run(host, ["qemu-io", "-r", "-U", *(["-f", "qcow2"] if chain else []),
+                              "-c", f"read -P {byte} {offset} {length}", image],
+                       check=False, capture=True)
+    return out.returncode == 0 and f"read {length}/{length} bytes" in out.stdout \
         and "Pattern verification failed" not in out.stdout
+
+
+def _write(lab, host, path, pattern):
+    lab.host_run(host, ["qemu-io", "-f", "qcow2", "-c", "write -P {} {} {}".format(*pattern),
+                        path], capture=True)
 
 
 @contextlib.contextmanager
@@ -86,12 +97,9 @@ def vcopy(lab, guest):
         _pool_gone(lab, host)
         lab.host_path(host, LOCAL).mkdir(parents=True, exist_ok=True)
         _image(lab, host).unlink(missing_ok=True)
-    disk = _image(lab, "host1")
-    vmlab.run(["qemu-img", "create", "-q", "-f", "qcow2", disk, "64M"])
-    byte, offset, length = PATTERN
-    vmlab.run(["qemu-io", "-f", "qcow2", "-c", f"write -P {byte} {offset} {length}", disk],
-              capture=True)
-    assert _has_pattern(disk)
+    lab.host_run("host1", ["qemu-img", "create", "-q", "-f", "qcow2", DISK, "64M"])
+    _write(lab, "host1", DISK, PATTERN)
+    assert _in_image(lab, "host1", DISK)
     lab.create_guest("host1", NAME, workset_mib=1, disk_dir=LOCAL)
     yield
     lab.remove_guest_everywhere(NAME)
@@ -146,8 +154,8 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     assert_guest_went_on(lab, "host2", before, NAME)
     # The disk came along: host2's own image holds what was written before the guest booted;
     # host1's image is kept (vmigrate never deletes one).
-    assert _has_pattern(_image(lab, "host2"))
-    assert _has_pattern(_image(lab, "host1"))
+    assert _in_image(lab, "host2", DISK)
+    assert _in_image(lab, "host1", DISK)
 
     # Back over TLS with copy_storage inc (only the top image: this one has no backing file).
     # host1 kept the image it ran from, which holds data that would show through: refused.
@@ -159,7 +167,7 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
         # The operator's step: an empty image in its place. Then it moves.
         lab.host_run("host1", ["qemu-img", "create", "-q", "-f", "qcow2",
                                f"{LOCAL}/{NAME}.qcow2", "64M"])
-        assert not _has_pattern(_image(lab, "host1"))
+        assert not _in_image(lab, "host1", DISK)
         before = counter_before(lab, "host2", NAME)
         # Where host1 serves the disk, as a URI this time (--disks-uri).
         disks_uri = f"tcp://{lab.addr('host1')}:{DISKS_URI_PORT}"
@@ -181,7 +189,7 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
     assert _where(lab, NAME) == {"host1": (True, True)}
     assert_guest_went_on(lab, "host1", before, NAME)
     # The empty image now holds the pattern: the copy wrote it.
-    assert _has_pattern(_image(lab, "host1"))
+    assert _in_image(lab, "host1", DISK)
     _no_transient_pools(lab)
 
 
@@ -215,21 +223,6 @@ def test_copying_a_disk_on_storage_the_destination_shares_is_refused(lab, guest,
         local.rmdir()
 
 
-def _in_image(lab, host, path, pattern, chain=True):
-    """Whether ``host`` reads ``pattern`` (byte, offset, length) in the qcow2 image ``path``:
-    through its backing chain (opened inside ``host``, where the chain's paths resolve), or
-    from the image's own clusters only (``chain=False``: no backing file opened)."""
-    byte, offset, length = pattern
-    image = path if chain else json.dumps({"driver": "qcow2", "backing": None, "file": {
-        "driver": "file", "filename": path}})
-    out = lab.host_run(host, ["qemu-io", "-r", "-U", *(["-f", "qcow2"] if chain else []),
-                              "-c", f"read -P {byte} {offset} {length}",
-                              image if chain else f"json:{image}"],
-                       check=False, capture=True)
-    return out.returncode == 0 and "read 1048576/1048576" in out.stdout \
-        and "Pattern verification failed" not in out.stdout
-
-
 def test_copy_storage_inc_copies_the_top_image_onto_one_over_the_same_backing_file(
         lab, guest, salt_run_cli):
     """A guest whose local disk is an overlay over a base image each host has a copy of:
@@ -237,7 +230,7 @@ def test_copy_storage_inc_copies_the_top_image_onto_one_over_the_same_backing_fi
     file, naming the fix; once it sits over the same one the guest moves, and on host2 it reads
     the base's data from host2's base and the overlay's from what was copied."""
     name, base, top = "vchain", f"{LOCAL}/vchain-base.qcow2", f"{LOCAL}/vchain.qcow2"
-    in_base, in_top = ("0x5a", "1M", "1M"), ("0xa5", "2M", "1M")
+    in_base, in_top = ("0x5a", 1 * MIB, 1 * MIB), ("0xa5", 2 * MIB, 1 * MIB)
 
     def overlay(host, backing):
         lab.host_run(host, ["rm", "-f", top])
@@ -251,11 +244,9 @@ def test_copy_storage_inc_copies_the_top_image_onto_one_over_the_same_backing_fi
             lab.host_path(host, LOCAL).mkdir(parents=True, exist_ok=True)
             lab.host_run(host, ["rm", "-f", base, top, f"{LOCAL}/other-base.qcow2"])
             lab.host_run(host, ["qemu-img", "create", "-q", "-f", "qcow2", base, "64M"])
-            lab.host_run(host, ["qemu-io", "-f", "qcow2", "-c",
-                                "write -P {} {} {}".format(*in_base), base], capture=True)
+            _write(lab, host, base, in_base)
         overlay("host1", base)
-        lab.host_run("host1", ["qemu-io", "-f", "qcow2", "-c",
-                               "write -P {} {} {}".format(*in_top), top], capture=True)
+        _write(lab, "host1", top, in_top)
         assert _in_image(lab, "host1", top, in_top, chain=False)
         assert not _in_image(lab, "host1", top, in_base, chain=False)
         lab.create_guest("host1", name, workset_mib=1, disk_dir=LOCAL)
@@ -289,7 +280,9 @@ def test_copy_storage_inc_copies_the_top_image_onto_one_over_the_same_backing_fi
         assert _in_image(lab, "host2", top, in_base)
         _no_transient_pools(lab)
     finally:
-        lab.remove_guest_everywhere(name)
-        for host in vmlab.HYPERVISORS:
-            lab.host_run(host, ["rm", "-f", base, top, f"{LOCAL}/other-base.qcow2"],
-                         check=False)
+        try:
+            lab.remove_guest_everywhere(name)
+        finally:
+            for host in vmlab.HYPERVISORS:
+                lab.host_run(host, ["rm", "-f", base, top, f"{LOCAL}/other-base.qcow2"],
+                             check=False)

@@ -25,18 +25,8 @@ def _remove(lab, name):
 
 
 def _where(lab, name):
-    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
-    found = {}
-    for host in vmlab.HYPERVISORS:
-        conn = libvirt.open(lab.libvirt_uri(host))
-        try:
-            dom = conn.lookupByName(name)
-            found[host] = (bool(dom.isActive()), bool(dom.isPersistent()))
-        except libvirt.libvirtError:
-            pass
-        finally:
-            conn.close()
-    return found
+    """{host: (active, persistent)} of ``name``, asked of libvirt directly."""
+    return {h: (d["active"], d["persistent"]) for h, d in lab.domain_on(name).items()}
 
 
 def test_the_lab_made_the_shared_mount_point_before_libvirtd(vdisk_on_host1, lab):
