@@ -165,8 +165,7 @@ def test_a_guest_on_local_storage_moves_with_its_disk_and_back(vcopy, lab, pilla
         comment = orch_state(ret)["comment"]
         assert "[BLOCKER] dest_disk:vda" in comment and "on host1 already holds" in comment
         # The operator's step: an empty image in its place. Then it moves.
-        lab.host_run("host1", ["qemu-img", "create", "-q", "-f", "qcow2",
-                               f"{LOCAL}/{NAME}.qcow2", "64M"])
+        lab.host_run("host1", ["qemu-img", "create", "-q", "-f", "qcow2", DISK, "64M"])
         assert not _in_image(lab, "host1", DISK)
         before = counter_before(lab, "host2", NAME)
         # Where host1 serves the disk, as a URI this time (--disks-uri).
