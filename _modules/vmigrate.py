@@ -69,6 +69,7 @@ DEFAULTS = {
     "progress_events": True,
     "shutdown_timeout": 120,
     "options": {},
+    "allow_xml_changes": None,
 }
 # Switches that weaken a safety check: False unless pillar says otherwise, each named in results.
 SAFETY_SWITCHES = ("allow_unsafe", "allow_insecure_transport", "allow_plain_migration_stream")
@@ -90,12 +91,12 @@ _SSH_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _KEYFILE_RE = re.compile(r"/[A-Za-z0-9._/-]{1,4095}")
 
 _EVENT_LOOP = {"pid": None}
-# Phrases the master reads in an error: a refusal before anything moved (no repair needed), and
-# a job that outlived its deadlines (its outcome unknown: nothing may be repaired yet).
+# Words for a person; the master decides on an outcome's status code, never on these.
 REFUSED = "nothing was moved"
-STILL_RUNNING = "still running after"
-# ... and a migration someone stopped (salt-run vmigrate.abort, virsh domjobabort).
-ABORTED = "was aborted on request"
+# Undefining a copy keeps what other hosts or a later start may need: the NVRAM and TPM state
+# (a path on shared storage is the kept copy's too). vmigrate never deletes such a file.
+_UNDEFINE_KEEP = ((libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM
+                   | getattr(libvirt, "VIR_DOMAIN_UNDEFINE_KEEP_TPM", 0)) if HAS_LIBVIRT else 0)
 JOB_OPERATIONS = ("unknown", "start", "save", "restore", "migration_in", "migration_out",
                   "snapshot", "snapshot_revert", "dump", "backup", "snapshot_delete")
 
@@ -124,6 +125,11 @@ def _config():
         conf[key] = conf.get(key, False)
     for key in ("timeout", "abort_deadline", "shutdown_timeout"):
         conf[key] = _check("seconds", conf[key], f"pillar vmigrate:{key}", allow_none=False)
+    try:
+        conf["allow_xml_changes"] = __utils__["vmigrate_xmlguard.allowed"](
+            conf["allow_xml_changes"])
+    except ValueError as err:
+        raise SaltInvocationError(str(err)) from err
     return conf
 
 
@@ -685,11 +691,35 @@ def _shared_checks(dom, storage, opts):
     return _storage_checks(dom, facts=shared), shared
 
 
+def _xml_checks(dom, opts, conf):
+    """Options ``xml`` and ``persistent_xml`` against the definition libvirt holds (the live
+    one, and the persistent one for ``persistent_xml``): one check each, refused for every
+    class of host resource they change that pillar ``vmigrate:allow_xml_changes`` does not
+    allow (_utils/vmigrate_xmlguard.py)."""
+    util = __utils__
+    checks = []
+    for key in ("xml", "persistent_xml"):
+        if key not in opts:
+            continue
+        flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE
+        try:
+            if key == "persistent_xml" and dom.isPersistent():
+                flags |= libvirt.VIR_DOMAIN_XML_INACTIVE
+            current = dom.XMLDesc(flags)
+        except libvirt.libvirtError as err:
+            raise _libvirt_error(err, "reading the domain's XML") from err
+        checks.append(util["vmigrate_xmlguard.check"](
+            key, util["vmigrate_xmlguard.changes"](current, opts[key]),
+            conf["allow_xml_changes"]))
+    return checks
+
+
 def _live_checks(conn, dom, dest, uris, conf, mode, link, opts):
     """Storage on this host, then the destination, as libvirt will meet them (``link``: the
     open (connection, error) from :func:`_dest_link`). A cold migration boots the guest afresh
-    there: the CPU it runs with here does not bind it."""
-    xml = _xml(dom)  # read once for both
+    there: the CPU it runs with here does not bind it. With option ``xml`` its disks are
+    judged (they are the guest's own unless pillar allows ``disk_sources`` changes)."""
+    xml = opts.get("xml") or _xml(dom)  # read once for both
     storage = _storage_facts(dom, xml)
     checks, shared = _shared_checks(dom, storage, opts)
     facts = _dest_facts(conn, dom, uris, conf, link, xml, shared, opts.get("dname"))
@@ -755,16 +785,16 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
                                         uris["data_stream"] if uris else None)
     with _connect(conf) as conn:
         dom = _lookup(conn, name)
-        checks = []
+        checks = _xml_checks(dom, opts, conf)
         if uris is None:
             if mode != "offline":
-                storage = _storage_facts(dom)
-                checks = (_shared_checks(dom, storage, opts)[0]
+                storage = _storage_facts(dom, opts.get("xml"))
+                checks += (_shared_checks(dom, storage, opts)[0]
                           + _copy_checks(dom, storage, None, (None, None), opts))
         else:
             with _dest_link(uris, conf) as link:
                 if mode != "offline":
-                    checks = _live_checks(conn, dom, dest, uris, conf, mode, link, opts)
+                    checks += _live_checks(conn, dom, dest, uris, conf, mode, link, opts)
                 identity = _identity_check(link, uris, dest, dest_host_uuid)
                 checks += [identity] if identity else []
     return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,
@@ -823,7 +853,7 @@ def repair(name, action, uuid=None):
                 if dom.isActive():
                     raise CommandExecutionError(
                         f"vm {name!r} runs on {__opts__['id']}: destroy it before undefining")
-                dom.undefine()
+                dom.undefineFlags(_UNDEFINE_KEEP)
             else:
                 conn.defineXML(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_SECURE))
             try:
@@ -916,6 +946,17 @@ class _Progress:
             self.thread.join(wait)
 
 
+class _Outcome(CommandExecutionError):
+    """A migration that did not end as asked, with the code the master decides on: ``status``
+    one of ``refused`` (nothing was moved), ``failed`` (it ran and failed; the guest is where
+    libvirt left it), ``aborted`` (stopped on request) or ``unknown`` (the outcome could not be
+    read: nothing may be repaired until a fresh reading says more); ``reason`` a short code."""
+
+    def __init__(self, message, status="failed", reason=None):
+        super().__init__(message)
+        self.status, self.reason = status, reason or status
+
+
 def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False, options=None,
             dest_host_uuid=None):
     """
@@ -956,8 +997,15 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
     running there), ``bytes`` (memory transferred or saved), ``iterations``, ``stats``
     (libvirt's job statistics), ``final`` (whether those are the completed job's, not the last
     poll's), ``options`` (those used), ``policy`` (what the convergence policy did),
-    ``switches`` (safety switches that were used) and ``copies`` (where the domain is now,
-    read from both hosts' libvirtd after the move: the master's verification).
+    ``switches`` (safety switches that were used), ``copies`` (where the domain is now,
+    read from both hosts' libvirtd after the move: the master's verification) and
+    ``warnings`` (what a person must do after a move that worked, e.g. a save file left).
+
+    When it does not move as asked it returns (retcode 1) ``result: False``, ``status``
+    (``refused``: nothing was moved; ``failed``; ``aborted``: stopped on request;
+    ``unknown``: the outcome could not be read, nothing may be repaired until a fresh reading
+    says more), ``reason`` (a short code), ``comment`` and ``name``, ``source``, ``dest``,
+    ``mode``. The master decides on ``status``, never on the words.
 
     CLI Example:
 
@@ -969,6 +1017,22 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
         salt host1 vmigrate.migrate vdisk host2 bandwidth=100 timeout=300
         salt host1 vmigrate.migrate vdisk host2 options='{auto_converge: true, max_downtime: 500}'
     """
+    try:
+        return _migrate(name, dest, mode, bandwidth, timeout, unsafe, options, dest_host_uuid)
+    except _Outcome as err:
+        status, reason, text = err.status, err.reason, str(err)
+    except SaltInvocationError as err:
+        status, reason, text = "refused", "invalid", str(err)
+    except CommandExecutionError as err:
+        # Raised before any job began (lookups, connections, prechecks): nothing moved.
+        status, reason, text = "refused", "error", str(err)
+    __context__["retcode"] = 1
+    return {"result": False, "status": status, "reason": reason, "comment": text,
+            "name": name, "source": __opts__["id"], "dest": dest, "mode": mode}
+
+
+def _migrate(name, dest, mode, bandwidth, timeout, unsafe, options, dest_host_uuid):
+    """:func:`migrate`; a failure raises (an :class:`_Outcome` once anything may have moved)."""
     conf = _config()
     _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf)
     _check("host_uuid", dest_host_uuid)
@@ -1017,11 +1081,11 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
                 f"vm {name!r} is transient, {REFUSED}: there is no definition to move "
                 f"({'use mode=live' if active else 'nothing to migrate'})")
         with _dest_link(uris, conf) as link:
-            checks = []
+            checks = _xml_checks(dom, opts, conf)
             if mode != "offline":
                 # unsafe=True (explicitly allowed) skips libvirt's storage check, not ours of
                 # the destination.
-                checks = (_live_checks(conn, dom, dest, uris, conf, mode, link, opts)
+                checks += (_live_checks(conn, dom, dest, uris, conf, mode, link, opts)
                           if not unsafe else __utils__["vmigrate_checks.assess_dest"](
                               _dest_facts(conn, dom, uris, conf, link, dname=opts.get("dname")),
                               source, dest)
@@ -1031,12 +1095,20 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
             if any(not c["ok"] for c in checks):
                 raise _blocked(name, checks)
             job = (source, dest, uris, conf, opts)
-            if mode in ("live", "offline"):
-                outcome = _run_job(conn, dom, name, mode, params, flags, timeout, job)
-            elif mode == "cold":
-                outcome = _cold(conn, dom, name, params, flags, timeout, job)
-            else:
-                outcome = _save(conn, dom, name, job)
+            try:
+                if mode in ("live", "offline"):
+                    outcome = _run_job(conn, dom, name, mode, params, flags, timeout, job)
+                elif mode == "cold":
+                    outcome = _cold(conn, dom, name, params, flags, timeout, job)
+                else:
+                    outcome = _save(conn, dom, name, timeout, job)
+            except (CommandExecutionError, libvirt.libvirtError, OSError) as err:
+                if isinstance(err, _Outcome):
+                    raise
+                # Anything may have moved by now: only a fresh reading can tell.
+                raise _Outcome(f"{mode} migration of {name!r} from {source} to {dest}: {err}; "
+                               f"check with salt-run vmigrate.locate {name} before acting",
+                               "unknown", "error") from err
             if "error" not in outcome:
                 outcome["copies"] = _copies(name, uuid, ((source, conn), (dest, link[0])))
                 # Read through the connection whose identity was checked (or not).
@@ -1061,6 +1133,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
         "policy": outcome.get("policy", {}),
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
         "copies": outcome["copies"],
+        "warnings": outcome.get("warnings", []),
     }
 
 
@@ -1088,18 +1161,39 @@ def _copies(name, uuid, links):
     return out
 
 
+def _in_postcopy(dom):
+    """Whether ``dom``'s migration has switched to post-copy (read now; False if unreadable):
+    the guest runs on the destination and its memory is split between the hosts."""
+    try:
+        code, reason = dom.state()
+    except libvirt.libvirtError:
+        return False
+    return (code, reason) in ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY),
+                              (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY))
+
+
 def _abort(dom, name, deadline):
-    """Ask libvirt to abort the job until it takes or ``deadline`` passes. True if it took."""
+    """Ask libvirt to abort the job until it takes or ``deadline`` passes. Returns ``took``
+    (libvirt accepted the abort), ``ended`` (it refused because a fresh reading shows no job
+    left), ``postcopy`` (it refused because the job is in post-copy, which cannot be aborted:
+    the guest runs on the destination) or ``failed``. A refusal is never read as the job's
+    end without that reading."""
     while True:
         try:
             dom.abortJob()
-            return True
+            return "took"
         except libvirt.libvirtError as err:
-            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
-                return True  # no job left to abort: it already ended
+            try:
+                if err.get_error_code() == libvirt.VIR_ERR_OPERATION_INVALID:
+                    if _in_postcopy(dom):
+                        return "postcopy"
+                    if not _job_of(dom):
+                        return "ended"
+            except libvirt.libvirtError as err2:
+                log.warning("vmigrate: %s: cannot read the job after the abort: %s", name, err2)
             if time.monotonic() >= deadline:
                 log.error("vmigrate: %s: abort did not take: %s", name, err)
-                return False
+                return "failed"
             log.warning("vmigrate: %s: abort failed, retrying: %s", name, err)
             time.sleep(0.5)
 
@@ -1178,7 +1272,7 @@ class _Policy:
 
     def _abort(self, hard_deadline):
         self.aborted = True
-        self.abort_took = _abort(self.dom, self.name, hard_deadline)
+        self.abort_took = _abort(self.dom, self.name, hard_deadline) in ("took", "ended")
         if self.abort_took:  # libvirt ends the job now: give it its grace period
             return max(hard_deadline, time.monotonic() + self.conf["abort_deadline"])
         return hard_deadline
@@ -1246,26 +1340,34 @@ def _run_job(conn, dom, name, mode, params, flags, timeout, job):
     if not finished:
         state = ("the abort did not take" if policy.aborted and not policy.abort_took
                  else "it did not finish")
-        outcome["error"] = CommandExecutionError(
-            f"{what}: {STILL_RUNNING} {elapsed:.0f}s ({state}); it may yet complete: "
+        outcome["error"] = _Outcome(
+            f"{what}: still running after {elapsed:.0f}s ({state}); it may yet complete: "
             f"check with salt-run vmigrate.locate {name}"
-            + (f" dname={opts['dname']}" if "dname" in opts else "") + " before acting")
+            + (f" dname={opts['dname']}" if "dname" in opts else "") + " before acting",
+            "unknown", "still_running")
     elif "libvirt_error" in outcome:
         err = outcome["libvirt_error"]
+        status, reason = "failed", "libvirt"
         if policy.aborted:
             what += f" aborted after the {timeout:.0f}s timeout"
+            reason = "timeout"
         elif err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
-            what += f" {ABORTED} (salt-run vmigrate.abort or virsh domjobabort)"
-        error = _libvirt_error(err, what)
-        if (err.get_error_code() == libvirt.VIR_ERR_MIGRATE_UNSAFE
-                and "shared storage" in (err.get_error_message() or "")):
+            what += " was aborted on request (salt-run vmigrate.abort or virsh domjobabort)"
+            status = reason = "aborted"
+        elif err.get_error_code() == libvirt.VIR_ERR_MIGRATE_UNSAFE:
+            # libvirt's own storage check, made before anything moves.
+            what += f", {REFUSED}"
+            status, reason = "refused", "unsafe"
+        text = str(_libvirt_error(err, what))
+        if status == "refused" and "shared storage" in (err.get_error_message() or ""):
+            # (prose only: which explanation fits; the status came from the code above)
             with contextlib.suppress(CommandExecutionError, OSError):
                 facts = _storage_facts(dom)
-                error = CommandExecutionError(
-                    f"{error}: " + __utils__["vmigrate_storage.explain_unsafe"](facts, source))
-        if policy.paused and _try(f"{name}: resume after the failed migration", dom.resume):
-            error = CommandExecutionError(f"{error}; resumed here (timeout_action pause)")
-        outcome["error"] = error
+                text += ": " + __utils__["vmigrate_storage.explain_unsafe"](facts, source)
+        if policy.paused and not _in_postcopy(dom) \
+                and _try(f"{name}: resume after the failed migration", dom.resume):
+            text += "; resumed here (timeout_action pause)"
+        outcome["error"] = _Outcome(text, status, reason)
     elif policy.paused and not opts.get("suspend"):
         # Paused here to converge; libvirt resumes it there unless it was paused when the job
         # began. Make sure it runs there, as it ran here.
@@ -1300,15 +1402,15 @@ def _cold(conn, dom, name, params, flags, timeout, job):
     except libvirt.libvirtError as err:
         progress.put("failed", time.monotonic() - start, {})
         progress.close()
-        return {"error": _libvirt_error(err, f"shutting {name!r} down on {source}")}
+        return {"error": _Outcome(str(_libvirt_error(err, f"shutting {name!r} down on {source}")))}
     if forced and not opts.get("force_off"):
         progress.put("failed", time.monotonic() - start, {})
         progress.close()
-        return {"error": CommandExecutionError(
+        return {"error": _Outcome(
             f"vm {name!r} did not shut down within {wait:g}s of the ACPI power button, "
             f"{REFUSED}: it runs on {source} (a guest that honours the request later ends shut "
             "off there); shut it down from inside, or pass options {force_off: true} to power "
-            "it off after the wait")}
+            "it off after the wait", "refused", "shutdown_timeout")}
     down_at = time.monotonic()
     progress.put("moving", down_at - start, {})
     progress.close()
@@ -1321,7 +1423,7 @@ def _cold(conn, dom, name, params, flags, timeout, job):
                 dconn.lookupByUUIDString(dom.UUIDString()).create()
         except (libvirt.libvirtError, CommandExecutionError) as err:
             text = err.get_error_message() if isinstance(err, libvirt.libvirtError) else err
-            outcome["error"] = CommandExecutionError(
+            outcome["error"] = _Outcome(
                 f"cold migration of {name!r}: its definition moved to {dest} but it did not "
                 f"start there: {text}. Fix: salt {dest} vmigrate.repair {there} start")
     else:
@@ -1331,82 +1433,262 @@ def _cold(conn, dom, name, params, flags, timeout, job):
         except libvirt.libvirtError as err:
             note = (f"could not start it again on {source}: {err.get_error_message()}; "
                     f"salt {source} vmigrate.repair {name} start")
-        outcome["error"] = CommandExecutionError(f"{outcome['error']}; {note}")
+        outcome["error"] = _Outcome(f"{outcome['error']}; {note}",
+                                    "failed", getattr(outcome["error"], "reason", None))
     end = time.monotonic()
     outcome.update(elapsed=end - start, downtime_ms=round((end - start) * 1000),
                    policy={"forced_off": forced, "shutdown_s": round(down_at - start, 3)})
     return outcome
 
 
-def _save(conn, dom, name, job):
+def _lost_contact(err, conn):
+    """Whether libvirt error ``err`` on connection ``conn`` says the link to that daemon failed
+    (raised by libvirt's RPC or remote layer, or the connection is no longer alive) rather
+    than the call: then the daemon may have carried the call out all the same (a remote
+    libvirtd finishes an API call after its client is gone), and only a fresh reading tells."""
+    if err.get_error_domain() in (libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE):
+        return True
+    if err.get_error_code() in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN,
+                                libvirt.VIR_ERR_RPC):
+        return True
+    try:
+        return conn.isAlive() != 1
+    except libvirt.libvirtError:
+        return True
+
+
+class _Call:
+    """One blocking libvirt call in a thread of its own, waited for in bounded steps; a call
+    still running when the caller stops waiting is left to finish on its own."""
+
+    def __init__(self, call):
+        self.error = None
+
+        def run():
+            try:
+                call()
+            except libvirt.libvirtError as err:
+                self.error = err
+
+        self.thread = threading.Thread(target=contextvars.copy_context().run, args=(run,),
+                                       name="vmigrate-call", daemon=True)
+        self.thread.start()
+
+    def wait(self, seconds):
+        """Whether the call has returned, waiting up to ``seconds`` for it."""
+        self.thread.join(max(0.0, seconds))
+        return not self.thread.is_alive()
+
+
+def _read_dest(uris, conf, uuid, within):
+    """Where the destination's libvirtd has domain ``uuid`` now, asked on a new connection for
+    up to ``within`` seconds: ``absent``, ``defined`` (shut off, no job), ``running``, or
+    ``unclear`` (active but not running, a job on it, or no answer)."""
+    give_up = time.monotonic() + within
+    while True:
+        try:
+            with _dest_connection(uris["uri"], conf) as dconn:
+                try:
+                    ddom = dconn.lookupByUUIDString(uuid)
+                except libvirt.libvirtError as err:
+                    if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                        return "absent"
+                    raise
+                if ddom.isActive():
+                    return ("running" if ddom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+                            else "unclear")
+                return "unclear" if _job_of(ddom) else "defined"
+        except (libvirt.libvirtError, CommandExecutionError) as err:
+            if time.monotonic() >= give_up:
+                log.warning("vmigrate: cannot read the destination again: %s", err)
+                return "unclear"
+            time.sleep(1.0)
+
+
+def _undefine_dest(uris, conf, uuid):
+    """Drop the definition a failed save migration left on the destination (None when done,
+    else why not)."""
+    try:
+        with _dest_connection(uris["uri"], conf) as dconn:
+            ddom = dconn.lookupByUUIDString(uuid)
+            if not ddom.isActive():
+                ddom.undefineFlags(_UNDEFINE_KEEP)
+            return None
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return None
+        return err.get_error_message()
+    except CommandExecutionError as err:
+        return str(err)
+
+
+def _restore_here(conn, path, source):
+    """Restore the saved guest on this host and remove its save file; what happened, in words
+    for the error, and whether it runs here."""
+    try:
+        conn.restore(path)
+    except libvirt.libvirtError as err:
+        return (f"could not restore it on {source} either: {err.get_error_message()}; its "
+                f"memory is kept in {path}: virsh restore {path} on {source}"), False
+    try:
+        os.unlink(path)
+    except OSError as err:
+        return (f"restored running on {source}; its save file {path} could not be removed "
+                f"({err.strerror}): remove it by hand, it holds the guest's memory"), True
+    return f"restored running on {source}", True
+
+
+def _save(conn, dom, name, timeout, job):
     """Save the guest's memory beside its disk on the shared storage, define it there, restore
-    it running there, undefine it here, remove the save file. Any failure before it runs there
-    restores it here."""
+    it running there, undefine it here, remove the save file. The save is bounded by
+    ``timeout`` (then libvirt aborts it and the guest runs on here). After a definite failure
+    there it is restored here; after lost contact the destination is read again first, and
+    when that reading does not settle it, nothing is started: the outcome is unknown and the
+    save file is kept."""
     source, dest, uris, conf, _opts = job
     dirs = __utils__["vmigrate_storage.disk_dirs"](_storage_facts(dom))
     if not dirs:
-        return {"error": CommandExecutionError(
+        return {"error": _Outcome(
             f"vm {name!r} has no file disk on shared storage to save its memory beside, "
-            f"{REFUSED}: use mode=live")}
+            f"{REFUSED}: use mode=live", "refused", "no_shared_disk")}
     path = os.path.join(dirs[0], f".vmigrate-save-{name}-{secrets.token_hex(4)}.sav")
     progress = _Progress(conf["progress_events"], f"vmigrate/{name}/progress",
                          {"name": name, "source": source, "dest": dest, "mode": "save"})
     start = time.monotonic()
+    grace = conf["abort_deadline"]
     progress.put("saving", 0.0, {})
 
-    def fail(error):
+    def fail(text, status="failed", reason="libvirt"):
         progress.put("failed", time.monotonic() - start, {})
         progress.close()
-        return {"error": error}
+        return {"error": _Outcome(f"save migration of {name!r} to {dest}: {text}", status,
+                                  reason)}
 
     try:
+        uuid = dom.UUIDString()
         definition = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-        dom.save(path)
     except libvirt.libvirtError as err:
+        return fail(f"reading it on {source}: {err.get_error_message()}, {REFUSED}", "refused")
+    call = _Call(lambda: dom.save(path))
+    if not call.wait(timeout):
+        _try(f"{name}: abort the save after {timeout:g}s", dom.abortJob)
+        if not call.wait(grace):
+            return fail(f"the save on {source} did not finish within {timeout:g}s and the "
+                        f"abort did not take; its memory may go to {path}: check with salt-run "
+                        f"vmigrate.locate {name} before acting", "unknown", "still_running")
+        if call.error is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return fail(f"the save on {source} did not finish within {timeout:g}s and was "
+                        f"aborted: {call.error.get_error_message()}; it runs on {source}, "
+                        f"{REFUSED}", "refused", "timeout")
+    if call.error is not None:
         with contextlib.suppress(OSError):
             os.unlink(path)
-        return fail(_libvirt_error(err, f"saving {name!r} on {source} ({REFUSED})"))
+        return fail(f"saving it on {source}: {call.error.get_error_message()}, {REFUSED}",
+                    "refused")
     saved = time.monotonic()
     size = None
     with contextlib.suppress(OSError):  # a number for the report: never a reason to stop here
         size = os.path.getsize(path)
     progress.put("restoring", saved - start, {})
-    try:
-        with _dest_connection(uris["uri"], conf) as dconn:
-            ddom = dconn.defineXML(definition)
-            try:
-                dconn.restore(path)
-            except libvirt.libvirtError:
-                with contextlib.suppress(libvirt.libvirtError):
-                    ddom.undefine()
-                raise
-    except (libvirt.libvirtError, CommandExecutionError) as err:
-        text = err.get_error_message() if isinstance(err, libvirt.libvirtError) else str(err)
+    there, text = _restore_there(uris, conf, definition, path, uuid,
+                                 max(grace, start + timeout - time.monotonic()))
+    if there == "unclear":
+        return fail(
+            f"lost contact with {dest} during the restore ({text}) and could not read it again "
+            f"within {grace:g}s: the guest may run there, so nothing was started; it is saved "
+            f"on {source} (shut off, defined) and its memory kept in {path}. Check with "
+            f"salt-run vmigrate.locate {name}: if it runs on {dest}, salt {source} vmigrate."
+            f"repair {name} undefine; if not, virsh restore {path} on {source}",
+            "unknown", "lost_contact")
+    if there in ("absent", "defined"):
+        # Lost contact, and the fresh reading found no copy running there. Fence the save
+        # file (a restore that reaches the destination late can no longer open it), read
+        # once more, and only then go on here.
+        moved = path + ".source"
         try:
-            conn.restore(path)
-            os.unlink(path)
-            note = f"restored running on {source}"
-        except (libvirt.libvirtError, OSError) as err2:
-            note = (f"could not restore it on {source} either: {err2}; its memory is kept in "
-                    f"{path}: virsh restore {path} on {source}")
-        return fail(CommandExecutionError(
-            f"save migration of {name!r} to {dest} failed: {text}; {note}"))
+            os.rename(path, moved)
+            path = moved
+        except OSError as err:
+            return fail(f"{text}; its save file {path} could not be fenced ({err.strerror}), "
+                        f"so nothing was started: it is saved on {source}. Check with salt-run "
+                        f"vmigrate.locate {name}, then virsh restore {path} on {source}",
+                        "unknown", "lost_contact")
+        there = _read_dest(uris, conf, uuid, grace)
+        text += f", after fencing: {there}"
+        if there == "unclear":
+            return fail(f"{text}: nothing was started; it is saved on {source}, its memory in "
+                        f"{path}. Check with salt-run vmigrate.locate {name} before acting",
+                        "unknown", "lost_contact")
+        if there == "defined":
+            left = _undefine_dest(uris, conf, uuid)
+            if left:
+                return fail(f"{text}; the restore did not happen there, but its definition "
+                            f"could not be dropped ({left}), so nothing was started: it is "
+                            f"saved on {source}, its memory in {path}. Fix: salt {dest} "
+                            f"vmigrate.repair {name} undefine, then virsh restore {path} on "
+                            f"{source}", "failed", "lost_contact")
+    if there != "running":
+        note, _running = _restore_here(conn, path, source)
+        return fail(f"{text}; {note}")
     running = time.monotonic()
+    warnings = []
+    if text:
+        warnings.append(text)
     try:
-        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+        dom.undefineFlags(_UNDEFINE_KEEP)
     except libvirt.libvirtError as err:
-        return fail(CommandExecutionError(
-            f"{name!r} runs on {dest} but its definition stays on {source} too: "
-            f"{err.get_error_message()}. Fix: salt-run vmigrate.reconcile {name}"))
+        return fail(f"it runs on {dest} but its definition stays on {source} too: "
+                    f"{err.get_error_message()}. Fix: salt-run vmigrate.reconcile {name}",
+                    "failed", "undefine")
     finally:
-        with contextlib.suppress(OSError):
+        try:
             os.unlink(path)
+        except OSError as err:
+            warnings.append(f"its save file {path} could not be removed ({err.strerror}): "
+                            "remove it by hand, it holds the guest's memory")
     elapsed = time.monotonic() - start
     progress.put("completed", elapsed, {}, True)
     progress.close()
     return {"elapsed": elapsed, "downtime_ms": round((running - start) * 1000), "bytes": size,
-            "stats": {}, "final": True,
+            "stats": {}, "final": True, "warnings": warnings,
             "policy": {"save_s": round(saved - start, 3), "restore_s": round(running - saved, 3)}}
+
+
+def _restore_there(uris, conf, definition, path, uuid, wait):
+    """Define the saved guest on the destination and restore it there, for at most ``wait``
+    seconds. Returns (where it is there, words): ``running`` (restored), ``failed`` (libvirt
+    refused: nothing is there but maybe the definition, dropped here), ``defined`` or
+    ``absent`` (lost contact, and a fresh reading shows it did not restore), ``unclear``."""
+    try:
+        with _dest_connection(uris["uri"], conf) as dconn:
+            step = "defining it there"
+            try:
+                ddom = dconn.defineXML(definition)
+                step = "restoring it there"
+                call = _Call(lambda: dconn.restore(path))
+                if not call.wait(wait):
+                    return "unclear", f"the restore did not return within {wait:g}s"
+                if call.error is None:
+                    return "running", None
+                raise call.error
+            except libvirt.libvirtError as err:
+                words = f"{step}: {err.get_error_message()}"
+                if not _lost_contact(err, dconn):
+                    if step == "restoring it there":
+                        try:
+                            ddom.undefineFlags(_UNDEFINE_KEEP)
+                        except libvirt.libvirtError as err2:
+                            # Not restored, but still defined there: the caller fences and
+                            # drops it before the guest goes on here.
+                            return "defined", f"{words}; {err2.get_error_message()}"
+                    return "failed", words
+    except CommandExecutionError as err:  # no connection: nothing reached the destination
+        return "failed", str(err)
+    # Lost contact: the destination may have done it all the same. Read it again.
+    seen = _read_dest(uris, conf, uuid, conf["abort_deadline"])
+    return seen, f"{words} (lost contact; read again: {seen})"
 
 
 # ---- jobs: what migrates now, and stopping one ----------------------------------------------
@@ -1495,12 +1777,17 @@ def abort(name):
     """
     Abort the migration of ``name`` going out of this hypervisor: the domain stays here, as it
     was (libvirt ends the job; the ``vmigrate.migrate`` call reports it aborted on request).
-    Nothing is done when no migration of it goes out from here.
+    Nothing is done when no migration of it goes out from here. A migration in post-copy
+    cannot be aborted (the guest already runs on the destination): that is said, and nothing
+    is done. A migration counts as stopped only when a fresh reading shows no job left.
 
     :param name: the domain
 
     Returns a dict: ``name``, ``host``, ``aborted`` (True when a migration was stopped),
-    ``comment`` and ``state`` (the domain's state here afterwards).
+    ``outcome`` (``aborted``; ``none``: no migration goes out from here; ``ended``: it ended
+    before the abort; ``postcopy``: in post-copy, not abortable; ``running``: libvirt took the
+    abort but the job still runs), ``comment`` and ``state`` (the domain's state here
+    afterwards).
 
     CLI Example:
 
@@ -1519,21 +1806,43 @@ def abort(name):
             raise _libvirt_error(err, f"reading the job of {name!r}") from err
         if not info or info["operation"] != "migration_out":
             what = f" (its job here: {info['operation']})" if info else ""
-            return {"name": name, "host": host, "aborted": False, "state": _describe(dom),
+            return {"name": name, "host": host, "aborted": False, "outcome": "none",
+                    "state": _describe(dom),
                     "comment": f"no migration of {name} goes out from {host}{what}"}
         deadline = time.monotonic() + conf["abort_deadline"]
-        if not _abort(dom, name, deadline):
+        took = "postcopy" if _in_postcopy(dom) else _abort(dom, name, deadline)
+        if took == "failed":
             raise CommandExecutionError(
                 f"the migration of {name!r} from {host} did not take the abort within "
-                f"{conf['abort_deadline']:g}s (post-copy cannot be aborted); check with "
-                f"salt-run vmigrate.jobs")
-        while time.monotonic() < deadline:
+                f"{conf['abort_deadline']:g}s; check with salt-run vmigrate.jobs")
+        ended = took == "ended"
+        while took == "took" and time.monotonic() < deadline:
+            # Aborted only once a fresh reading shows no job left.
             with contextlib.suppress(libvirt.libvirtError):
                 if not _job_of(dom):
+                    ended = True
                     break
             time.sleep(0.2)
         state = _describe(dom)
-    return {"name": name, "host": host, "aborted": True, "state": state,
+    if took == "postcopy":
+        return {"name": name, "host": host, "aborted": False, "outcome": "postcopy",
+                "state": state,
+                "comment": f"the migration of {name} from {host} is in post-copy and cannot be "
+                           "aborted (libvirt refuses): the guest already runs on the "
+                           f"destination and pulls the rest of its memory from {host}, so "
+                           "neither host may be stopped until it completes (salt-run "
+                           f"vmigrate.watch {name})"}
+    if took == "ended":
+        return {"name": name, "host": host, "aborted": False, "outcome": "ended",
+                "state": state, "comment": f"the migration of {name} from {host} ended before "
+                                           f"the abort: it is {state['state']} here"}
+    if not ended:
+        return {"name": name, "host": host, "aborted": False, "outcome": "running",
+                "state": state,
+                "comment": f"libvirt took the abort of {name}'s migration from {host}, but the "
+                           f"job still runs after {conf['abort_deadline']:g}s: check with "
+                           "salt-run vmigrate.jobs"}
+    return {"name": name, "host": host, "aborted": True, "outcome": "aborted", "state": state,
             "comment": f"aborted the migration of {name} from {host}: it is {state['state']} "
                        f"here"}
 

@@ -53,6 +53,7 @@ validate = _sibling("vmigrate_validate")
 locks = _sibling("vmigrate_locks")
 authz = _sibling("vmigrate_authz")
 options_ = _sibling("vmigrate_options")
+Busy = locks.Busy
 
 ACTIVE = ("running", "blocked", "paused")
 MIB = 1024 * 1024
@@ -62,10 +63,10 @@ MIGRATION_PAUSE = ("migration", "postcopy", "postcopy_failed")
 # hosts, the newest pages on the destination, the rest only on the source. Stopping either
 # copy, or resuming the source, loses the guest; only resuming the migration saves it.
 POSTCOPY = ("postcopy", "postcopy_failed")
-# What the minion's vmigrate.migrate says (see REFUSED and STILL_RUNNING there).
+# Words for a person (the minion's too); outcomes are decided on status codes, never on these.
 REFUSED = "nothing was moved"
-STILL_RUNNING = "still running after"
-ABORTED = "was aborted on request"
+# The codes a minion's vmigrate.migrate ends with when it does not move as asked.
+FAILURES = ("refused", "failed", "aborted", "unknown")
 # Modes that move a running guest (live keeps it running; cold reboots it; save resumes it).
 RUNNING_MODES = ("live", "cold", "save")
 
@@ -454,6 +455,10 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
                  owner, options, report)
     except (SaltException, OSError) as err:
         ret["result"] = False
+        if isinstance(err, Busy):
+            ret["reason"] = "slots" if isinstance(err, locks.SlotsBusy) else "busy"
+        elif isinstance(err, SaltInvocationError):
+            ret["reason"] = "invalid"
         if ret.get("jid") and ret["status"] != "refused":
             # Sent, and then the master lost track: what the minion did is not known here.
             ret["status"] = "unknown"
@@ -474,8 +479,9 @@ def migrate(opts, vm, dest, mode="live", bandwidth=None, timeout=None, force=Fal
             ret["comment"] = (
                 f"interrupted on the master while {vm} migrates from {ret.get('source')} to "
                 f"{dest} (job {ret['jid']}): the migration goes on there under its own timeout "
-                f"and ends with the guest on one host; check with salt-run vmigrate.locate "
-                f"{ask}, and salt-run vmigrate.reconcile {ask} if it reports a problem")
+                f"and ends with the guest on one host; until its end is seen there, a new "
+                f"request or a reconcile of {vm} is refused. Follow it with salt-run "
+                f"vmigrate.watch {vm} or salt-run vmigrate.jobs")
         else:
             ret["status"] = "refused"
             ret["comment"] = f"interrupted on the master before anything was sent: {REFUSED}"
@@ -520,6 +526,10 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
 def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
                     already_ok, owner=None, options=None, report=None):
     dname = (options or {}).get("dname")
+    cleared = check_in_flight(opts, client, [vm, dname] if dname else [vm],
+                              conf["query_timeout"])
+    if cleared:
+        ret["in_flight_ended"] = cleared
     where = locate(opts, vm, client=client, dname=dname)
     ret["located"] = _summary(where)
     if force and where["unaccounted"]:
@@ -577,7 +587,17 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
     else:
         want = "paused" if was_paused or options.get("suspend") else "running"
     _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
-                     dest_host_uuid, was_paused, report, where["hosts"][source].get("uuid"))
+                     dest_host_uuid, was_paused, report, where["hosts"][source].get("uuid"),
+                     held)
+
+
+def failure(value):
+    """(status, words) of a source minion's vmigrate.migrate return that is not a success: its
+    ``status`` code when it gives a known one; ``failed`` for anything else (an exception's
+    text, a minion without vmigrate)."""
+    if isinstance(value, dict) and value.get("status") in FAILURES:
+        return value["status"], str(value.get("comment") or value["status"])
+    return "failed", str(value)
 
 
 def _rename_refused(where, vm, source, dname, here=False):
@@ -603,20 +623,37 @@ def _rename_refused(where, vm, source, dname, here=False):
 
 
 def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
-                     dest_host_uuid, was_paused, report, uuid=None):
+                     dest_host_uuid, was_paused, report, uuid=None, held=None):
     """Run vmigrate.migrate on the source minion, then verify that the domain is ``want`` on
     ``dest`` only (named as option dname says, with ``uuid``) -- or report where it is and
-    repair what a definite failure left (see :func:`_settle`). Fills ``ret``."""
+    repair what a definite failure left (see :func:`_settle`). Fills ``ret``. From the
+    publish until the job's end is seen, the VM is recorded in flight (it outlives the locks
+    ``held`` when the master gives up, is interrupted or dies)."""
     dname = (kwarg.get("options") or {}).get("dname")
+    names = [vm, dname] if dname and dname != vm else [vm]
+
+    def published(jid):
+        ret.update(jid=jid)
+        locks.mark_in_flight(opts, names, {"vm": vm, "jid": jid, "source": source, "dest": dest,
+                                           "mode": mode, "trigger": ret.get("trigger"),
+                                           "since": time.time(), "master_pid": os.getpid()})
+        if held is not None:
+            held.note(jid=jid)
+
     with Relay(opts, vm, source, report) as _relay:
         jid, got, _ = gather(client, [source], "list", "vmigrate.migrate", [vm, dest], kwarg,
-                             wait_all, published=lambda jid: ret.update(jid=jid))
+                             wait_all, published=published)
     ret.update(jid=jid, status="failed")
     # Where it is now, whatever the call said: the report on failure, the check on success.
     # A move that succeeded returns what the source then read from both hosts' libvirtd;
     # when that is as it should be it is the verification, else both are asked from here.
     out = got.get(source) or {}
     value = out.get("return")
+    if source in got and not (isinstance(value, dict)
+                              and value.get("reason") == "still_running"):
+        # The job's end is seen: its return came (a job that outlived its deadlines stays
+        # in flight until a later request sees it ended on the source).
+        locks.clear_in_flight(opts, names, jid)
     after = (_seen_by_source(vm, value, source, dest, dest_host_uuid)
              if out.get("retcode", 0) == 0 and isinstance(value, dict) else None)
     ret["verified_by"] = source
@@ -633,29 +670,40 @@ def _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all,
             f"salt-run jobs.lookup_jid {jid} before acting. "
             f"Now: {now}"))
         return
-    if out.get("retcode", 0) != 0 or not isinstance(value, dict):
-        text = str(value)
-        if STILL_RUNNING in text:
-            # The job outlived its deadlines: it may still switch over. Repair nothing now.
+    if out.get("retcode", 0) != 0 or not isinstance(value, dict) or "status" in value:
+        # The minion's outcome code decides (vmigrate.migrate's failure return); anything
+        # else from it (a traceback, a minion without vmigrate) is a failure to repair from.
+        status, text = failure(value)
+        ret["reason"] = value.get("reason") if isinstance(value, dict) else None
+        if status == "unknown":
+            # The job's end was not seen (it outlived its deadlines, or contact was lost): it
+            # may still switch over. Repair nothing now.
             ret.update(status="unknown", comment=f"migration of {vm} from {source} to {dest}: "
                                                  f"{text}; now: {now}")
             return
-        if REFUSED in text:
+        if status == "refused":
             ret.update(status="refused", comment=f"{text}; now: {now}")
             return
-        if ABORTED in text:
-            ret["status"] = "aborted"
+        ret["status"] = status
         ret["comment"] = (f"migration of {vm} from {source} to {dest} "
-                          f"{'stopped' if ret['status'] == 'aborted' else 'failed'}: {text}; "
+                          f"{'stopped' if status == 'aborted' else 'failed'}: {text}; "
                           f"now: {now}")
         _settle(opts, ret, vm, source, dest, mode, after, was_paused, dname)
         return
+    if value.get("warnings"):
+        ret["warnings"] = value["warnings"]
     for key in ("elapsed", "downtime_ms", "bytes", "iterations", "data_stream", "switches",
                 "final", "policy"):
         ret[key] = value.get(key)
     ret["job_ms"] = (value.get("stats") or {}).get("time_elapsed")
 
     problems = _misplaced(after, source, dest, want, dname, uuid)
+    if problems and after["unaccounted"]:
+        # A host that did not answer is not a wrong placement: not known until it answers.
+        ret.update(status="unknown", comment=(
+            f"migration of {vm} reported success but could not be verified: "
+            + "; ".join(problems) + f"; check with salt-run vmigrate.locate {vm} before acting"))
+        return
     if problems:
         ret["comment"] = (f"migration of {vm} reported success but verification failed: "
                           + "; ".join(problems))
@@ -806,16 +854,67 @@ def repairs(where, prefer=None):
             return [], (f"shut off and defined on {', '.join(defined)}: keep one definition "
                         "by hand")
         return [], None  # shut off on one host, or nowhere: nothing vmigrate may change
-    for host, info in sorted(hosts.items()):
-        if host == keep:
+    others = [(h, i) for h, i in sorted(hosts.items()) if h != keep]
+    # The order keeps the VM defined and running somewhere at every step, whichever step
+    # fails (the master stops at the first that does): the kept copy is made persistent
+    # before any other definition goes, the other copies stop before the kept one resumes
+    # (never two running), and their definitions go last.
+    return ([(keep, "persist")] * (not hosts[keep]["persistent"])
+            + [(h, "destroy") for h, i in others
+               if i["state"] not in ("shutoff", "shutdown", "crashed", "nostate")]
+            + actions
+            + [(h, "undefine") for h, i in others if i["persistent"]]), None
+
+
+def _job_runs(client, record, wait):
+    """Whether the job of in-flight ``record`` may still run on its source, and why: Salt's
+    job there (``saltutil.find_job``) or libvirt's job for the VM (``vmigrate.jobs``); a source
+    that does not answer may still run it."""
+    source, jid, vm = record.get("source"), record.get("jid"), record.get("vm")
+    _jid, got, _ = gather(client, [source], "list", "saltutil.find_job", [jid], {}, wait)
+    data = got.get(source)
+    if not data or data.get("retcode", 0) != 0 or not isinstance(data.get("return"), dict):
+        return True, f"{source} did not answer whether it still runs"
+    if data["return"]:
+        return True, f"Salt's job {jid} still runs on {source}"
+    _jid, got, _ = gather(client, [source], "list", "vmigrate.jobs", [], {}, wait)
+    data = got.get(source) or {}
+    value = data.get("return")
+    if data.get("retcode", 1) != 0 or not isinstance(value, dict) \
+            or not isinstance(value.get("jobs"), dict):
+        return True, f"{source} did not answer which libvirt jobs it runs"
+    if vm in value["jobs"]:
+        return True, (f"libvirt on {source} still runs a {value['jobs'][vm].get('operation')} "
+                      f"job for {vm}")
+    return False, None
+
+
+def check_in_flight(opts, client, names, wait):
+    """Refuse (Busy) while a job an earlier request sent for ``names`` (a VM, and the name
+    option dname gives it) may still run on its source; a record whose job is seen ended
+    there is dropped. Returns the records dropped."""
+    cleared = []
+    for name in names:
+        record = locks.in_flight(opts, name)
+        if not record:
             continue
-        if info["state"] not in ("shutoff", "shutdown", "crashed", "nostate"):
-            actions.append((host, "destroy"))
-        if info["persistent"]:
-            actions.append((host, "undefine"))
-    if not hosts[keep]["persistent"]:
-        actions.append((keep, "persist"))
-    return actions, None
+        if "unreadable" in record:
+            raise Busy(f"vm {name}: its in-flight record cannot be read ({record['unreadable']})"
+                       f": nothing may act on it until salt-run vmigrate.jobs shows no job of "
+                       f"it; then remove inflight-{name}.json in the master's vmigrate lock "
+                       "directory")
+        runs, why = _job_runs(client, record, wait)
+        if runs:
+            vm = record.get("vm", name)
+            raise Busy(f"vm {name} is in flight: {locks.describe_in_flight(record)}, and its "
+                       f"end is not seen yet ({why}), {REFUSED}: acting now could stop or "
+                       f"drop a copy that migration still uses; follow it with salt-run "
+                       f"vmigrate.watch {vm}, or stop it with salt-run vmigrate.abort {vm}")
+        locks.clear_in_flight(opts, [name], record.get("jid"))
+        log.warning("vmigrate: %s: the in-flight %s has ended on its source", name,
+                    locks.describe_in_flight(record))
+        cleared.append(record)
+    return cleared
 
 
 def terminal_report(opts):
@@ -897,7 +996,11 @@ def jobs(opts):
               "no libvirt job (yet)" for vm, r in held.items()
               if not any(j["vm"] == vm for j in out)]
     lines += [f"{h}: could not ask ({why})" for h, why in unaccounted.items()]
-    return {"jobs": out, "requests": held, "unaccounted": unaccounted,
+    flying = locks.in_flight(opts)
+    lines += [f"{vm}: in flight, {locks.describe_in_flight(r)}: its end not seen yet (a "
+              "request or reconcile checks it, and is refused while it runs)"
+              for vm, r in flying.items() if "unreadable" not in r]
+    return {"jobs": out, "requests": held, "in_flight": flying, "unaccounted": unaccounted,
             "comment": "\n".join(lines) or "no migration runs now"}
 
 
@@ -910,21 +1013,39 @@ def abort(opts, vm):
     with _client(opts) as client:
         _jid, got, expected = gather(client, conf["tgt"], conf["tgt_type"], "vmigrate.abort",
                                      [vm], {}, conf["query_timeout"] + 30)
-    answers, aborted = {}, []
+    answers, aborted, postcopy, running, unanswered, other = {}, [], [], [], [], []
     for host in sorted(expected):
         data = got.get(host) or {}
         value = data.get("return")
         if isinstance(value, dict) and data.get("retcode", 0) == 0:
             answers[host] = value.get("comment")
-            if value.get("aborted"):
+            outcome = value.get("outcome", "aborted" if value.get("aborted") else "none")
+            if outcome == "aborted":
                 aborted.append(host)
+            elif outcome == "postcopy":
+                postcopy.append(host)
+            elif outcome == "running":
+                other.append(host)
+            if (value.get("state") or {}).get("state") == "running":
+                running.append(host)
         else:
             answers[host] = str(value) if host in got else "no answer"
-    if aborted:
-        comment = "; ".join(answers[h] for h in aborted)
+            unanswered.append(host)
+    if postcopy:
+        # Not stopped, and not stoppable: say where the guest runs, from the answers.
+        where = (f"it runs on {', '.join(running)}" if running else
+                 "it runs on its destination")
+        comment = "; ".join(answers[h] for h in postcopy) + f" ({where})"
+    elif aborted or other:
+        comment = "; ".join(answers[h] for h in aborted + other)
     else:
         comment = f"no migration of {vm} runs now (asked {', '.join(sorted(expected))})"
-    out = {"result": bool(aborted), "name": vm, "comment": comment, "hosts": answers}
+    if unanswered and not aborted:
+        comment += f"; {', '.join(unanswered)} did not answer"
+    out = {"result": bool(aborted) and not (postcopy or other), "name": vm, "comment": comment,
+           "hosts": answers, "running_on": running}
+    if postcopy:
+        out["postcopy"] = postcopy
     fire(opts, f"vmigrate/{vm}/abort", out)
     return out
 
@@ -963,6 +1084,10 @@ def reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, dname=None):
     if dname is not None:
         validate.vm_name(dname, "dname")
     with locks.hold(opts, vm, "reconcile", dname=dname):
+        names = [vm, dname] if dname else [vm]
+        if any(locks.in_flight(opts, n) for n in names):
+            with _client(opts) as client:
+                check_in_flight(opts, client, names, settings(opts)["query_timeout"])
         return _reconcile(opts, vm, hosts, prefer, dry_run, dname=dname)
 
 
@@ -1163,7 +1288,7 @@ def _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger
                 return result
             with guard:
                 load[dest] -= 1
-            if "already sends" in result["comment"] or "already receives" in result["comment"]:
+            if result.get("reason") == "slots":
                 time.sleep(1)  # a cap: wait for a slot, same destinations again
                 continue
             tried.add(dest)

@@ -31,6 +31,65 @@ class Busy(CommandExecutionError):
     """The VM, or a host's migration slots, are taken: the message names by whom."""
 
 
+class SlotsBusy(Busy):
+    """A host runs as many migrations as its cap allows: another destination, or later."""
+
+
+# ---- in flight: a job sent to a source minion, until its end is seen ---------------------------
+# A lock ends with its holder: when the master gives up on a job (no return), is interrupted or
+# dies, the lock goes while the migration may still run on the source. The record below stays
+# until a request sees that job ended there (see vmigrate_flow.check_in_flight).
+def _in_flight_path(opts, vm):
+    return os.path.join(lock_dir(opts), f"inflight-{vm}.json")
+
+
+def mark_in_flight(opts, names, record):
+    """Record ``record`` (vm, jid, source, dest, since, ...) as in flight for each of ``names``
+    (the VM and the name option dname gives it), atomically."""
+    for name in names:
+        path = _in_flight_path(opts, name)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(record))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+
+
+def in_flight(opts, name=None):
+    """The in-flight record of ``name`` (None when there is none), or with no name every
+    record, {name: record}."""
+    directory = lock_dir(opts)
+    names = [name] if name else sorted(e[len("inflight-"):-len(".json")]
+                                       for e in os.listdir(directory)
+                                       if e.startswith("inflight-") and e.endswith(".json"))
+    out = {}
+    for each in names:
+        try:
+            with open(_in_flight_path(opts, each), encoding="utf-8") as fh:
+                out[each] = json.loads(fh.read() or "null") or {"unreadable": ""}
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as err:
+            out[each] = {"unreadable": str(err)}
+    return out.get(name) if name else out
+
+
+def clear_in_flight(opts, names, jid):
+    """Drop the in-flight records of ``names`` that name job ``jid`` (another job's stays)."""
+    for name in names:
+        record = in_flight(opts, name)
+        if record is not None and record.get("jid") == jid:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(_in_flight_path(opts, name))
+
+
+def describe_in_flight(record):
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("since", 0)))
+    return (f"job {record.get('jid')} on {record.get('source')} -> {record.get('dest')} "
+            f"(by {record.get('trigger')}, since {since})")
+
+
 def lock_dir(opts):
     path = os.path.join(opts["cachedir"], "vmigrate", "locks")
     os.makedirs(path, mode=0o700, exist_ok=True)
@@ -129,7 +188,8 @@ class Holding:
     def take_slots(self, source, dest):
         """One outgoing slot on ``source`` and one incoming slot on ``dest``; Busy (taking
         neither) when a host is at its cap, naming what it runs."""
-        record = dict(self.record, source=source, dest=dest)
+        self.record.update(source=source, dest=dest)
+        record = self.record
         for lock in self.locks:  # the VM's record names the route too
             lock.rewrite(record)
         taken = []
@@ -140,7 +200,7 @@ class Holding:
                     taken.append(_slot(self.directory, f"{prefix}-{host}", self.limits[key],
                                        record))
                 except Busy as err:
-                    raise Busy(f"{host} already {verb} {self.limits[key]} migration(s) "
+                    raise SlotsBusy(f"{host} already {verb} {self.limits[key]} migration(s) "
                                f"(master config vmigrate:{key}): {err}") from err
         except BaseException:
             for lock in taken:
@@ -148,6 +208,12 @@ class Holding:
             raise
         self.recovered += [lock.previous for lock in taken if lock.previous]
         self.locks += taken
+
+    def note(self, **fields):
+        """Add ``fields`` (the job's ``jid`` once published) to every lock's record."""
+        self.record.update(fields)
+        for lock in self.locks:
+            lock.rewrite(self.record)
 
     def release(self):
         for lock in reversed(self.locks):

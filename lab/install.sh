@@ -4,7 +4,8 @@
 #  - Debian packages: libvirt 11 + QEMU 10 (bookworm-backports on Debian 12, main on 13),
 #    nfs-kernel-server (for exportfs), busybox-static, build tools for libvirt-python,
 #    openssh-server + gnutls-bin for the lab's ssh and TLS transports (the package's sshd is
-#    never started on the real machine: each lab hypervisor runs its own, see lab/labcreds.py).
+#    never started on the real machine: each lab hypervisor runs its own, see lab/labcreds.py);
+#    ovmf for a guest definition with UEFI firmware and an NVRAM file (tests/integration).
 #  - The Python venv (.venv) with requirements.txt, libvirt-python matching the installed libvirt.
 #  - The guest kernel (extracted from linux-image-*-amd64, not installed) -> lab/cache/.
 set -euo pipefail
@@ -17,7 +18,7 @@ export DEBIAN_FRONTEND=noninteractive
 codename=${VERSION_CODENAME:-bookworm}
 pkgs_base=(pkg-config gcc make libc6-dev busybox-static iproute2 util-linux nfs-kernel-server
            procps psmisc python3-venv python3-dev git ca-certificates xz-utils zstd
-           openssh-client openssh-server gnutls-bin)
+           openssh-client openssh-server gnutls-bin ovmf)
 pkgs_virt=(libvirt-daemon-system libvirt-clients libvirt-dev qemu-system-x86 qemu-utils)
 
 need_apt=0

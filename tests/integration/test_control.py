@@ -7,7 +7,9 @@ import time
 
 from tests.support import labsalt
 
-from .test_faults import _assert_one_intact_copy
+import vmlab
+
+from .test_faults import _assert_one_intact_copy, _state_on
 from .test_migrate import assert_guest_went_on, counter_before, orch_state
 
 SALT_RUN = labsalt.REPO / ".venv" / "bin" / "salt-run"
@@ -124,6 +126,37 @@ def test_timeout_action_postcopy_switches_the_guest_over(vdisk_on_host1, lab, sa
                            "options={postcopy: true, timeout_action: postcopy}")
     assert ret.returncode == 0, ret.data
     assert ret.data["policy"] == {"timeout_action": "postcopy", "postcopy": True}, ret.data
+    _assert_one_intact_copy(lab, "host2", before)
+
+
+def test_abort_in_post_copy_says_it_cannot_and_where_the_guest_runs(vdisk_on_host1, lab,
+                                                                     salt_master, salt_run_cli):
+    """libvirt refuses to abort a post-copy job (VIR_ERR_OPERATION_INVALID, "cannot abort
+    migration in post-copy mode"): that refusal is not the job's end. The abort says it
+    cannot, names where the guest runs, and the migration completes there."""
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    before = counter_before(lab, "host1")
+    # Post-copy at 3 s, its background copy capped at 4 MiB/s: ~20 s with the guest on host2.
+    migration = _popen(salt_master, "vmigrate.migrate", "vdisk", "host2", "bandwidth=16",
+                       "timeout=3", "options={postcopy: true, timeout_action: postcopy, "
+                                    "postcopy_bandwidth: 4}")
+    try:
+        vmlab.wait_for("vdisk running on host2 in post-copy", lambda: _state_on(
+            lab, "host2") == (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY),
+            60, 0.1)
+        aborted = salt_run_cli.run("vmigrate.abort", "vdisk")
+        assert _state_on(lab, "host1") == (libvirt.VIR_DOMAIN_PAUSED,
+                                           libvirt.VIR_DOMAIN_PAUSED_POSTCOPY), \
+            "the post-copy ended before the abort was asked: the test proves nothing"
+        result, err = migration.communicate(timeout=180)
+    finally:
+        migration.kill()
+    assert aborted.returncode != 0, aborted
+    assert aborted.data["result"] is False and aborted.data["postcopy"] == ["host1"], aborted.data
+    assert "is in post-copy and cannot be aborted" in aborted.data["comment"], aborted.data
+    assert "(it runs on host2)" in aborted.data["comment"], aborted.data
+    result = json.loads(result)
+    assert result["status"] == "migrated", (result, err)
     _assert_one_intact_copy(lab, "host2", before)
 
 

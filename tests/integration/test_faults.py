@@ -203,6 +203,17 @@ def test_orchestration_interrupted_on_the_master(vdisk_on_host1, lab, salt_maste
         proc.kill()
     assert proc.returncode != 0, out
     assert "interrupted on the master while vdisk migrates from host1 to host2" in out, out
+    # The lock ended with salt-run; the job did not. A second request and a reconcile, at
+    # once, are refused naming it (a reconcile would destroy host2's incoming copy).
+    assert lab.running_on() == ["host1", "host2"], "the migration ended already"
+    again = salt_run_cli.run("vmigrate.migrate", "vdisk", "host2")
+    assert again.returncode != 0 and again.data["status"] == "refused", again.data
+    assert "vm vdisk is in flight: job " in again.data["comment"], again.data
+    assert "on host1 -> host2" in again.data["comment"], again.data
+    rec = salt_run_cli.run("vmigrate.reconcile", "vdisk")
+    assert rec.returncode != 0 and "vm vdisk is in flight: job " in rec.data["comment"], rec.data
+    assert "vdisk: in flight, job " in salt_run_cli.run("vmigrate.jobs").data["comment"]
+    assert lab.running_on() == ["host1", "host2"]
     # The migration is the source minion's job: it goes on, within its own timeout.
     _lift_cap(lab, "host1")
     _settles_on(lab, "host2")
@@ -245,6 +256,56 @@ def test_offline_request_for_a_running_vm_is_refused(vdisk_on_host1, lab, salt_r
     assert "running on host1" in comment and "mode=live" in comment, comment
     _assert_one_intact_copy(lab, "host1", before)
     _retry_succeeds(salt_run_cli, lab)
+
+
+def test_save_mode_with_the_destination_libvirtd_killed_during_the_restore(
+        vdisk_on_host1, lab, salt_master, salt_run_cli):
+    """Lost contact is not a refusal: host2's libvirtd dies once the saved guest is defined
+    there (before or during its restore). The source reads host2 again before acting, fences
+    the save file, and the guest ends running on exactly one host and defined on one, its
+    memory continuous, no save file left behind."""
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    before = counter_before(lab, "host1")
+    cli = salt_master.salt_run_cli(timeout=240)
+    outcome = {}
+    pillar = json.dumps({"vm": "vdisk", "dest": "host2", "mode": "save"})
+    worker = threading.Thread(target=lambda: outcome.update(
+        ret=cli.run("state.orch", "migrate", f"pillar={pillar}")))
+
+    def defined_on_host2():
+        try:
+            conn = libvirt.open(lab.libvirt_uri("host2"))
+        except libvirt.libvirtError:
+            return False
+        try:
+            conn.lookupByName("vdisk")
+            return True
+        except libvirt.libvirtError:
+            return False
+        finally:
+            conn.close()
+
+    worker.start()
+    try:
+        vmlab.wait_for("vdisk defined on host2", defined_on_host2, 60, 0.02)
+        os.kill(int(lab.host_path("host2", "/run/libvirtd.pid").read_text()), signal.SIGKILL)
+        time.sleep(2)
+    finally:
+        lab.libvirtd_up("host2")
+        lab.wait_hypervisors_ready(["host2"])
+        worker.join(240)
+    state = orch_state(outcome["ret"])
+    # Either outcome is true to what happened, and neither leaves a second copy.
+    running, defined = lab.placement()
+    assert len(running) == 1 and running == defined, (running, defined, state["comment"])
+    if running == ["host1"]:
+        assert outcome["ret"].returncode != 0, state
+        assert "lost contact" in state["comment"] and "restored running on host1" in \
+            state["comment"], state["comment"]
+    else:
+        assert outcome["ret"].returncode == 0, state
+    assert not list(lab.export_dir.glob(".vmigrate-save-*")), "a save file was left behind"
+    _assert_one_intact_copy(lab, running[0], before)
 
 
 def _state_on(lab, host, name="vdisk"):

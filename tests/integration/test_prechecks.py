@@ -176,3 +176,53 @@ def test_cache_unsafe_blocks_with_its_fix(guest, lab, salt_run_cli):
         assert "cache='unsafe' ignores flushes" in checks["disk_cache:vda"]["detail"]
         assert "cache mode to 'none'" in checks["disk_cache:vda"]["fix"]
         assert salt_run_cli.run("vmigrate.locate", "vunsafe").data["running"] == ["host1"]
+
+
+def _live_xml(lab, host="host1", name="vdisk"):
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    conn = libvirt.open(lab.libvirt_uri(host))
+    try:
+        return conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("edit, cls", [
+    # /etc/shadow as the guest's disk: the guest reads the host's password hashes
+    (lambda x: re.sub(r"<source file='[^']*vdisk\.qcow2'", "<source file='/etc/shadow'", x),
+     "disk_sources"),
+    # the console log on a host file: QEMU (root) appends to it
+    (lambda x: x.replace("vdisk.console.log", "../../etc/cron.d/vmigrate"), "host_files"),
+    # raw QEMU arguments
+    (lambda x: x.replace("<domain type='qemu'>", "<domain type='qemu' xmlns:qemu='http://libvirt"
+                         ".org/schemas/domain/qemu/1.0'>").replace(
+        "</devices>", "</devices><qemu:commandline><qemu:arg value='-name'/><qemu:arg value="
+                      "'x'/></qemu:commandline>"), "qemu_namespace"),
+])
+def test_a_hostile_xml_option_is_refused_before_anything_moves(vdisk_on_host1, lab, salt_cli,
+                                                               edit, cls):
+    xml = edit(_live_xml(lab))
+    ret = salt_cli.run("vmigrate.migrate", "vdisk", "host2",
+                       "options=" + json.dumps({"xml": xml}), minion_tgt="host1")
+    assert ret.returncode != 0, ret
+    assert ret.data["status"] == "refused", ret.data
+    assert "option xml changes what the guest may use on the host" in ret.data["comment"]
+    assert f"{cls} (" in ret.data["comment"], ret.data
+    assert f"vmigrate:allow_xml_changes: [{cls}]" in ret.data["comment"], ret.data
+    assert lab.placement() == (["host1"], ["host1"])
+
+
+def test_the_guests_own_xml_passes_the_guard_and_migrates(vdisk_on_host1, lab, salt_cli):
+    """The guard against libvirt's own formatting: the live migratable XML, handed back as
+    option xml (what --xml is normally made from), changes nothing and moves."""
+    xml = _live_xml(lab)
+    ret = salt_cli.run("vmigrate.precheck", "vdisk", "host2",
+                       "options=" + json.dumps({"xml": xml}), minion_tgt="host1")
+    assert ret.returncode == 0, ret
+    checks = {c["name"]: c for c in ret.data["checks"]}
+    assert checks["xml_changes:xml"]["ok"] is True, checks["xml_changes:xml"]
+    assert ret.data["blockers"] == [], ret.data
+    ret = salt_cli.run("vmigrate.migrate", "vdisk", "host2",
+                       "options=" + json.dumps({"xml": xml}), minion_tgt="host1")
+    assert ret.returncode == 0, ret
+    assert lab.placement() == (["host2"], ["host2"])

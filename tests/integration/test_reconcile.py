@@ -1,4 +1,5 @@
 """salt-run vmigrate.reconcile on real daemons: one running copy, defined on one host."""
+import pathlib
 import re
 
 import vmlab
@@ -65,3 +66,41 @@ def test_reconcile_removes_a_stray_copy_and_keeps_the_running_one(vdisk_on_host1
     where = salt_run_cli.run("vmigrate.locate", "vdisk").data
     assert where["running"] == ["host1"] and where["defined"] == ["host1"]
     assert lab.running_on() == ["host1"]
+
+
+OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
+OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
+
+
+def test_reconcile_drops_a_definition_with_nvram_and_keeps_its_file(vdisk_on_host1, lab,
+                                                                     salt_run_cli):
+    """A stale shut-off definition of vdisk on host2 whose firmware keeps an NVRAM file
+    (Debian's ovmf): libvirt refuses a plain undefine of it ("cannot undefine domain with
+    nvram"); the repair undefines it keeping the file, deliberately (it is never vmigrate's to
+    delete), and the VM ends defined on one host."""
+    libvirt, src = _libvirt(lab, "host1")
+    uuid = src.lookupByName("vdisk").UUIDString()
+    src.close()
+    nvram = "/var/lib/libvirt/qemu/nvram/vdisk_VARS.fd"
+    xml = lab.guest_xml("vdisk").replace("<name>vdisk</name>",
+                                         f"<name>vdisk</name><uuid>{uuid}</uuid>").replace(
+        "<os>", f"<os><loader readonly='yes' type='pflash'>{OVMF_CODE}</loader>"
+                f"<nvram>{nvram}</nvram>")
+    local = lab.host_path("host2", nvram)
+    local.parent.mkdir(parents=True, exist_ok=True)
+    local.write_bytes(pathlib.Path(OVMF_VARS).read_bytes())
+    libvirt, conn = _libvirt(lab, "host2")
+    try:
+        conn.defineXML(xml)
+        ret = salt_run_cli.run("vmigrate.reconcile", "vdisk")
+        assert ret.returncode == 0, ret
+        assert [(a["host"], a["action"], a["done"]) for a in ret.data["actions"]] == [
+            ("host2", "undefine", True)], ret.data
+        assert [d.name() for d in conn.listAllDomains()] == []
+        assert local.exists()  # kept: undefining a copy deletes no file
+    finally:
+        for dom in conn.listAllDomains():
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+        conn.close()
+        local.unlink(missing_ok=True)
+    assert lab.placement() == (["host1"], ["host1"])

@@ -27,6 +27,12 @@ class Clock:
     def monotonic(self):
         return self.now
 
+    def time(self):
+        return 1.8e9 + self.now
+
+    def sleep(self, seconds):
+        self.now += seconds
+
 
 class FakeEvents:
     def __init__(self, client):
@@ -50,6 +56,8 @@ class FakeClient:
         self.clock, self.hosts, self.dead, self.errors = clock, hosts, set(dead), set(errors)
         self.migrate, self.after = migrate, after
         self.pending, self.calls, self.opened, self.closed = [], [], 0, 0
+        # Salt jobs still running on their minion (saltutil.find_job), libvirt's jobs per host.
+        self.running, self.libvirt_jobs = set(), {}
         self.event = FakeEvents(self)
 
     def __enter__(self):
@@ -83,6 +91,11 @@ class FakeClient:
                 delay, retcode, value = self.migrate
             elif fun == "vmigrate.precheck":
                 value = {"checks": [], "blockers": []}
+            elif fun == "saltutil.find_job":
+                value = {"jid": arg[0], "fun": "vmigrate.migrate"} \
+                    if arg[0] in self.running else {}
+            elif fun == "vmigrate.jobs":
+                value = {"host": host, "jobs": self.libvirt_jobs.get(host, {})}
             elif fun == "vmigrate.repair":
                 vm, action = arg
                 info = self.hosts[host][vm]
@@ -341,14 +354,16 @@ def _where(**hosts):
     # one running copy and a paused incoming one: the incoming copy goes
     (_where(host1=("running", True), host2=("paused", False)), None,
      [("host2", "destroy")], None),
-    # the destination runs it after a failed report: the source copy goes, dest persisted
+    # the destination runs it after a failed report: dest persisted first (a failed persist
+    # leaves the source's definition), then the source copy goes
     (_where(host1=("paused", True), host2=("running", False)), "host2",
-     [("host1", "destroy"), ("host1", "undefine"), ("host2", "persist")], None),
+     [("host2", "persist"), ("host1", "destroy"), ("host1", "undefine")], None),
     # paused by a failed migration on the source only: resume it
     (_where(host1=("paused", True)), None, [("host1", "resume")], None),
     # paused on both: keep the persistent source, drop the transient incoming copy
+    # (the other copy stops before the kept one resumes: never two running)
     (_where(host1=("paused", True), host2=("paused", False)), None,
-     [("host1", "resume"), ("host2", "destroy")], None),
+     [("host2", "destroy"), ("host1", "resume")], None),
     # a stale shut-off definition beside the running copy: undefine, never touch the disk
     (_where(host1=("shutoff", True), host2=("running", True)), None,
      [("host1", "undefine")], None),
@@ -379,10 +394,15 @@ def test_repairs_decide_nothing_while_a_host_is_unaccounted(env):
 
 
 @pytest.mark.parametrize("error, status", [
-    ("ERROR: live migration of 'vdisk' from host1 to host2: still running after 700s (the abort "
-     "did not take); it may yet complete", "unknown"),
-    ("ERROR: precheck refused the migration of 'vdisk', nothing was moved: disk vda on ext4",
-     "refused"),
+    ({"result": False, "status": "unknown", "reason": "still_running",
+      "comment": "live migration of 'vdisk' from host1 to host2: still running after 700s (the "
+                 "abort did not take); it may yet complete"}, "unknown"),
+    ({"result": False, "status": "refused", "reason": "error",
+      "comment": "precheck refused the migration of 'vdisk', nothing was moved: disk vda on "
+                 "ext4"}, "refused"),
+    # lost contact during a save's restore: unknown, whatever the words say
+    ({"result": False, "status": "unknown", "reason": "lost_contact",
+      "comment": "save migration of 'vdisk' to host2: restoring it there: failed"}, "unknown"),
 ])
 def test_a_job_still_running_or_refused_is_never_repaired(env, error, status):
     # The incoming copy is paused on host2: a repair would destroy it, which is wrong while the
@@ -395,6 +415,23 @@ def test_a_job_still_running_or_refused_is_never_repaired(env, error, status):
     assert ret["status"] == status and ret["result"] is False
     assert "reconciled" not in ret
     assert not _published(client, "vmigrate.repair")
+
+
+@pytest.mark.parametrize("value, status", [
+    # the words of a refusal or of a job still running decide nothing: only the code does
+    ("ERROR: precheck refused the migration of 'vdisk', nothing was moved", "failed"),
+    ({"result": False, "status": "failed", "reason": "libvirt",
+      "comment": "still running after 700s, nothing was moved"}, "failed"),
+    ({"result": False, "status": "aborted", "reason": "aborted",
+      "comment": "live migration failed"}, "aborted"),
+])
+def test_the_status_is_the_minions_code_never_its_words(env, value, status):
+    incoming = {"host2": {"vdisk": dict(RUNNING, state="paused", reason="migration",
+                                        persistent=False)}}
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=incoming,
+                migrate=(1, 1, value))
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["status"] == status and "reconciled" in ret, ret
 
 
 def test_a_definite_failure_is_repaired_toward_one_copy(env):
@@ -752,3 +789,57 @@ def test_an_evacuation_request_keeps_to_the_requesters_destinations(env, monkeyp
     assert ret["result"] is True and set(client.hosts["host3"]) == {"a", "b"}
     assert client.hosts["host2"] == {}
 
+
+
+def test_a_job_the_master_gave_up_on_keeps_the_vm_in_flight_until_its_end_is_seen(env):
+    incoming = {"host2": {"vdisk": dict(RUNNING, state="paused", reason="migration",
+                                        persistent=False)}}
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, after=incoming,
+                         migrate=None)
+    first = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert first["status"] == "unknown", first
+    jid = first["jid"]
+    # The lock ended with that request; the record of its job did not.
+    record = env["flow"].locks.in_flight(OPTS, "vdisk")
+    assert (record["jid"], record["source"], record["dest"]) == (jid, "host1", "host2")
+    client.running.add(jid)
+    client.libvirt_jobs["host1"] = {"vdisk": {"operation": "migration_out"}}
+    # A second request and a reconcile are refused naming the job, and repair nothing.
+    second = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert second["status"] == "refused" and second["reason"] == "busy", second
+    assert f"job {jid} on host1 -> host2" in second["comment"], second
+    assert "still runs on host1" in second["comment"], second
+    with pytest.raises(env["flow"].Busy, match=f"job {jid} on host1 -> host2"):
+        env["flow"].reconcile(OPTS, "vdisk")
+    # Salt's job ended, libvirt's not yet (a minion that gave up on a job): still refused.
+    client.running.clear()
+    with pytest.raises(env["flow"].Busy, match="libvirt on host1 still runs a migration_out"):
+        env["flow"].reconcile(OPTS, "vdisk")
+    assert not _published(client, "vmigrate.repair")
+    # Both ended: the record goes, and the request goes on from a fresh reading.
+    client.libvirt_jobs.clear()
+    client.hosts = {"host1": {}, "host2": {"vdisk": RUNNING}}
+    third = env["flow"].migrate(OPTS, "vdisk", "host2", already_ok=True)
+    assert third["status"] == "unchanged" and third["in_flight_ended"][0]["jid"] == jid, third
+    assert env["flow"].locks.in_flight(OPTS, "vdisk") is None
+
+
+def test_a_source_silent_about_an_in_flight_job_keeps_it_in_flight(env):
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}}, migrate=None)
+    first = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert first["status"] == "unknown"
+    env["make"](hosts={"host2": {}}, dead=("host1",))
+    second = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert second["status"] == "refused" and "host1 did not answer" in second["comment"]
+
+
+def test_a_returned_job_leaves_no_in_flight_record(env):
+    env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}},
+                after={"host1": {}, "host2": {"vdisk": RUNNING}},
+                migrate=(1, 0, {"elapsed": 1.0, "downtime_ms": 5, "stats": {}}))
+    assert env["flow"].migrate(OPTS, "vdisk", "host2")["status"] == "migrated"
+    assert env["flow"].locks.in_flight(OPTS) == {}
+
+
+def test_a_full_host_is_retried_by_its_code_not_its_words(env):
+    assert issubclass(env["flow"].locks.SlotsBusy, env["flow"].Busy)

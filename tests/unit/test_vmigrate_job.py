@@ -45,6 +45,9 @@ class FakeDomain:
     def jobStats(self):  # noqa: N802
         return {"type": 2, "memory_total": 100, "memory_remaining": 40, "downtime": 9}
 
+    def state(self):
+        return list(getattr(self, "now", (libvirt.VIR_DOMAIN_RUNNING, 0)))
+
     # What the convergence policy calls.
     def suspend(self):
         self.suspended = time.monotonic()
@@ -83,7 +86,7 @@ def mod():
 
     module = load("_modules", "vmigrate", opts={"id": "host1"}, salt={"event.send": send},
                   utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
-                              "vmigrate_options"))
+                              "vmigrate_options", "vmigrate_xmlguard"))
     module.events = events
     return module
 
@@ -196,7 +199,7 @@ def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
 
     mod = load("_modules", "vmigrate", opts={"id": "host2"}, pillar={"vmigrate": {}},
                utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
-                              "vmigrate_options"))
+                              "vmigrate_options", "vmigrate_xmlguard"))
     monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
     monkeypatch.setattr(mod.libvirt, "open", lambda uri: Conn())
     out = mod.domains()
@@ -325,7 +328,7 @@ class _JobConn:
 def test_job_names_what_libvirt_runs_for_the_domain(monkeypatch, stats, want):
     mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}},
                utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
-                           "vmigrate_options"))
+                           "vmigrate_options", "vmigrate_xmlguard"))
     monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
     monkeypatch.setattr(mod.libvirt, "open", lambda uri: _JobConn(stats))
     out = mod.job("vdisk")
@@ -334,3 +337,65 @@ def test_job_names_what_libvirt_runs_for_the_domain(monkeypatch, stats, want):
         assert out["job"] is None
     else:
         assert {k: out["job"][k] for k in want} == want, out
+
+
+class PostcopyDomain(FakeDomain):
+    """A source whose job libvirt will not abort: ``postcopy`` (paused here, running there),
+    else still a pre-copy job that refuses for another reason, or no job left at all."""
+
+    def __init__(self, postcopy=False, job=True):
+        super().__init__()
+        self.now = ((libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY) if postcopy
+                    else (libvirt.VIR_DOMAIN_RUNNING, 0))
+        self.job = job
+
+    def abortJob(self):  # noqa: N802
+        self.abort_calls += 1
+        raise _error(libvirt.VIR_ERR_OPERATION_INVALID,
+                     "cannot abort migration in post-copy mode" if self.job else "no job")
+
+    def jobStats(self):  # noqa: N802
+        return super().jobStats() if self.job else {"type": 0}
+
+
+@pytest.mark.parametrize("dom, want", [
+    # libvirt's VIR_ERR_OPERATION_INVALID is not "no job left": the job is in post-copy
+    (PostcopyDomain(postcopy=True), "postcopy"),
+    # ...or a fresh reading shows the job ended
+    (PostcopyDomain(job=False), "ended"),
+    # ...or the job still runs: retried until the deadline, never read as ended
+    (PostcopyDomain(), "failed"),
+])
+def test_an_abort_libvirt_refuses_is_read_again_before_it_counts(mod, dom, want):
+    assert mod._abort(dom, "vdisk", time.monotonic() + 0.3) == want  # pylint: disable=protected-access
+    assert dom.abort_calls == (1 if want != "failed" else dom.abort_calls) >= 1
+
+
+def test_the_abort_of_a_postcopy_job_says_it_cannot_and_touches_nothing(monkeypatch):
+    dom = PostcopyDomain(postcopy=True)
+    dom.operation = 5
+    dom.name = lambda: "vdisk"
+    dom.UUIDString = lambda: "u-1"
+    dom.isPersistent = lambda: 1
+    dom.jobStats = lambda: {"type": 2, "operation": 5, "memory_total": 100,
+                            "memory_remaining": 40}
+
+    class Conn:
+        def lookupByName(self, name):  # noqa: N802
+            return dom
+
+        def setKeepAlive(self, *a):  # noqa: N802
+            pass
+
+        def close(self):
+            pass
+
+    mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}},
+               utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
+                           "vmigrate_options", "vmigrate_xmlguard"))
+    monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
+    monkeypatch.setattr(mod.libvirt, "open", lambda uri: Conn())
+    out = mod.abort("vdisk")
+    assert out["aborted"] is False and out["outcome"] == "postcopy", out
+    assert "cannot be aborted" in out["comment"] and "runs on the destination" in out["comment"]
+    assert dom.abort_calls == 0 and not hasattr(dom, "resumed")

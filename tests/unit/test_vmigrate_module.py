@@ -1,4 +1,5 @@
 """The vmigrate execution module's input checks, URIs and flags: all before any libvirt I/O."""
+import re
 from unittest.mock import MagicMock
 
 import pytest
@@ -13,8 +14,9 @@ HYPERVISORS = {"host1": {"address": "192.0.2.11"},
 def _module(monkeypatch, config_get=None, **pillar):
     conf = {"hypervisors": HYPERVISORS, **pillar}
     mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": conf},
+               context={},
                utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
-                             "vmigrate_options"),
+                             "vmigrate_options", "vmigrate_xmlguard"),
                salt={"config.get": config_get or (lambda key, default=None: default)})
     opened = MagicMock(side_effect=AssertionError("libvirt must not be opened"))
     monkeypatch.setattr(mod.libvirt, "open", opened)
@@ -77,8 +79,9 @@ def test_safety_switches_come_from_pillar_only(monkeypatch):
     mod = _module(monkeypatch, config_get=lambda key, default=None: sneaky if key == "vmigrate"
                   else default)
     assert mod.dest_uris("host2")["transport"] == "ssh"
-    with pytest.raises(SaltInvocationError, match="allow_unsafe"):
-        mod.migrate("vdisk", "host2", unsafe=True)
+    out = mod.migrate("vdisk", "host2", unsafe=True)
+    assert (out["status"], out["reason"]) == ("refused", "invalid") and "allow_unsafe" in \
+        out["comment"]
     with pytest.raises(SaltInvocationError, match="true or false"):
         _module(monkeypatch, allow_unsafe="yes").dest_uris("host2")
 
@@ -100,8 +103,11 @@ def test_safety_switches_come_from_pillar_only(monkeypatch):
 ])
 def test_migrate_refuses_bad_input_before_touching_libvirt(monkeypatch, kwargs, words):
     mod = _module(monkeypatch)
-    with pytest.raises(SaltInvocationError, match=words):
-        mod.migrate(**kwargs)
+    out = mod.migrate(**kwargs)
+    # A typed refusal (retcode 1) the master decides on, its words for the person.
+    assert out["result"] is False and (out["status"], out["reason"]) == ("refused", "invalid")
+    assert re.search(words, out["comment"]), out
+    assert mod.__context__["retcode"] == 1
     mod.libvirt.open.assert_not_called()
 
 
