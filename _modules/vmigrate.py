@@ -1497,7 +1497,15 @@ def _read_dest(uris, conf, uuid, within):
                 if ddom.isActive():
                     return ("running" if ddom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
                             else "unclear")
-                return "unclear" if _job_of(ddom) else "defined"
+                try:
+                    busy = _job_of(ddom)
+                except libvirt.libvirtError as err:
+                    # libvirt's answer for a domain that is not running: no job it reports
+                    # (a restore makes the domain active as soon as its QEMU starts).
+                    if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+                        raise
+                    busy = None
+                return "unclear" if busy else "defined"
         except (libvirt.libvirtError, CommandExecutionError) as err:
             if time.monotonic() >= give_up:
                 log.warning("vmigrate: cannot read the destination again: %s", err)

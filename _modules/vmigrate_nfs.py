@@ -71,13 +71,37 @@ _NETGROUP_RE = re.compile(r"^@[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 _UUID_RE = re.compile(r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?"
                       r"[0-9a-fA-F]{12}$")
 # Mount options: a word, optionally =value; nothing that could split or escape an fstab field.
-_MOUNT_OPT_RE = re.compile(r"^[a-z][a-z0-9_]*(=[A-Za-z0-9_.:/+@-]{1,128})?$")
+# Besides the kernel's and mount(8)'s words: _netdev and systemd's x-systemd.* (mount(8),
+# systemd.mount(5): read by userspace, never passed to the NFS client).
+_MOUNT_OPT_RE = re.compile(r"^(?:_netdev|x-systemd\.[a-z][a-z0-9-]*(?:=[A-Za-z0-9_.:/+@-]{1,128})?"
+                           r"|[a-z][a-z0-9_]*(?:=[A-Za-z0-9_.:/+@-]{1,128})?)$")
 _DEVICE_RE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9.-]{0,252}|\[[0-9A-Fa-f:.]+\]):/[A-Za-z0-9._+@:=/-]*$")
 MOUNT_FSTYPES = ("nfs", "nfs4", "none")
 UNSAFE_MOUNT_OPTS = {
     "soft": "a soft mount returns I/O errors to QEMU on a server hiccup: guests see disk errors",
     "nolock": "no NFS locking: two hosts can open one image",
 }
+# The kernel's NFS client (fs/nfs/fs_context.c) applies options in order, the last one winning:
+# "hard,softerr" ends soft. So these are one setting each, given at most once, and the unsafe
+# values need the switch of the option they amount to. QEMU's image locks are POSIX (OFD)
+# locks: local_lock=posix or all keeps them on one host exactly like nolock.
+MOUNT_SETTINGS = {
+    "hard": "recovery", "soft": "recovery", "softerr": "recovery",
+    "lock": "locking", "nolock": "locking", "local_lock": "locking",
+    "vers": "version", "nfsvers": "version",
+}
+MOUNT_SWITCH = {"soft": "soft", "softerr": "soft", "nolock": "nolock",
+                "local_lock=all": "nolock", "local_lock=posix": "nolock"}
+MOUNT_VALUES = {
+    # NFSv2 has no client in current kernels' defaults and no locking of its own.
+    "vers": ("3", "4", "4.0", "4.1", "4.2"),
+    "nfsvers": ("3", "4", "4.0", "4.1", "4.2"),
+    # udp: NFS over UDP can corrupt data on fast links (IP ID wrap-around) and has no NFSv4.
+    "proto": ("tcp", "tcp6", "rdma", "rdma6"),
+    "local_lock": ("none", "all", "flock", "posix"),
+}
+# Numbers: timeo in tenths of a second, retrans retries (nfs(5)); bounds a site would use.
+MOUNT_NUMBERS = {"timeo": (1, 6000), "retrans": (0, 100)}
 
 
 def __virtual__():
@@ -361,14 +385,8 @@ def validate_mount(mount, allow_unsafe=(), index=0):
         if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
             _reject(where, f"device {device!r} must be server:/absolute/path")
         check_path("/" + device.split(":/", 1)[1], f"{where} device")
-        for opt in opts:
-            key = opt.split("=", 1)[0]
-            if key in UNSAFE_MOUNT_OPTS:
-                if key not in allow:
-                    _reject(where, f"{key} is unsafe ({UNSAFE_MOUNT_OPTS[key]}): set "
-                                   f"vmigrate:nfs:client:allow_unsafe: [{key}] to permit it")
-                warnings.append(f"{where}: {key}: {UNSAFE_MOUNT_OPTS[key]}")
-        if "soft" not in opts and "hard" not in opts:
+        warnings = _check_nfs_opts(opts, where, allow)
+        if not any(MOUNT_SETTINGS.get(o) == "recovery" for o in opts):
             opts = ["hard", *opts]
     if len(set(opts)) != len(opts):
         _reject(where, f"opts lists an option twice: {opts!r}")
@@ -379,6 +397,32 @@ def validate_mount(mount, allow_unsafe=(), index=0):
         # of a bind mount into fstab and then reports a change on every run.
         args["bind_mount_copy_active_opts"] = False
     return args
+
+
+def _check_nfs_opts(opts, where, allow):
+    """The NFS client's options, as the kernel applies them: each setting once, known values,
+    the unsafe ones only with their switch (then warned). Returns the warnings."""
+    warnings, seen = [], {}
+    for opt in opts:
+        key, _, value = opt.partition("=")
+        setting = MOUNT_SETTINGS.get(key, key)
+        if setting in seen and not key.startswith(("x-systemd.", "_")):
+            _reject(where, f"{seen[setting]} and {opt}: one setting given twice (the kernel "
+                           "applies the last one): give it once")
+        seen[setting] = opt
+        if key in MOUNT_VALUES and value not in MOUNT_VALUES[key]:
+            _reject(where, f"{opt}: {key} must be one of {', '.join(MOUNT_VALUES[key])}")
+        if key in MOUNT_NUMBERS:
+            low, high = MOUNT_NUMBERS[key]
+            if not value.isdigit() or not low <= int(value) <= high:
+                _reject(where, f"{opt}: {key} must be a whole number {low}-{high}")
+        switch = MOUNT_SWITCH.get(opt, MOUNT_SWITCH.get(key) if key != "local_lock" else None)
+        if switch:
+            if switch not in allow:
+                _reject(where, f"{opt} is unsafe ({UNSAFE_MOUNT_OPTS[switch]}): set "
+                               f"vmigrate:nfs:client:allow_unsafe: [{switch}] to permit it")
+            warnings.append(f"{where}: {opt}: {UNSAFE_MOUNT_OPTS[switch]}")
+    return warnings
 
 
 # ---- module functions ------------------------------------------------------------------------

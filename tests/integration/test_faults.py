@@ -219,7 +219,9 @@ def test_orchestration_interrupted_on_the_master(vdisk_on_host1, lab, salt_maste
     _settles_on(lab, "host2")
     events = salt_master.event_listener.get_events([(salt_master.id, "vmigrate/vdisk/result")],
                                                    after_time=started)
-    assert [e.data["status"] for e in events] == ["unknown"], [e.data for e in events]
+    # The interrupted request's outcome, then the second request's refusal.
+    assert [e.data["status"] for e in sorted(events, key=lambda e: e.stamp)] == [
+        "unknown", "refused"], [e.data for e in events]
     _assert_one_intact_copy(lab, "host2", before)
     _retry_succeeds(salt_run_cli, lab, dest="host1")
 
@@ -297,6 +299,7 @@ def test_save_mode_with_the_destination_libvirtd_killed_during_the_restore(
     state = orch_state(outcome["ret"])
     # Either outcome is true to what happened, and neither leaves a second copy.
     running, defined = lab.placement()
+    print(f"save with host2's libvirtd killed: on {running}: {state['comment']}")
     assert len(running) == 1 and running == defined, (running, defined, state["comment"])
     if running == ["host1"]:
         assert outcome["ret"].returncode != 0, state

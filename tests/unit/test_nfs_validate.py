@@ -117,8 +117,48 @@ def test_mount_defaults_hard_and_refuses_unsafe_options():
         assert args["warnings"]
 
 
+@pytest.mark.parametrize("opts, switch", [
+    # the kernel applies options in order: softerr is a soft mount whatever came before
+    (["softerr"], "soft"),
+    # QEMU's image locks are POSIX locks: kept local, exactly like nolock
+    (["local_lock=posix"], "nolock"),
+    (["local_lock=all"], "nolock"),
+])
+def test_soft_and_local_lock_amount_to_the_switch_they_need(opts, switch):
+    mount = {"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": opts}
+    with pytest.raises(SaltInvocationError, match=rf"allow_unsafe: \[{switch}\]"):
+        nfs.validate_mount(mount)
+    args = nfs.validate_mount(mount, allow_unsafe=[switch])
+    assert args["warnings"]
+    assert ("hard" in args["opts"]) == (switch != "soft"), args  # never "hard,softerr"
+
+
+@pytest.mark.parametrize("opts", [
+    ["hard", "vers=4.2", "proto=tcp", "timeo=600", "retrans=2", "local_lock=none"],
+    ["_netdev", "x-systemd.automount", "x-systemd.requires=network-online.target",
+     "x-systemd.mount-timeout=30", "nofail"],
+    ["local_lock=flock", "nfsvers=3"],
+])
+def test_standard_options_are_accepted(opts):
+    args = nfs.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": opts})
+    assert args["warnings"] == [] and set(opts) <= set(args["opts"]), args
+    assert args["opts"].count("hard") == 1
+
+
 @pytest.mark.parametrize("mount, words", [
     ({"name": "/srv/vm", "device": "nfs1:srv"}, "server:/absolute/path"),
+    # one setting given twice: the kernel takes the last, so "hard,softerr" would end soft
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["hard", "softerr"]},
+     "one setting given twice"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["vers=3", "nfsvers=4.2"]},
+     "one setting given twice"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["lock", "local_lock=all"]},
+     "one setting given twice"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["vers=2"]}, "vers must be one of"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["proto=udp"]}, "proto must be"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["timeo=0"]}, "timeo must be"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["retrans=x"]}, "retrans must be"),
+    ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["local_lock=some"]}, "local_lock"),
     ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["rw,nolock"]}, "plain options"),
     ({"name": "/srv/vm", "device": "nfs1:/srv/vm", "fstype": "ext4"}, "fstype"),
     ({"name": "/srv/vm", "device": "/x", "fstype": "none", "opts": ["rw"]}, "bind"),
