@@ -23,6 +23,8 @@ import logging
 import os
 import re
 
+import salt.utils.path
+
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,9 @@ FLAG_GROUPS = (
     ("wdelay", "no_wdelay"),
     ("hide", "nohide"),
     ("secure_locks", "insecure_locks"),
-    ("crossmnt",),
+    ("crossmnt", "nocrossmnt"),
     ("no_acl", "acl"),
+    ("security_label",),
 )
 DEFAULT_FLAGS = ("rw", "sync", "root_squash", "no_subtree_check", "secure")
 FLAG_OPPOSITE = {
@@ -177,24 +180,60 @@ def _check_sec(value, where):
     return ":".join(flavors)
 
 
+XPRTSEC = ("none", "tls", "mtls")
+
+
+def _check_xprtsec(value, where):
+    modes = value if isinstance(value, list) else [value]
+    if not modes or any(m not in XPRTSEC for m in modes) or len(set(modes)) != len(modes):
+        _reject(where, f"xprtsec must be one or a list of {', '.join(XPRTSEC)}, got {value!r}")
+    return ":".join(modes)
+
+
 VALUE_OPTIONS = {
     "anonuid": lambda v, w: _check_id(v, w, "anonuid"),
     "anongid": lambda v, w: _check_id(v, w, "anongid"),
     "fsid": _check_fsid,
     "sec": _check_sec,
+    "xprtsec": _check_xprtsec,
 }
+# Keywords only some nfs-utils releases parse (exportfs stops at an unknown keyword and drops
+# that entry and every later one): xprtsec= since nfs-utils 2.6.3. Offered where the server's
+# own exportfs knows it (see exportfs_knows).
+NEWER_KEYWORDS = {"xprtsec": "nfs-utils 2.6.3"}
 
 
-def check_options(options, where, allow):
-    """Typed export options -> (canonical option list, warnings). Defaults filled in."""
+def _check_mountpoint(value, where):
+    """exports(5) ``mountpoint``/``mp``: export only while the path (or the given one) is a
+    mount point, so a server whose image filesystem failed to mount serves nothing rather than
+    the empty directory beneath it. True (default), a path, or False (opt out)."""
+    if value is True:
+        return "mp"
+    if value is False:
+        return None
+    return f"mp={check_path(value, where + ' mountpoint')}"
+
+
+def check_options(options, where, allow, known=()):
+    """Typed export options -> (canonical option list, warnings). Defaults filled in (``mp``
+    among them). ``known``: the newer keywords the server's exportfs parses."""
     if options is None:
         options = {}
     if not isinstance(options, dict):
         _reject(where, f"options must be a mapping like {{rw: true, anonuid: 64055}}, "
                        f"got {type(options).__name__}")
     flags, values, warnings = [], [], []
+    mountpoint = "mp"
+    if "mp" in options and "mountpoint" in options:
+        _reject(where, "mountpoint and mp are one option: give one")
     for key, value in options.items():
-        if key in FLAG_OPPOSITE:
+        if key in ("mountpoint", "mp"):
+            mountpoint = _check_mountpoint(value, where)
+        elif key in NEWER_KEYWORDS and key not in known:
+            _reject(where, f"{key} needs {NEWER_KEYWORDS[key]} or later on the NFS server: its "
+                           f"exportfs does not know {key}= and would drop this export and every "
+                           "later one")
+        elif key in FLAG_OPPOSITE:
             if value is not True:
                 opposite = " or ".join(FLAG_OPPOSITE[key]) or "nothing"
                 _reject(where, f"flag {key!r} takes true (to turn it off, set {opposite}), "
@@ -209,7 +248,7 @@ def check_options(options, where, allow):
             values.append(f"{key}={VALUE_OPTIONS[key](value, where)}")
         else:
             _reject(where, f"unknown option {key!r} (allowed: "
-                           f"{', '.join(sorted([*FLAG_OPPOSITE, *VALUE_OPTIONS]))})")
+                           f"{', '.join(sorted([*FLAG_OPPOSITE, *VALUE_OPTIONS, 'mountpoint']))})")
     for flag in flags:
         clash = [f for f in FLAG_OPPOSITE[flag] if f in flags]
         if clash:
@@ -219,10 +258,10 @@ def check_options(options, where, allow):
             flags.append(default)
     order = {f: i for i, f in enumerate(f for g in FLAG_GROUPS for f in g)}
     flags.sort(key=order.__getitem__)
-    return flags + sorted(values), warnings
+    return flags + ([mountpoint] if mountpoint else []) + sorted(values), warnings
 
 
-def validate_exports(exports, allow_unsafe=()):
+def validate_exports(exports, allow_unsafe=(), known=()):
     """
     Check typed exports and return them canonical: a list of dicts ``path``, ``clients``
     (each ``host`` and ``options``, the list of rendered options), plus ``warnings``.
@@ -261,7 +300,7 @@ def validate_exports(exports, allow_unsafe=()):
             hosts.add(host)
             if host == "*":
                 warnings.append(f"{cwhere}: client '*': exported to every host")
-            opts, warns = check_options(client.get("options"), cwhere, allow)
+            opts, warns = check_options(client.get("options"), cwhere, allow, known)
             warnings.extend(warns)
             canon.append({"host": host, "options": opts})
         result.append({"path": path, "clients": canon, **owner})
@@ -435,7 +474,8 @@ def render(exports=None, allow_unsafe=None, exports_file=None):
     Validate and render the exports file from pillar ``vmigrate:nfs:server`` (or arguments).
 
     Returns a dict: ``exports_file``, ``content`` (the file as it would be written),
-    ``exports`` (canonical) and ``warnings``. Writes nothing.
+    ``exports`` (canonical), ``warnings`` (unsafe options in use) and ``notes`` (an export
+    with ``mp`` whose path is not a mount point now: not served until it is). Writes nothing.
 
     :param exports: list of ``{path, clients: [{host, options}]}`` (default: pillar)
     :param allow_unsafe: unsafe switches to permit (default: pillar)
@@ -453,7 +493,17 @@ def render(exports=None, allow_unsafe=None, exports_file=None):
     allow_unsafe = server.get("allow_unsafe", []) if allow_unsafe is None else allow_unsafe
     exports_file = check_exports_file(
         exports_file or server.get("exports_file") or DEFAULT_EXPORTS_FILE)
-    checked = validate_exports(exports, allow_unsafe)
+    checked = validate_exports(exports, allow_unsafe, exportfs_knows())
+    notes = []
+    for export in checked["exports"]:
+        for client in export["clients"]:
+            marks = [o for o in client["options"] if o == "mp" or o.startswith("mp=")]
+            point = marks[0][3:] if marks and marks[0] != "mp" else export["path"]
+            if marks and not os.path.ismount(point):
+                notes.append(
+                    f"{export['path']}: {point} is not a mount point now; with mp (the default) "
+                    "the NFS server exports it only once its filesystem is mounted there")
+                break
     current = None
     if exports_file == "/etc/exports" and __salt__["file.file_exists"](exports_file):
         current = __salt__["file.read"](exports_file)
@@ -462,7 +512,20 @@ def render(exports=None, allow_unsafe=None, exports_file=None):
         "content": render_file(checked["exports"], current, exports_file),
         "exports": checked["exports"],
         "warnings": checked["warnings"],
+        "notes": notes,
     }
+
+
+def exportfs_knows():
+    """The newer export keywords (``NEWER_KEYWORDS``) this server's exportfs parses: read from
+    the program itself (its parser's keyword strings), not guessed from a version."""
+    path = salt.utils.path.which("exportfs")
+    try:
+        with open(path, "rb") as fh:
+            binary = fh.read()
+    except (OSError, TypeError):
+        return ()
+    return tuple(k for k in NEWER_KEYWORDS if f"{k}=".encode() in binary)
 
 
 def exportfs():

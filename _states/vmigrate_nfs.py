@@ -45,11 +45,13 @@ def _ret(name):
     return {"name": name, "result": True, "changes": {}, "comment": ""}
 
 
-def _warn(ret, warnings):
+def _warn(ret, warnings, notes=()):
     if warnings:
         ret["warnings"] = list(warnings)
         ret["comment"] = (ret["comment"] + " WARNING (unsafe options in use): "
                           + "; ".join(warnings)).strip()
+    if notes:
+        ret["comment"] = (ret["comment"] + " NOTE: " + "; ".join(notes)).strip()
     return ret
 
 
@@ -74,7 +76,7 @@ def exports_validated(name, exports=None, allow_unsafe=None, exports_file=None):
     if rendered is None:
         return ret
     ret["comment"] = f"{len(rendered['exports'])} export(s) are valid"
-    return _warn(ret, rendered["warnings"])
+    return _warn(ret, rendered["warnings"], rendered.get("notes"))
 
 
 def exports(name, exports=None, allow_unsafe=None, dir_defaults=None):
@@ -134,7 +136,7 @@ def exports(name, exports=None, allow_unsafe=None, dir_defaults=None):
     if test and ret["changes"]:
         ret["result"] = None
     ret["comment"] = "; ".join(comments)
-    return _warn(ret, rendered["warnings"])
+    return _warn(ret, rendered["warnings"], rendered.get("notes"))
 
 
 def exports_absent(name):

@@ -50,8 +50,9 @@ TABLE = (
     ("--abort-on-error", "always for live migrations"),
     ("--auto-converge", "option auto_converge: true"),
     ("--auto-converge-initial / --auto-converge-increment",
-     "options auto_converge_initial / auto_converge_increment (%)"),
-    ("--postcopy", "option postcopy: true (opt-in: read its risk in the README)"),
+     "options auto_converge_initial / auto_converge_increment (1-99 %)"),
+    ("--postcopy", "option postcopy: true (opt-in: read its risk in the README; not with "
+                   "suspend, transport ssh or parallel_connections)"),
     ("--postcopy-after-precopy", "option postcopy_after_precopy: true"),
     ("--postcopy-bandwidth", "option postcopy_bandwidth (MiB/s)"),
     ("--timeout", "timeout (seconds), then option timeout_action"),
@@ -60,13 +61,15 @@ TABLE = (
     ("--bandwidth", "bandwidth (MiB/s)"),
     ("migrate-setmaxdowntime", "option max_downtime (ms), raised in downtime_steps"),
     ("--compressed", "option compressed: true"),
-    ("--comp-methods", "option compression_methods: [xbzrle, mt, zlib, zstd]"),
+    ("--comp-methods", "option compression_methods: [xbzrle] alone, or [zlib] or [zstd] with "
+                       "parallel_connections (mt: refused, QEMU 9.1 removed it)"),
     ("--comp-mt-level / --comp-mt-threads / --comp-mt-dthreads",
      "options compression_mt_level / compression_mt_threads / compression_mt_dthreads"),
-    ("--comp-xbzrle-cache", "option compression_xbzrle_cache (MiB)"),
+    ("--comp-xbzrle-cache", "option compression_xbzrle_cache (MiB, a power of two)"),
     ("--comp-zlib-level / --comp-zstd-level", "options compression_zlib_level / _zstd_level"),
-    ("--parallel / --parallel-connections", "option parallel_connections (2-255)"),
-    ("--zerocopy", "option zerocopy: true (needs parallel_connections)"),
+    ("--parallel / --parallel-connections", "option parallel_connections (1-255)"),
+    ("--zerocopy", "option zerocopy: true (needs parallel_connections; not with TLS or "
+                   "compression)"),
     ("--tls", "transport: tls (QEMU's own TLS memory stream)"),
     ("--tls-destination", "option tls_destination (the name in the destination's certificate)"),
     ("--available-switchover-bandwidth", "option switchover_bandwidth (MiB/s)"),
@@ -156,8 +159,10 @@ SCHEMA = {
     "suspend": _bool,
     "change_protection": _bool,
     "auto_converge": _bool,
-    "auto_converge_initial": lambda v, n: _int(v, n, 0, 100, " %"),
-    "auto_converge_increment": lambda v, n: _int(v, n, 1, 100, " %"),
+    # QEMU's cpu-throttle-initial/-increment: 1-99 (migration/options.c); libvirt passes
+    # any number through.
+    "auto_converge_initial": lambda v, n: _int(v, n, 1, 99, " %"),
+    "auto_converge_increment": lambda v, n: _int(v, n, 1, 99, " %"),
     "postcopy": _bool,
     "postcopy_after_precopy": _bool,
     "postcopy_bandwidth": lambda v, n: _int(v, n, 1, 1 << 20, " MiB/s"),
@@ -170,10 +175,11 @@ SCHEMA = {
     "compression_mt_level": lambda v, n: _int(v, n, 0, 9),
     "compression_mt_threads": lambda v, n: _int(v, n, 1, 255),
     "compression_mt_dthreads": lambda v, n: _int(v, n, 1, 255),
-    "compression_xbzrle_cache": lambda v, n: _int(v, n, 1, 1 << 20, " MiB"),
+    "compression_xbzrle_cache": lambda v, n: _power_of_two(v, n),
     "compression_zlib_level": lambda v, n: _int(v, n, 0, 9),
     "compression_zstd_level": lambda v, n: _int(v, n, 0, 20),
-    "parallel_connections": lambda v, n: _int(v, n, 2, 255),
+    # QEMU's multifd-channels: 1-255; libvirt accepts 1 (one multifd channel).
+    "parallel_connections": lambda v, n: _int(v, n, 1, 255),
     "zerocopy": _bool,
     "xml": _domain_xml,
     "persistent_xml": _domain_xml,
@@ -181,7 +187,7 @@ SCHEMA = {
     "dname": lambda v, n: _str(v, n),
     "migrate_uri": _uri,
     "listen_address": _addr,
-    "graphics_uri": lambda v, n: _str(v, n),
+    "graphics_uri": lambda v, n: _graphics_uri(v, n),
     "tls_destination": lambda v, n: _addr(v, n),
     "switchover_bandwidth": lambda v, n: _int(v, n, 1, 1 << 20, " MiB/s"),
     "copy_storage": _one_of(COPY_STORAGE),
@@ -211,6 +217,32 @@ ALLOWED = {
     "cold": DEFINITION | COLD_ONLY,
     "save": set(),
 }
+
+
+_GRAPHICS_RE = re.compile(r"(spice|vnc)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9_.-]{0,252})"
+                          r"(:\d{1,5})?(\?(tlsPort=\d{1,5}|tlsSubject=[^&\s]{1,1024})"
+                          r"(&(tlsPort=\d{1,5}|tlsSubject=[^&\s]{1,1024}))?)?")
+
+
+def _graphics_uri(value, name):
+    # libvirt (qemu_migration.c qemuMigrationSrcGraphicsRelocate) reads the scheme, host, port
+    # and the tlsPort / tlsSubject query keys; it relocates SPICE clients only (vnc is parsed and
+    # ignored), and refuses what it cannot parse.
+    if not isinstance(value, str) or not _GRAPHICS_RE.fullmatch(value):
+        raise SaltInvocationError(
+            f"option {name} {value!r}: spice://<address>[:port][?tlsPort=N][&tlsSubject=...] "
+            "(or vnc://..., which libvirt accepts and ignores)")
+    return value
+
+
+def _power_of_two(value, name):
+    # QEMU's xbzrle-cache-size: "a power of two no less than the target page size" (bytes);
+    # given here in MiB, so a power of two MiB.
+    _int(value, name, 1, 1 << 20, " MiB")
+    if value & (value - 1):
+        raise SaltInvocationError(f"option {name} {value!r}: QEMU takes a power of two (MiB: "
+                                  "1, 2, 4, 8, ...), no less than the page size")
+    return value
 
 
 def _str(value, name):
@@ -278,6 +310,7 @@ def check(options, mode, name=None, uuid=None, stream=None):
     if comp and not options.get("compressed"):
         raise SaltInvocationError(f"options {', '.join(sorted(comp))} need compressed: true")
     methods = options.get("compression_methods", ["xbzrle"])
+    _parallel_rules(options, methods, stream)
     for key in comp:
         method = key.split("_")[1]
         if method in COMPRESSION_METHODS and method not in methods:
@@ -318,6 +351,65 @@ def check(options, mode, name=None, uuid=None, stream=None):
             if uuid is not None and (root.findtext("uuid") or "").lower() != uuid.lower():
                 raise SaltInvocationError(f"option {key}: <uuid> must stay {uuid}")
     return options
+
+
+def _parallel_rules(options, methods, stream):
+    """The rules libvirt 11.3 (qemu_migration_params.c, qemu_migration.c) and QEMU 10.0
+    (migration/options.c) apply to compression, parallel (multifd), post-copy and zero-copy,
+    refused here first with the reason."""
+    parallel = bool(options.get("parallel_connections"))
+    compressed = bool(options.get("compressed"))
+    if compressed and "mt" in methods:
+        raise SaltInvocationError(
+            "compression method mt: QEMU removed its multithread compression in 9.1 (libvirt "
+            "then answers \"Migration option 'compress' is not supported by QEMU binary\"); "
+            "use zlib or zstd with parallel_connections, or xbzrle")
+    if compressed and parallel:
+        if "compression_methods" not in options:
+            raise SaltInvocationError(
+                "options compressed and parallel_connections need compression_methods: [zlib] "
+                "or [zstd] (libvirt: \"No compression algorithm selected for parallel "
+                "migration\")")
+        bad = [m for m in methods if m in ("xbzrle", "mt")]
+        if bad:
+            raise SaltInvocationError(
+                f"compression method {bad[0]} does not work with parallel_connections (libvirt: "
+                "\"isn't supported with parallel migration\"; QEMU: multifd is not compatible "
+                "with xbzrle)")
+        if len(methods) > 1:
+            raise SaltInvocationError(
+                "compression_methods: one of zlib or zstd with parallel_connections (libvirt: "
+                "\"Only one compression method could be specified with parallel "
+                "compression\")")
+    if compressed and not parallel:
+        bad = [m for m in methods if m in ("zlib", "zstd")]
+        if bad:
+            raise SaltInvocationError(
+                f"compression method {bad[0]} needs parallel_connections (libvirt: \"is only "
+                "supported with parallel migration\")")
+    if options.get("postcopy"):
+        if options.get("suspend"):
+            raise SaltInvocationError(
+                "option postcopy with suspend: libvirt runs post-copy only for a live guest "
+                "(\"post-copy migration is not supported with non-live or paused "
+                "migration\")")
+        if stream == "tunnelled":
+            raise SaltInvocationError(
+                "option postcopy with transport ssh: libvirt does not run post-copy through a "
+                "tunnelled stream (\"post-copy is not supported with tunnelled migration\"); "
+                "use transport tls for this migration's hosts")
+        if parallel:
+            raise SaltInvocationError(
+                "option postcopy with parallel_connections: QEMU 10 refuses it (\"Postcopy is "
+                "not yet compatible with multifd\")")
+    if options.get("zerocopy") and (stream == "tls" or compressed):
+        raise SaltInvocationError(
+            "option zerocopy works only without TLS and without compression (QEMU: \"Zero copy "
+            "only available for non-compressed non-TLS multifd migration\")")
+    if options.get("listen_address") and stream == "tunnelled":
+        raise SaltInvocationError(
+            "option listen_address with transport ssh: libvirt refuses it for a tunnelled "
+            "migration (\"listen address is not supported by tunnelled migration\")")
 
 
 def downtime_at(options, elapsed):
@@ -383,6 +475,9 @@ def to_libvirt(libvirt, options, mode, stream):
     for key, param in (("disks_port", "DISKS_PORT"), ("disks_uri", "DISKS_URI")):
         if key in options:
             params[getattr(libvirt, f"VIR_MIGRATE_PARAM_{param}")] = options[key]
-    if options.get("compressed") and "compression_methods" in options:
-        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = list(options["compression_methods"])
+    if options.get("compressed"):
+        # Always the method list: libvirt tunes xbzrle's cache (and each method's level) only
+        # when its method is listed, and fills in its xbzrle default only after that check.
+        params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = list(
+            options.get("compression_methods", ["xbzrle"]))
     return flags, params

@@ -70,7 +70,7 @@ def test_custom_module_and_state_load_through_the_real_loader(tmp_path):
     try:
         rendered = loaders.modules.vmigrate_nfs.render()
         assert rendered["content"].splitlines()[1] == (
-            "/srv/vmimages 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure)")
+            "/srv/vmimages 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure,mp)")
         ret = loaders.states.vmigrate_nfs.exports_validated(
             "x", exports=[{"path": "rel", "clients": [{"host": "h"}]}])
         assert ret["result"] is False and "must be absolute" in ret["comment"]

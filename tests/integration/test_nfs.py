@@ -15,13 +15,37 @@ def test_server_renders_safe_exports_and_exportfs_accepts_them(storage, lab):
     results = state_results(storage["server"])
     assert all(r["result"] is True for r in results), results
     exports = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports").read_text()
-    line = f"{lab.export_dir} {lab.net}.0/24(rw,sync,root_squash,no_subtree_check,secure)"
+    line = f"{lab.export_dir} {lab.net}.0/24(rw,sync,root_squash,no_subtree_check,secure,mp)"
     assert line in exports.splitlines()
     # exportfs -ra really parsed it: the kernel-independent export table lists the path.
     etab = lab.host_path(vmlab.NFS_HOST, "/var/lib/nfs/etab").read_text()
     assert str(lab.export_dir) in etab and "root_squash" in etab
     # The real machine's exports were never touched.
     assert not os.path.exists("/etc/exports.d/vmigrate.exports")
+    # The lab's export is a directory standing in for the image filesystem a real NFS server
+    # mounts there (a same-filesystem bind mount is no mount point to nfs-utils either): the
+    # state says the server would not export it (mp, the default) until one is mounted.
+    assert any(f"NOTE: {lab.export_dir}: {lab.export_dir} is not a mount point now" in
+               r["comment"] for r in results), results
+
+
+def test_an_export_that_is_not_a_mount_point_is_named_before_it_is_written(storage, salt_cli,
+                                                                          lab):
+    """mp (the default): an NFS server whose image filesystem did not mount exports nothing,
+    instead of the empty directory beneath it that every hypervisor would then share. The
+    state says so, read on nfs1 itself; test=True writes nothing."""
+    path = lab.host_path(vmlab.NFS_HOST, "/etc/exports.d/vmigrate.exports")
+    before = path.read_bytes()
+    unmounted = lab.export_dir.parent / "another"
+    pillar = {"vmigrate": {"nfs": {"server": {"exports": [
+        {"path": str(unmounted), "clients": [{"host": f"{lab.net}.0/24",
+                                               "options": {"rw": True}}]}]}}}}
+    ret = salt_cli.run("state.apply", "vmigrate.nfs.server", "test=True",
+                       f"pillar={json.dumps(pillar)}", minion_tgt=vmlab.NFS_HOST)
+    assert ret.returncode == 0, ret
+    comments = " ".join(r["comment"] for r in state_results(ret.data))
+    assert f"NOTE: {unmounted}: {unmounted} is not a mount point now" in comments, comments
+    assert path.read_bytes() == before and not unmounted.exists()
 
 
 def test_server_without_libvirt_users_owns_exports_by_number(storage, lab):

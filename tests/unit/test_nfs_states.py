@@ -31,6 +31,9 @@ def env(testmode, tmp_path, monkeypatch):
     state = load("_states", "vmigrate_nfs", salt=salt, opts={"test": testmode},
                  states={"file.directory": directory, "mount.mounted": mounted}, grains={})
     exports_file = tmp_path / "vmigrate.exports"
+    # The export's filesystem is mounted (a test below unmounts it).
+    mounted_points = {"/srv/vm"}
+    monkeypatch.setattr(mod.os.path, "ismount", lambda p: p in mounted_points)
     real_exists = state.os.path.exists
     monkeypatch.setattr(state.os.path, "exists",
                         lambda p: real_exists(exports_file) if p == NAME else real_exists(p))
@@ -38,12 +41,12 @@ def env(testmode, tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", lambda p, *a, **k: real_open(
         exports_file if p == NAME else p, *a, **k))
     return {"state": state, "mod": mod, "writes": writes, "directory": directory, "mounted": mounted,
-            "file": exports_file, "test": testmode}
+            "file": exports_file, "test": testmode, "mounted_points": mounted_points}
 
 
 def test_new_exports_are_written_or_predicted(env):
     ret = env["state"].exports(NAME, exports=EXPORTS, dir_defaults={"mode": "0770"})
-    assert "+/srv/vm 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure)" in \
+    assert "+/srv/vm 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure,mp)" in \
         ret["changes"]["diff"]
     if env["test"]:
         assert ret["result"] is None and "would be updated" in ret["comment"]
@@ -53,6 +56,16 @@ def test_new_exports_are_written_or_predicted(env):
         env["writes"].assert_called_once()
     env["directory"].assert_called_once_with(name="/srv/vm", makedirs=True, user=None,
                                              group=None, dir_mode="0770")
+
+
+def test_an_export_whose_filesystem_is_not_mounted_is_named(env):
+    # mp (the default) keeps the server from exporting the empty directory beneath a failed
+    # mount; the state says the export waits for its filesystem.
+    env["mounted_points"].clear()
+    ret = env["state"].exports(NAME, exports=EXPORTS)
+    assert "(rw,sync,root_squash,no_subtree_check,secure,mp)" in ret["changes"]["diff"]
+    assert "NOTE: /srv/vm: /srv/vm is not a mount point now" in ret["comment"], ret
+    assert "warnings" not in ret  # not an unsafe option
 
 
 def test_unchanged_exports_report_no_changes(env):

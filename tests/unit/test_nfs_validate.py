@@ -17,7 +17,7 @@ def _export(path="/srv/vmimages", host="192.0.2.0/24", **options):
 def test_safe_defaults_are_filled_in():
     out = nfs.validate_exports([_export()])
     assert nfs.render_lines(out["exports"]) == [
-        "/srv/vmimages 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure)"]
+        "/srv/vmimages 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure,mp)"]
     assert out["warnings"] == []
 
 
@@ -25,7 +25,7 @@ def test_typed_values_render_canonically():
     out = nfs.validate_exports([_export(anonuid=64055, anongid=64055, sec=["krb5p", "krb5i"],
                                         fsid=1, ro=True)])
     assert nfs.render_lines(out["exports"]) == [
-        "/srv/vmimages 192.0.2.0/24(ro,sync,root_squash,no_subtree_check,secure,anongid=64055,"
+        "/srv/vmimages 192.0.2.0/24(ro,sync,root_squash,no_subtree_check,secure,mp,anongid=64055,"
         "anonuid=64055,fsid=1,sec=krb5p:krb5i)"]
 
 
@@ -52,7 +52,7 @@ def test_the_hand_recipe_line_needs_every_override():
             nfs.validate_exports(recipe, allow_unsafe=allow)
     out = nfs.validate_exports(recipe, allow_unsafe=["no_root_squash", "any_client"])
     assert nfs.render_lines(out["exports"]) == [
-        "/home/images *(rw,sync,no_root_squash,no_subtree_check,secure)"]
+        "/home/images *(rw,sync,no_root_squash,no_subtree_check,secure,mp)"]
     assert len(out["warnings"]) == 2
 
 
@@ -104,6 +104,48 @@ def test_exports_file_location(path, ok):
     else:
         with pytest.raises(SaltInvocationError):
             nfs.check_exports_file(path)
+
+
+@pytest.mark.parametrize("options, rendered", [
+    ({"rw": True, "mountpoint": "/srv"}, "secure,mp=/srv)"),
+    ({"rw": True, "mp": True}, "secure,mp)"),
+    # opting out (an export that is not a guest image store)
+    ({"rw": True, "mountpoint": False}, "secure)"),
+    ({"rw": True, "nocrossmnt": True, "security_label": True},
+     "secure,nocrossmnt,security_label,mp)"),
+])
+def test_exports_are_served_only_from_their_mounted_filesystem(options, rendered):
+    out = nfs.validate_exports([_export(**options)])
+    line = nfs.render_lines(out["exports"])[0]
+    assert line.endswith(rendered), line
+
+
+@pytest.mark.parametrize("options, words", [
+    ({"mountpoint": "relative"}, "absolute"),
+    ({"mountpoint": True, "mp": True}, "one option"),
+    ({"crossmnt": True, "nocrossmnt": True}, "contradict"),
+    # nfs-utils 2.6.2 (Debian 12) stops at xprtsec= and drops that export and every later one
+    ({"xprtsec": "tls"}, "needs nfs-utils 2.6.3"),
+])
+def test_export_option_rules(options, words):
+    with pytest.raises(SaltInvocationError, match=words):
+        nfs.validate_exports([_export(rw=True, **options)])
+
+
+def test_xprtsec_where_the_servers_exportfs_knows_it():
+    out = nfs.validate_exports([_export(rw=True, xprtsec=["tls", "mtls"])], known=("xprtsec",))
+    assert nfs.render_lines(out["exports"])[0].endswith("secure,mp,xprtsec=tls:mtls)")
+    with pytest.raises(SaltInvocationError, match="xprtsec must be"):
+        nfs.validate_exports([_export(rw=True, xprtsec="tls13")], known=("xprtsec",))
+
+
+def test_the_installed_exportfs_is_asked_which_keywords_it_knows(monkeypatch, tmp_path):
+    fake = tmp_path / "exportfs"
+    fake.write_bytes(b"\x7fELF...sec=\x00xprtsec=\x00")
+    monkeypatch.setattr(nfs.salt.utils.path, "which", lambda name: str(fake))
+    assert nfs.exportfs_knows() == ("xprtsec",)
+    fake.write_bytes(b"\x7fELF...sec=\x00")
+    assert nfs.exportfs_knows() == ()
 
 
 def test_mount_defaults_hard_and_refuses_unsafe_options():

@@ -43,11 +43,19 @@ def test_the_readme_table_is_this_table():
     ({"max_downtime": True}, "option max_downtime True"),
     ({"timeout_action": "shrug"}, "option timeout_action 'shrug': one of abort, pause, postcopy"),
     ({"compression_methods": ["gzip"]}, "a list of xbzrle, mt, zlib, zstd"),
-    ({"parallel_connections": 1}, "2-255"),
+    ({"parallel_connections": 0}, "1-255"),
+    ({"parallel_connections": 256}, "1-255"),
+    # QEMU's ranges (migration/options.c), refused here first
+    ({"auto_converge_initial": 0}, "1-99"),
+    ({"auto_converge_initial": 100}, "1-99"),
+    ({"auto_converge_increment": 100}, "1-99"),
+    ({"compression_xbzrle_cache": 3}, "power of two"),
+    ({"graphics_uri": "rdp://h"}, "spice://"),
+    ({"graphics_uri": "spice://h?tlsPort=x"}, "spice://"),
     ({"migrate_uri": "tcp://h;rm -rf /"}, "tcp://<address>[:port]"),
     ({"xml": "<domain"}, "not well-formed XML"),
     ({"xml": "<network/>"}, "root element must be <domain>"),
-    ({"graphics_uri": "spice://h\nx"}, "a one-line string"),
+    ({"graphics_uri": "spice://h\nx"}, "spice://"),
     ({"shutdown_timeout": float("nan")}, "seconds, > 0"),
     ({"copy_storage": "yes"}, "option copy_storage 'yes': one of all, inc"),
     ({"migrate_disks": "vda"}, "a list of disk targets"),
@@ -176,13 +184,14 @@ def test_copy_storage_becomes_virsh_flags_and_parameters():
 
 
 def test_options_become_the_flags_and_parameters_virsh_sets():
-    given = opt.check(opt.merge(None, {
+    # Only the mapping: check() refuses this set (mt, suspend with post-copy, ...), below.
+    given = opt.merge(None, {
         "suspend": True, "auto_converge": True, "auto_converge_initial": 60,
         "auto_converge_increment": 20, "postcopy": True, "postcopy_bandwidth": 50,
         "compressed": True, "compression_methods": ["mt", "zstd"], "compression_mt_level": 3,
         "compression_zstd_level": 2, "parallel_connections": 4, "zerocopy": True,
         "change_protection": True, "listen_address": "10.0.0.2",
-        "switchover_bandwidth": 100}), "live")
+        "switchover_bandwidth": 100})
     flags, params = opt.to_libvirt(libvirt, given, "live", "plain tcp")
     for flag in ("PAUSED", "AUTO_CONVERGE", "POSTCOPY", "COMPRESSED", "PARALLEL", "ZEROCOPY",
                  "CHANGE_PROTECTION"):
@@ -211,3 +220,54 @@ def test_downtime_steps_rise_to_the_maximum():
         100, 100, 200, 300, 500, 500, 500]
     assert opt.downtime_at({"max_downtime": 300}, 0) == 300
     assert opt.downtime_at({}, 5) is None
+
+
+# (options, stream, libvirt's or QEMU's words the refusal quotes) -- each read in libvirt 11.3's
+# qemu_migration_params.c / qemu_migration.c and QEMU 10.0's migration/options.c.
+PAIR_RULES = [
+    ({"compressed": True, "compression_methods": ["mt"]}, "plain tcp",
+     "not supported by QEMU binary"),
+    ({"compressed": True, "parallel_connections": 4}, "plain tcp",
+     "No compression algorithm selected for parallel migration"),
+    ({"compressed": True, "compression_methods": ["xbzrle"], "parallel_connections": 4},
+     "plain tcp", "isn't supported with parallel migration"),
+    ({"compressed": True, "compression_methods": ["zlib", "zstd"], "parallel_connections": 4},
+     "plain tcp", "Only one compression method"),
+    ({"compressed": True, "compression_methods": ["zlib"]}, "plain tcp",
+     "is only supported with parallel migration"),
+    ({"postcopy": True, "suspend": True}, "plain tcp", "non-live or paused migration"),
+    ({"postcopy": True}, "tunnelled", "not supported with tunnelled migration"),
+    ({"postcopy": True, "parallel_connections": 2}, "plain tcp",
+     "Postcopy is not yet compatible with multifd"),
+    ({"zerocopy": True, "parallel_connections": 2}, "tls", "non-compressed non-TLS"),
+    ({"zerocopy": True, "parallel_connections": 2, "compressed": True,
+      "compression_methods": ["zstd"]}, "plain tcp", "non-compressed non-TLS"),
+    ({"listen_address": "10.0.0.2"}, "tunnelled", "not supported by tunnelled migration"),
+]
+
+
+@pytest.mark.parametrize("given, stream, words", PAIR_RULES)
+def test_each_pair_libvirt_or_qemu_refuses_is_refused_first_with_the_reason(given, stream, words):
+    with pytest.raises(SaltInvocationError, match=re.escape(words)):
+        opt.check(opt.merge(None, given), "live", stream=stream)
+
+
+@pytest.mark.parametrize("given, stream", [
+    ({"compressed": True}, "plain tcp"),  # xbzrle, libvirt's default, sent explicitly
+    ({"compressed": True, "compression_methods": ["zstd"], "parallel_connections": 4,
+      "compression_zstd_level": 3}, "plain tcp"),
+    ({"parallel_connections": 1}, "tls"),
+    ({"zerocopy": True, "parallel_connections": 2}, "plain tcp"),
+    ({"postcopy": True, "postcopy_after_precopy": True}, "tls"),
+    ({"graphics_uri": "spice://h2.example:5900?tlsPort=5901&tlsSubject=C=XX,O=x"}, "tls"),
+])
+def test_what_libvirt_and_qemu_accept_passes(given, stream):
+    assert opt.check(opt.merge(None, given), "live", stream=stream)
+
+
+def test_the_compression_method_list_is_always_sent():
+    # libvirt tunes xbzrle's cache only when xbzrle is listed, and fills in its default later.
+    flags, params = opt.to_libvirt(libvirt, {"compressed": True,
+                                             "compression_xbzrle_cache": 64}, "live", "tls")
+    assert params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] == ["xbzrle"]
+    assert params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION_XBZRLE_CACHE] == 64 << 20
