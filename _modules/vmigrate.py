@@ -359,8 +359,29 @@ def _xml(dom):
         raise _libvirt_error(err, "reading the domain's XML") from err
 
 
+def _volumes(conn, xml):
+    """{"pool/volume": (type, path)} of a domain's volume disks, as this host's libvirt resolves
+    them (a dir or netfs pool's volume is a file, a logical or iSCSI pool's a block device);
+    one it cannot read is left out (and refused as such)."""
+    kinds = {libvirt.VIR_STORAGE_VOL_FILE: "file", libvirt.VIR_STORAGE_VOL_BLOCK: "block",
+             libvirt.VIR_STORAGE_VOL_NETWORK: "network", libvirt.VIR_STORAGE_VOL_NETDIR: "network"}
+    out = {}
+    for pool, volume in __utils__["vmigrate_storage.disk_volumes"](xml):
+        with contextlib.suppress(libvirt.libvirtError):
+            vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
+            kind = kinds.get(vol.info()[0])
+            if kind:
+                out[f"{pool}/{volume}"] = (kind, vol.path())
+    return out
+
+
 def _storage_facts(dom, xml=None):
-    return __utils__["vmigrate_storage.gather"](xml or _xml(dom))
+    xml = xml or _xml(dom)
+    try:
+        volumes = _volumes(dom.connect(), xml)
+    except libvirt.libvirtError:
+        volumes = {}
+    return __utils__["vmigrate_storage.gather"](xml, volumes=volumes)
 
 
 def _storage_checks(dom, xml=None, facts=None):

@@ -89,6 +89,26 @@ FIX_ACCESS = ("make the image readable and writable by QEMU's user on {dest}: gi
               "fixing ownership itself. Never export with no_root_squash to work around it")
 
 
+FIX_SQUASHED_ROOT = ("QEMU on {dest} runs as root, which this storage squashes: map the "
+                     "squashed root to the images' owner on the NFS server (export options "
+                     "anonuid/anongid, e.g. 64055 for libvirt-qemu), or run QEMU as that owner "
+                     "(qemu.conf user/group on every hypervisor). Never export with "
+                     "no_root_squash to work around it")
+# The anonymous uid an NFS server gives squashed root when the export maps none (exports(5)).
+NOBODY = 65534
+
+
+def _squashed_words(squash, directory):
+    if squash[0] is None:
+        return (f"root may not even write in {directory}: squashed root becomes the export's "
+                f"anonymous user ({NOBODY}, nobody, unless the export maps anonuid), who has "
+                "no write permission there")
+    if squash[0] == NOBODY:
+        return (f"a file root wrote became uid {NOBODY} (nobody: the export maps no anonuid, "
+                "so squashed root is the anonymous user)")
+    return f"a file root wrote became uid {squash[0]} (the export's anonuid)"
+
+
 def assess_dest_storage(facts, source, dest):
     """Shared storage as the destination meets it: each disk directory's sentinel (written on
     ``source``, looked for by ``dest``'s libvirtd), then each image's access for QEMU's user
@@ -154,13 +174,14 @@ def assess_dest_storage(facts, source, dest):
                             f"this storage, so libvirt on {dest} gives the image to that user "
                             "as the guest arrives (qemu.conf dynamic_ownership)" + note)
         else:
+            fix = (FIX_SQUASHED_ROOT if uid == 0 else FIX_ACCESS).format(dest=dest, uid=uid,
+                                                                         gid=gid)
             add(name, False,
                 f"{image['path']} ({owner}): {runs_as}, and this storage squashes root ("
-                + (f"a file root wrote became uid {squash[0]}" if squash[0] is not None else
-                   "root may not even write beside the image")
+                + _squashed_words(squash, os.path.dirname(image["path"]))
                 + f"), so libvirt on {dest} cannot give the image "
                 "to that user: QEMU there would fail to open it (Permission denied)" + note,
-                FIX_ACCESS.format(dest=dest, uid=uid, gid=gid))
+                fix)
     return checks
 
 

@@ -244,6 +244,20 @@ def gather(client, tgt, tgt_type, fun, arg, kwarg, wait, published=None):
     return jid, got, expected
 
 
+def host_list(hosts):
+    """``hosts`` as a list of minion ids: a list, or one id or a comma-separated string as the
+    CLI gives it (``hosts=host1``, ``hosts=host1,host2``); None stays None."""
+    if hosts is None:
+        return None
+    if isinstance(hosts, str):
+        hosts = [h.strip() for h in hosts.split(",") if h.strip()]
+    if not isinstance(hosts, (list, tuple)) or not hosts:
+        raise SaltInvocationError(f"hosts {hosts!r}: a minion id or a list of them")
+    for host in hosts:
+        validate.minion_id(host, "hosts")
+    return list(hosts)
+
+
 def _listing(data):
     """A valid ``vmigrate.domains`` return, or None."""
     if not isinstance(data, dict) or data.get("retcode", 0) != 0:
@@ -272,6 +286,7 @@ def locate(opts, vm, hosts=None, client=None, dname=None):
     ``hypervisors`` (those that answered), ``unaccounted`` ({host: why}) and ``timeouts``
     (each answering host's migration timeout). ``client``: a LocalClient to use (one request
     opens one)."""
+    hosts = host_list(hosts)
     if client is None:
         with _client(opts) as opened:
             return locate(opts, vm, hosts, opened, dname)
@@ -422,6 +437,14 @@ def decide(where, vm, dest, force=False, already_ok=False, mode="live"):
     if dest not in where["hypervisors"]:
         why = where["unaccounted"].get(dest, "not one of the hypervisors that answered")
         return source, f"dest {dest} is not an available hypervisor: {why}"
+    uuids = where.get("host_uuids") or {}
+    if uuids.get(source) and uuids.get(source) == uuids.get(dest):
+        return source, (f"{source} and {dest} report the same libvirt host UUID "
+                        f"{uuids[source]}: libvirt refuses a migration to what it takes for the "
+                        f"same host, and their copies of {vm} could not be told apart. Fix: "
+                        "give each hypervisor its own host_uuid in /etc/libvirt/libvirtd.conf "
+                        "(a clone shares the SMBIOS UUID and /etc/machine-id), then restart "
+                        "libvirtd")
     if info["state"] == "paused" and info.get("reason") in MIGRATION_PAUSE:
         return source, (f"vm {vm} on {source} is paused by an unfinished migration "
                         f"({info['reason']}): do not resume it before checking the other host")
@@ -1083,6 +1106,7 @@ def reconcile(opts, vm, hosts=None, prefer=None, dry_run=False, dname=None):
     validate.vm_name(vm)
     if dname is not None:
         validate.vm_name(dname, "dname")
+    hosts = host_list(hosts)
     with locks.hold(opts, vm, "reconcile", dname=dname):
         names = [vm, dname] if dname else [vm]
         if any(locks.in_flight(opts, n) for n in names):

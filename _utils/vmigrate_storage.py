@@ -3,7 +3,11 @@ Will libvirt treat a domain's disks as shared storage? The facts a hypervisor ca
 verdict, following libvirt's own rules (libvirt 11.3: ``qemuMigrationSrcIsSafe`` in
 src/qemu/qemu_migration.c, ``virFileIsSharedFS`` in src/util/virfile.c):
 
-- empty and read-only disks, and network disks, are safe;
+- empty and read-only disks, and network disks, are safe; so are block disks (libvirt assumes
+  a block device is a LUN both hosts see, and checks nothing);
+- a volume disk (``type='volume'``) is judged as what its pool makes it: a file in a dir or
+  netfs pool (then by the file's rules: an NFS pool's volume is on NFS), a block device, or a
+  network volume (``virStorageSourceGetActualType``);
 - a file disk is safe when ``statfs()`` on its path (or, if that fails, on the nearest
   ancestor it can stat) reports a shared filesystem type -- NFS, GFS2, OCFS2, AFS, SMB/CIFS,
   Ceph, GPFS, ACFS, BeeGFS, or the FUSE mounts glusterfs and quobyte -- or when its resolved path
@@ -53,6 +57,10 @@ FIX_SHARED = (
     "path exists (libvirtd ignores a listed path that did not exist when it started, and every "
     "entry after it); never migrate with unsafe=True"
 )
+FIX_BLOCK = ("make sure the destination sees the same device (the same LUN) at this path; a "
+             "local disk there would be a different disk")
+FIX_VOLUME = ("start the disk's storage pool on this host (virsh pool-start), or check the "
+              "volume's name")
 FIX_CACHE = (
     "set the disk's cache mode to 'none' (or 'writeback') in the domain definition and restart "
     "the guest; libvirt allows 'unsafe' here only because QEMU drops the destination's page "
@@ -66,15 +74,18 @@ FIX_RESTART = (
 
 
 # ---- facts ---------------------------------------------------------------------------------
-def domain_disks(xml_text):
+def domain_disks(xml_text, volumes=None):
     """The ``<disk>`` devices of a domain's XML: a list of dicts with ``target``, ``device``,
     ``type``, ``path`` (file or block path, ``pool/volume``, ``protocol:name``, or None),
-    ``empty``, ``readonly``, ``shareable`` and ``cache``."""
+    ``empty``, ``readonly``, ``shareable`` and ``cache``. ``volumes``: {"pool/volume": (type,
+    path)} as the host's libvirt resolves them (file, block, network); such a disk then has
+    that ``type`` and ``path``, and ``volume`` its name."""
     disks = []
     for disk in ET.fromstring(xml_text).findall("./devices/disk"):
         dtype = disk.get("type", "file")
         source = disk.find("source")
         path = None
+        volume = None
         if source is not None:
             if dtype == "file":
                 path = source.get("file")
@@ -83,12 +94,15 @@ def domain_disks(xml_text):
             elif dtype == "dir":
                 path = source.get("dir")
             elif dtype == "volume":
-                path = f"{source.get('pool')}/{source.get('volume')}"
+                path = volume = f"{source.get('pool')}/{source.get('volume')}"
+                if volumes and volume in volumes:
+                    dtype, path = volumes[volume]
             elif dtype == "network":
                 path = f"{source.get('protocol')}:{source.get('name')}"
         target = disk.find("target")
         driver = disk.find("driver")
         disks.append({
+            **({"volume": volume} if volume else {}),
             "target": target.get("dev") if target is not None else None,
             "device": disk.get("device", "disk"),
             "type": dtype,
@@ -157,7 +171,9 @@ def shared_filesystems(conf_text):
     lines = [ln for ln in conf_text.splitlines() if not ln.lstrip().startswith("#")]
     match = re.search(r"^\s*shared_filesystems\s*=\s*\[(.*?)\]", "\n".join(lines),
                       re.MULTILINE | re.DOTALL)
-    return re.findall(r'"([^"]*)"', match[1]) if match else []
+    # libvirt's virConf takes a string in double or in single quotes.
+    return ([d or q for d, q in re.findall(r'"([^"]*)"|\'([^\']*)\'', match[1])]
+            if match else [])
 
 
 def effective_overrides(entries, realpath=os.path.realpath, exists=os.path.exists):
@@ -231,8 +247,9 @@ def disk_facts(disks, conf_text, mountinfo_text, statfs=statfs_type,
     return {"disks": facts, "shared_filesystems": entries, "dropped": dropped}
 
 
-def gather(xml_text, conf=QEMU_CONF, mountinfo="/proc/self/mountinfo"):
-    """All storage facts for one domain on this host (reads the files named)."""
+def gather(xml_text, conf=QEMU_CONF, mountinfo="/proc/self/mountinfo", volumes=None):
+    """All storage facts for one domain on this host (reads the files named); ``volumes`` as
+    :func:`domain_disks` takes them."""
     try:
         with open(conf, encoding="utf-8", errors="replace") as fh:
             conf_text = fh.read()
@@ -240,7 +257,7 @@ def gather(xml_text, conf=QEMU_CONF, mountinfo="/proc/self/mountinfo"):
         conf_text = ""
     with open(mountinfo, encoding="utf-8", errors="replace") as fh:
         mountinfo_text = fh.read()
-    facts = disk_facts(domain_disks(xml_text), conf_text, mountinfo_text)
+    facts = disk_facts(domain_disks(xml_text, volumes), conf_text, mountinfo_text)
     facts["daemon"] = daemon_facts(conf=conf)
     return facts
 
@@ -426,9 +443,23 @@ def assess(facts, host):
             checks.append({"name": name, "ok": True, "fix": None,
                            "detail": f"{label}: read-only, safe on any storage"})
             continue
+        if disk.get("volume"):
+            label += f", volume {disk['volume']}"
         if disk["type"] == "network":
             checks.append({"name": name, "ok": True, "fix": None,
                            "detail": f"{label}: network disk, reached by both hosts"})
+            continue
+        if disk["type"] == "block":
+            caches.append(_cache_check(disk, label))
+            checks.append({"name": name, "ok": True, "fix": FIX_BLOCK,
+                           "detail": f"{label}: a block device, which libvirt treats as "
+                                     "shared (a LUN both hosts see at this path): it checks "
+                                     "nothing more, and neither can vmigrate"})
+            continue
+        if disk["type"] == "volume":
+            checks.append({"name": name, "ok": False, "fix": FIX_VOLUME,
+                           "detail": f"{label}: its storage pool or volume could not be read "
+                                     "on this host"})
             continue
         if disk["type"] != "file":
             checks.append({"name": name, "ok": False, "fix": FIX_SHARED,

@@ -129,3 +129,100 @@ def test_disk_on_unshared_storage_is_refused_before_anything_moves(
     log = lab.host_path("host2", "/var/log/libvirt/libvirtd.log")
     assert "vlocal" not in (log.read_text(errors="replace") if log.exists() else "")
     assert _where(lab, "vlocal") == {"host1": (True, True)}
+
+
+def _libvirt(lab, host):
+    libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
+    return libvirt, libvirt.open(lab.libvirt_uri(host))
+
+
+POOL = "vmtest-images"
+
+
+@pytest.fixture
+def volume_guest(lab, guest):
+    """A guest whose disk is a storage-pool volume: a dir pool over the shared path on both
+    hypervisors (libvirt resolves the volume on the destination too), as a netfs pool over
+    the NFS export would be on real hosts. The pools are only stopped and undefined after:
+    their directory is the shared storage, never deleted."""
+    name = "vvol"
+    lab.remove_guest_everywhere(name)
+    lab.create_guest("host1", name=name, start=False)
+    pools = {}
+    try:
+        for host in vmlab.HYPERVISORS:
+            libvirt, conn = _libvirt(lab, host)
+            pool = conn.storagePoolCreateXML(
+                f"<pool type='dir'><name>{POOL}</name><target><path>{lab.mountpoint}</path>"
+                "</target></pool>", 0)  # transient: gone with destroy
+            pools[host] = (conn, pool)
+        libvirt, conn = _libvirt(lab, "host1")
+        xml = lab.guest_xml(name).replace(
+            f"<disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' "
+            f"cache='none'/>\n      <source file='{lab.mountpoint}/{name}.qcow2'/>",
+            f"<disk type='volume' device='disk'>\n      <driver name='qemu' type='qcow2' "
+            f"cache='none'/>\n      <source pool='{POOL}' volume='{name}.qcow2'/>")
+        assert f"pool='{POOL}'" in xml, xml
+        uuid = conn.lookupByName(name).UUIDString()
+        conn.defineXML(xml.replace(f"<name>{name}</name>",
+                                   f"<name>{name}</name><uuid>{uuid}</uuid>")).create()
+        conn.close()
+        yield name
+    finally:
+        lab.remove_guest_everywhere(name)
+        for conn, pool in pools.values():
+            pool.destroy()
+            conn.close()
+
+
+def test_a_guest_on_a_pool_volume_migrates_as_libvirt_allows(volume_guest, lab, salt_run_cli):
+    """libvirt judges a volume disk as the file its pool makes it (qemuMigrationSrcIsSafe
+    after virStorageSourceGetActualType): here a file on the shared path."""
+    plan = salt_run_cli.run("vmigrate.plan", volume_guest, "host2")
+    checks = {c["name"]: c for c in plan.data["checks"]}
+    assert checks["shared_storage:vda"]["ok"] is True, checks["shared_storage:vda"]
+    assert f"volume {POOL}/{volume_guest}.qcow2" in checks["shared_storage:vda"]["detail"]
+    ret = salt_run_cli.run("vmigrate.migrate", volume_guest, "host2")
+    assert ret.returncode == 0, ret.data
+    assert _where(lab, volume_guest) == {"host2": (True, True)}
+
+
+@pytest.fixture
+def block_guest(lab, guest):
+    """A guest whose disk is a block device both hypervisors see at one path: a loop device
+    over a raw image on the shared storage (the lab's stand-in for a SAN LUN)."""
+    name = "vblk"
+    lab.remove_guest_everywhere(name)
+    image = lab.export_dir / f"{name}.raw"
+    vmlab.run(["truncate", "-s", "16M", image])
+    loop = vmlab.run(["losetup", "-f", "--show", image], capture=True).stdout.strip()
+    try:
+        lab.create_guest("host1", name=name, start=False)
+        libvirt, conn = _libvirt(lab, "host1")
+        xml = lab.guest_xml(name).replace(
+            f"<disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' "
+            f"cache='none'/>\n      <source file='{lab.mountpoint}/{name}.qcow2'/>",
+            f"<disk type='block' device='disk'>\n      <driver name='qemu' type='raw' "
+            f"cache='none'/>\n      <source dev='{loop}'/>")
+        assert f"dev='{loop}'" in xml, xml
+        uuid = conn.lookupByName(name).UUIDString()
+        conn.defineXML(xml.replace(f"<name>{name}</name>",
+                                   f"<name>{name}</name><uuid>{uuid}</uuid>")).create()
+        conn.close()
+        yield name
+    finally:
+        lab.remove_guest_everywhere(name)
+        vmlab.run(["losetup", "-d", loop], check=False)
+        image.unlink(missing_ok=True)
+
+
+def test_a_guest_on_a_block_device_migrates_as_libvirt_allows(block_guest, lab, salt_run_cli):
+    """libvirt treats a block disk as shared (it checks nothing); so does vmigrate, saying
+    the destination must see the same device."""
+    plan = salt_run_cli.run("vmigrate.plan", block_guest, "host2")
+    checks = {c["name"]: c for c in plan.data["checks"]}
+    assert checks["shared_storage:vda"]["ok"] is True, checks["shared_storage:vda"]
+    assert "a block device" in checks["shared_storage:vda"]["detail"]
+    ret = salt_run_cli.run("vmigrate.migrate", block_guest, "host2")
+    assert ret.returncode == 0, ret.data
+    assert _where(lab, block_guest) == {"host2": (True, True)}

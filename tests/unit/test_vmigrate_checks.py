@@ -121,7 +121,8 @@ def test_root_squash_with_an_image_qemu_cannot_open_blocks_with_the_seed_recipes
                      image={"uid": 0, "gid": 0, "mode": 0o600})
     check = _check(facts, "image_access:vda")
     assert not check["ok"]
-    assert "squashes root (a file root wrote became uid 65534)" in check["detail"]
+    assert ("squashes root (a file root wrote became uid 65534 (nobody: the export maps no "
+            "anonuid" in check["detail"])
     assert "Permission denied" in check["detail"]
     assert "chown the image to 64055:994" in check["fix"] and "no_root_squash" in check["fix"]
 
@@ -135,6 +136,19 @@ def test_root_squash_with_root_qemu_counts_as_the_anonymous_user():
                   "image_access:vda")["ok"]
     assert _check(_storage(None, {"uid": 5, "gid": 5, "mode": 0o600}, security),
                   "image_access:vda")["ok"]
+
+
+def test_root_qemu_on_squashed_storage_is_told_to_map_anonuid():
+    security = {"models": ["dac"], "uid": 0, "gid": 0}
+    check = _check(_storage({"owner": 65534, "group": 65534},
+                            {"uid": 64055, "gid": 64055, "mode": 0o600}, security),
+                   "image_access:vda")
+    assert not check["ok"] and "the export maps no anonuid" in check["detail"], check
+    assert "anonuid/anongid" in check["fix"] and "QEMU on host2 runs as root" in check["fix"]
+    mapped = _check(_storage({"owner": 107, "group": 107},
+                             {"uid": 64055, "gid": 64055, "mode": 0o600}, security),
+                    "image_access:vda")
+    assert "became uid 107 (the export's anonuid)" in mapped["detail"], mapped
 
 
 def test_without_squash_libvirt_hands_the_image_over_and_selinux_is_named():
@@ -155,7 +169,7 @@ def test_root_denied_counts_as_squashed_and_qemus_own_access_decides():
     denied = {"owner": 64055, "group": 994, "root_denied": True}
     assert _check(_storage(denied), "image_access:vda")["ok"]  # owned 64055:994, 0600
     check = _check(_storage(denied, {"uid": 0, "gid": 0, "mode": 0o600}), "image_access:vda")
-    assert not check["ok"] and "root may not even write beside the image" in check["detail"]
+    assert not check["ok"] and "root may not even write in /srv/vm" in check["detail"]
 
 
 def test_identity_passes_only_for_the_machine_the_dests_minion_runs_on():

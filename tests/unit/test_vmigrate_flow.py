@@ -843,3 +843,38 @@ def test_a_returned_job_leaves_no_in_flight_record(env):
 
 def test_a_full_host_is_retried_by_its_code_not_its_words(env):
     assert issubclass(env["flow"].locks.SlotsBusy, env["flow"].Busy)
+
+
+def test_two_hypervisors_with_one_libvirt_host_uuid_are_refused_with_the_fix(env, monkeypatch):
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
+    clone = FakeClient.run_job
+
+    def same_uuid(self, *a, **kw):
+        out = clone(self, *a, **kw)
+        for _due, event in self.pending:
+            ret = event["data"].get("return")
+            if isinstance(ret, dict) and "host_uuid" in ret:
+                ret["host_uuid"] = host_uuid("host1")
+        return out
+
+    monkeypatch.setattr(FakeClient, "run_job", same_uuid)
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["status"] == "refused", ret
+    assert "host1 and host2 report the same libvirt host UUID" in ret["comment"]
+    assert "host_uuid in /etc/libvirt/libvirtd.conf" in ret["comment"]
+    assert not _published(client, "vmigrate.migrate")
+
+
+@pytest.mark.parametrize("hosts, want", [
+    ("host1", ["host1"]), ("host1,host2", ["host1", "host2"]), (["host2"], ["host2"]),
+    (None, None),
+])
+def test_hosts_may_be_one_id_or_a_list(env, hosts, want):
+    assert env["flow"].host_list(hosts) == want
+
+
+def test_locate_with_one_host_as_a_string_asks_that_host(env):
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}})
+    where = env["flow"].locate(OPTS, "vdisk", "host1")
+    assert where["running"] == ["host1"] and where["hypervisors"] == ["host1"], where
+    assert _published(client, "vmigrate.domains")[0][1] == ["host1"]

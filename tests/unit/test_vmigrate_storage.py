@@ -56,6 +56,8 @@ def test_shared_filesystems_parsing_skips_comments_and_spans_lines():
             'shared_filesystems = [\n  "/a",   # first\n  "/b/c"\n]\n')
     assert st.shared_filesystems(conf) == ["/a", "/b/c"]
     assert st.shared_filesystems("user = 'x'\n") == []
+    # virConf takes single quotes too
+    assert st.shared_filesystems("shared_filesystems = [ '/a', \"/b\" ]\n") == ["/a", "/b"]
 
 
 def test_a_missing_entry_ends_libvirts_list_there():
@@ -314,3 +316,37 @@ def _facts_of(xml):
                           realpath=lambda p: p, exists=lambda p: True)
     facts["daemon"] = {}
     return facts
+
+
+VOLUME_XML = XML.replace(
+    "<disk type='file' device='disk'><driver name='qemu' type='qcow2' cache='none'/>\n"
+    "    <source file='/srv/vm/vdisk.qcow2'/>",
+    "<disk type='volume' device='disk'><driver name='qemu' type='qcow2' cache='none'/>\n"
+    "    <source pool='images' volume='vdisk.qcow2'/>")
+
+
+@pytest.mark.parametrize("resolved, magic, ok, words", [
+    # a dir or netfs pool's volume is a file: judged by the file's rules (NFS: shared)
+    (("file", "/srv/vm/vdisk.qcow2"), NFS, True, "shared storage by type"),
+    (("file", "/var/lib/libvirt/images/vdisk.qcow2"), EXT4, False, "does not treat as shared"),
+    # a logical or iSCSI pool's volume is a block device: libvirt checks nothing
+    (("block", "/dev/vg/vdisk"), EXT4, True, "a block device"),
+    (None, NFS, False, "could not be read"),
+])
+def test_a_volume_disk_is_judged_as_what_its_pool_makes_it(resolved, magic, ok, words):
+    volumes = {"images/vdisk.qcow2": resolved} if resolved else {}
+    facts = st.disk_facts(st.domain_disks(VOLUME_XML, volumes), "", MOUNTINFO,
+                          statfs=lambda p: magic, realpath=lambda p: p, exists=lambda p: True)
+    facts["daemon"] = {}
+    check = {c["name"]: c for c in st.assess(facts, "host1")}["shared_storage:vda"]
+    assert check["ok"] is ok and words in check["detail"], check
+    assert "volume images/vdisk.qcow2" in check["detail"]
+
+
+def test_a_block_disk_is_shared_to_libvirt():
+    xml = XML.replace("<disk type='file' device='disk'>", "<disk type='block' device='disk'>"
+                      ).replace("<source file='/srv/vm/vdisk.qcow2'/>", "<source dev='/dev/sdb'/>")
+    checks = {c["name"]: c for c in st.assess(_facts_of(xml), "host1")}
+    assert checks["shared_storage:vda"]["ok"] is True
+    assert "same LUN" in checks["shared_storage:vda"]["fix"]
+    assert checks["disk_cache:vda"]["ok"] is True
