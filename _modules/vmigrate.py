@@ -288,9 +288,11 @@ def domains():
     List the domains on this hypervisor.
 
     Returns a dict: ``host`` (this minion's id), ``host_uuid`` (its libvirt host UUID: the
-    master checks that a migration's URI reaches this machine), ``timeout`` and
-    ``abort_deadline`` (this host's migration timeout and abort deadline, seconds: the master
-    waits for both) and ``domains``, keyed by domain name, each with ``uuid``, ``state`` (running,
+    master checks that a migration's URI reaches this machine), ``timeout``,
+    ``abort_deadline`` and ``shutdown_timeout`` (this host's, seconds) and ``options`` (pillar
+    ``vmigrate:options``, the defaults it applies to every migration): the master waits for a
+    migration from here exactly as long as these make it, and verifies it as they make it
+    (``suspend``: it arrives paused); and ``domains``, keyed by domain name, each with ``uuid``, ``state`` (running,
     paused, shutoff, ...), ``reason`` (libvirt's reason for that state, e.g. paused by
     ``migration``) and ``persistent``. A domain that vanishes while it is being read (an
     incoming migration that failed) is left out.
@@ -318,7 +320,10 @@ def domains():
             found[info.pop("name")] = info
         host_uuid = _host_uuid_of(conn)
     return {"host": __opts__["id"], "host_uuid": host_uuid, "timeout": conf["timeout"],
-            "abort_deadline": conf["abort_deadline"], "domains": found}
+            "abort_deadline": conf["abort_deadline"],
+            "shutdown_timeout": conf["shutdown_timeout"],
+            "options": __utils__["vmigrate_options.merge"](conf["options"], None),
+            "domains": found}
 
 
 def _host_uuid_of(conn):
@@ -1155,6 +1160,8 @@ def _migrate(name, dest, mode, bandwidth, timeout, unsafe, options, dest_host_uu
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
         "copies": outcome["copies"],
         "warnings": outcome.get("warnings", []),
+        "deadline": round(__utils__["vmigrate_options.job_deadline"](
+            mode, timeout, conf["abort_deadline"], opts, conf["shutdown_timeout"]), 3),
     }
 
 
@@ -1599,23 +1606,20 @@ def _save(conn, dom, name, timeout, job):
     except libvirt.libvirtError as err:
         return fail(f"reading it on {source}: {err.get_error_message()}, {REFUSED}", "refused")
     call = _Call(lambda: dom.save(path))
-    if not call.wait(timeout):
+    timed_out = not call.wait(timeout)
+    if timed_out:
         _try(f"{name}: abort the save after {timeout:g}s", dom.abortJob)
         if not call.wait(grace):
             return fail(f"the save on {source} did not finish within {timeout:g}s and the "
                         f"abort did not take; its memory may go to {path}: check with salt-run "
                         f"vmigrate.locate {name} before acting", "unknown", "still_running")
-        if call.error is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            return fail(f"the save on {source} did not finish within {timeout:g}s and was "
-                        f"aborted: {call.error.get_error_message()}; it runs on {source}, "
-                        f"{REFUSED}", "refused", "timeout")
     if call.error is not None:
         with contextlib.suppress(OSError):
             os.unlink(path)
-        return fail(f"saving it on {source}: {call.error.get_error_message()}, {REFUSED}",
-                    "refused")
+        what = (f"the save on {source} did not finish within {timeout:g}s and was aborted"
+                if timed_out else f"saving it on {source}")
+        return fail(f"{what}: {call.error.get_error_message()}; it runs on {source}, "
+                    f"{REFUSED}", "refused", "timeout" if timed_out else "libvirt")
     saved = time.monotonic()
     size = None
     with contextlib.suppress(OSError):  # a number for the report: never a reason to stop here

@@ -345,6 +345,11 @@ def _where(vm, present, listings, unaccounted):
         "unaccounted": unaccounted,
         "timeouts": {h: (ret.get("timeout"), ret.get("abort_deadline", 30))
                      for h, ret in listings.items()},
+        # What each host applies to a migration from it (pillar there): its option defaults
+        # and cold's shutdown wait, as it reported them.
+        "policies": {h: {"options": ret.get("options") if isinstance(ret.get("options"), dict)
+                         else {}, "shutdown_timeout": ret.get("shutdown_timeout", 120)}
+                     for h, ret in listings.items()},
         "host_uuids": {h: ret.get("host_uuid") for h, ret in listings.items()},
     }
 
@@ -595,12 +600,17 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
         kwarg["dest_host_uuid"] = dest_host_uuid
     else:
         dest_host_uuid = None
-    # The minion may take the timeout, then its timeout action's grace, retry the abort and
-    # wait for libvirt to end the job (one abort_deadline each): wait for all of it, a cold
-    # migration's shutdown too, and a margin.
-    graces = 3 if options.get("timeout_action") in ("pause", "postcopy") else 2
-    wait_all = (wait + graces * float(abort_deadline or 30) + conf["return_margin"]
-                + (options.get("shutdown_timeout", 120) if mode == "cold" else 0))
+    # The options the source applies: its pillar defaults (as it reported them), then the
+    # call's, merged as the minion merges them. The master waits exactly as long as the
+    # minion's job may run with them (vmigrate_options.job_deadline), and a margin.
+    policy = where.get("policies", {}).get(source) or {}
+    try:
+        applied = options_.merge(policy.get("options") or None, options, mode)
+    except SaltInvocationError:
+        applied = dict(options)  # the source refuses it itself, with the reason
+    wait_all = options_.job_deadline(mode, wait, float(abort_deadline or 30), applied,
+                                     policy.get("shutdown_timeout", 120)) + conf["return_margin"]
+    ret["deadline"] = round(wait_all, 3)
     was_paused = where["hosts"][source]["state"] == "paused"
     # A live or save migration keeps a paused guest paused; option suspend pauses it there.
     if mode == "offline":
@@ -608,7 +618,7 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
     elif mode == "cold":
         want = "running"
     else:
-        want = "paused" if was_paused or options.get("suspend") else "running"
+        want = "paused" if was_paused or applied.get("suspend") else "running"
     _move_and_verify(opts, client, ret, vm, source, dest, mode, kwarg, wait_all, want,
                      dest_host_uuid, was_paused, report, where["hosts"][source].get("uuid"),
                      held)

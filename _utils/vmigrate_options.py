@@ -412,6 +412,30 @@ def _parallel_rules(options, methods, stream):
             "migration (\"listen address is not supported by tunnelled migration\")")
 
 
+def job_deadline(mode, timeout, abort_deadline, options, shutdown_timeout=120):
+    """The most seconds a source minion's ``vmigrate.migrate`` job runs, from the timeout, the
+    abort deadline and the options it applies (pillar defaults merged): the master waits
+    exactly this (plus its return margin). Read from the minion's own bounds:
+
+    - live: the timeout, then the abort retried for one abort deadline and libvirt's end of
+      the job for another; ``timeout_action`` pause or postcopy first grant the rest of the
+      copy one more;
+    - offline: the timeout and one abort deadline;
+    - cold: the guest's ``shutdown_timeout``, then offline's;
+    - save: the save within the timeout and its abort, the restore within what is left (at
+      least one abort deadline), then at most two readings of the destination after lost
+      contact (one abort deadline each)."""
+    grace = float(abort_deadline)
+    if mode == "live":
+        graces = 3 if options.get("timeout_action") in ("pause", "postcopy") else 2
+        return float(timeout) + graces * grace
+    if mode == "offline":
+        return float(timeout) + grace
+    if mode == "cold":
+        return float(options.get("shutdown_timeout", shutdown_timeout)) + float(timeout) + grace
+    return float(timeout) + 4 * grace
+
+
 def downtime_at(options, elapsed):
     """The max downtime (ms) the policy allows ``elapsed`` seconds into the job, or None: with
     ``downtime_steps`` N it rises from max/N in N equal steps, one every

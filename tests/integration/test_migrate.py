@@ -239,3 +239,12 @@ def test_destination_qemu_killed_mid_migration_leaves_guest_on_source(vdisk_on_h
     where = salt_run_cli.run("vmigrate.locate", "vdisk").data
     assert where["running"] == ["host1"] and where["defined"] == ["host1"]
     assert_guest_went_on(lab, "host1", before)
+
+
+def test_locate_asks_the_hosts_named_on_the_command_line(vdisk_on_host1, salt_run_cli):
+    # One id, as the CLI passes it (a string), and a comma-separated pair.
+    one = salt_run_cli.run("vmigrate.locate", "vdisk", "hosts=host1")
+    assert one.returncode == 0 and one.data["hypervisors"] == ["host1"], one.data
+    assert one.data["running"] == ["host1"]
+    two = salt_run_cli.run("vmigrate.locate", "vdisk", "hosts=host1,host2")
+    assert two.returncode == 0 and two.data["hypervisors"] == ["host1", "host2"], two.data

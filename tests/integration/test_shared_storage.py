@@ -136,6 +136,22 @@ def _libvirt(lab, host):
     return libvirt, libvirt.open(lab.libvirt_uri(host))
 
 
+def _with_disk(lab, name, disk):
+    """Define ``name`` (made by lab.create_guest, not started) again with its file disk
+    replaced by ``disk`` (the <disk ...> start tag, driver and source lines), and start it."""
+    libvirt, conn = _libvirt(lab, "host1")
+    try:
+        xml = lab.guest_xml(name).replace(
+            f"<disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' "
+            f"cache='none'/>\n      <source file='{lab.mountpoint}/{name}.qcow2'/>", disk)
+        assert disk in xml, xml
+        uuid = conn.lookupByName(name).UUIDString()
+        conn.defineXML(xml.replace(f"<name>{name}</name>",
+                                   f"<name>{name}</name><uuid>{uuid}</uuid>")).create()
+    finally:
+        conn.close()
+
+
 POOL = "vmtest-images"
 
 
@@ -156,17 +172,9 @@ def volume_guest(lab, guest):
                 f"<pool type='dir'><name>{POOL}</name><target><path>{lab.mountpoint}</path>"
                 "</target></pool>", 0)  # transient: gone with destroy
             pools[host] = (conn, pool)
-        libvirt, conn = _libvirt(lab, "host1")
-        xml = lab.guest_xml(name).replace(
-            f"<disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' "
-            f"cache='none'/>\n      <source file='{lab.mountpoint}/{name}.qcow2'/>",
-            f"<disk type='volume' device='disk'>\n      <driver name='qemu' type='qcow2' "
-            f"cache='none'/>\n      <source pool='{POOL}' volume='{name}.qcow2'/>")
-        assert f"pool='{POOL}'" in xml, xml
-        uuid = conn.lookupByName(name).UUIDString()
-        conn.defineXML(xml.replace(f"<name>{name}</name>",
-                                   f"<name>{name}</name><uuid>{uuid}</uuid>")).create()
-        conn.close()
+        _with_disk(lab, name, "<disk type='volume' device='disk'>\n      <driver name='qemu' "
+                              f"type='qcow2' cache='none'/>\n      <source pool='{POOL}' "
+                              f"volume='{name}.qcow2'/>")
         yield name
     finally:
         lab.remove_guest_everywhere(name)
@@ -198,17 +206,8 @@ def block_guest(lab, guest):
     loop = vmlab.run(["losetup", "-f", "--show", image], capture=True).stdout.strip()
     try:
         lab.create_guest("host1", name=name, start=False)
-        libvirt, conn = _libvirt(lab, "host1")
-        xml = lab.guest_xml(name).replace(
-            f"<disk type='file' device='disk'>\n      <driver name='qemu' type='qcow2' "
-            f"cache='none'/>\n      <source file='{lab.mountpoint}/{name}.qcow2'/>",
-            f"<disk type='block' device='disk'>\n      <driver name='qemu' type='raw' "
-            f"cache='none'/>\n      <source dev='{loop}'/>")
-        assert f"dev='{loop}'" in xml, xml
-        uuid = conn.lookupByName(name).UUIDString()
-        conn.defineXML(xml.replace(f"<name>{name}</name>",
-                                   f"<name>{name}</name><uuid>{uuid}</uuid>")).create()
-        conn.close()
+        _with_disk(lab, name, "<disk type='block' device='disk'>\n      <driver name='qemu' "
+                              f"type='raw' cache='none'/>\n      <source dev='{loop}'/>")
         yield name
     finally:
         lab.remove_guest_everywhere(name)

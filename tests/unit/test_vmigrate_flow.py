@@ -52,8 +52,11 @@ class FakeClient:
     never answer; ``errors``: minions that answer with an error; ``migrate``: (delay, retcode,
     return) of the source's vmigrate.migrate, or None for no return ever."""
 
-    def __init__(self, clock, hosts, dead=(), errors=(), migrate=(0, 0, None), after=None):
+    def __init__(self, clock, hosts, dead=(), errors=(), migrate=(0, 0, None), after=None,
+                 reported=None):
         self.clock, self.hosts, self.dead, self.errors = clock, hosts, set(dead), set(errors)
+        # What each host's vmigrate.domains reports of its pillar (options, shutdown_timeout).
+        self.reported = reported or {}
         self.migrate, self.after = migrate, after
         self.pending, self.calls, self.opened, self.closed = [], [], 0, 0
         # Salt jobs still running on their minion (saltutil.find_job), libvirt's jobs per host.
@@ -82,7 +85,7 @@ class FakeClient:
                     retcode, value = 1, "ERROR: cannot connect to libvirt"
                 else:
                     value = {"host": host, "timeout": 600, "domains": self.hosts[host],
-                             "host_uuid": host_uuid(host)}
+                             "host_uuid": host_uuid(host), **self.reported.get(host, {})}
             elif fun == "vmigrate.migrate":
                 if self.after is not None:
                     self.hosts.update(self.after)
@@ -878,3 +881,36 @@ def test_locate_with_one_host_as_a_string_asks_that_host(env):
     where = env["flow"].locate(OPTS, "vdisk", "host1")
     assert where["running"] == ["host1"] and where["hypervisors"] == ["host1"], where
     assert _published(client, "vmigrate.domains")[0][1] == ["host1"]
+
+
+def test_the_sources_pillar_suspend_is_what_the_move_is_verified_against(env):
+    # Pillar vmigrate:options suspend: true on the source: the guest arrives paused, as asked.
+    # The master knew only the call's options before and read a correct move as failed.
+    paused = dict(RUNNING, state="paused", reason="migration")
+    client = env["make"](hosts={"host1": {"vdisk": RUNNING}, "host2": {}},
+                         after={"host1": {}, "host2": {"vdisk": paused}},
+                         migrate=(1, 0, {"elapsed": 1.0, "downtime_ms": 5, "stats": {}}),
+                         reported={"host1": {"options": {"suspend": True}}})
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2")
+    assert ret["status"] == "migrated", ret["comment"]
+    assert not _published(client, "vmigrate.repair")
+
+
+@pytest.mark.parametrize("mode, reported, call, deadline", [
+    # live: timeout 100 + 2 abort deadlines of 30 + the margin 30
+    ("live", {}, {}, 100 + 60 + 30),
+    # the source's pillar timeout_action pause grants the copy one more
+    ("live", {"options": {"timeout_action": "pause"}}, {}, 100 + 90 + 30),
+    # save: the save, its abort, the restore and two readings of the destination
+    ("save", {}, {}, 100 + 120 + 30),
+    # cold: the source's own shutdown_timeout, not the master's guess of 120 s
+    ("cold", {"shutdown_timeout": 300}, {}, 300 + 100 + 30 + 30),
+    ("cold", {"shutdown_timeout": 300}, {"shutdown_timeout": 10}, 10 + 100 + 30 + 30),
+])
+def test_the_master_waits_as_long_as_the_source_may_run(env, mode, reported, call, deadline):
+    env["make"](hosts={"host1": {"vdisk": RUNNING if mode != "offline" else
+                                 dict(RUNNING, state="shutoff")}, "host2": {}},
+                migrate=None, reported={"host1": reported})
+    ret = env["flow"].migrate(OPTS, "vdisk", "host2", mode=mode, timeout=100, options=call)
+    assert ret["status"] == "unknown" and ret["deadline"] == deadline, ret
+    assert f"no return from host1 within {deadline:g}s" in ret["comment"], ret["comment"]
