@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 LAB := $(PY) lab/vmlab.py
 
-.PHONY: install install-master demo test test-unit lab-up lab-down bench
+.PHONY: install install-master wheel demo test test-unit lab-up lab-down bench
 
 install:            ## Debian packages, the venv, the guest kernel (idempotent)
 	bash lab/install.sh
@@ -18,6 +18,9 @@ install-master:     ## copy only the plugin into DEST, a directory listed in the
 	done
 	@rm -rf "$(DEST)/vmigrate" && cp -r salt/vmigrate salt/migrate.sls salt/evacuate.sls "$(DEST)/"
 	@echo "vmigrate installed in $(DEST): list it in file_roots, then run salt-run saltutil.sync_all and salt '*' saltutil.sync_all"
+
+wheel:              ## the saltext-vmigrate extension wheel in dist/ (salt-pip install it)
+	$(PY) -m pip wheel --no-deps -q -w dist .
 
 demo: install       ## a real live migration in the lab: vdisk host1 -> host2
 	bash lab/demo.sh

@@ -34,6 +34,7 @@ import logging
 import os
 import queue
 import re
+import runpy
 import secrets
 import threading
 import time
@@ -41,6 +42,22 @@ import urllib.parse
 from xml.sax.saxutils import escape as xml_escape
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+
+def _shared(name):
+    """Shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py."""
+    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    utils = next(p for p in (os.path.join(base, d) for d in ("utils", "_utils"))
+                 if os.path.isdir(p))
+    return runpy.run_path(os.path.join(utils, "vmigrate_imports.py"))["load"](name, utils)
+
+
+checks_ = _shared("vmigrate_checks")
+install_ = _shared("vmigrate_install")
+options_ = _shared("vmigrate_options")
+storage_ = _shared("vmigrate_storage")
+validate_ = _shared("vmigrate_validate")
+xmlguard_ = _shared("vmigrate_xmlguard")
 
 try:
     import libvirt
@@ -110,7 +127,7 @@ def __virtual__():
 # ---- configuration and validation -----------------------------------------------------------
 def _check(rule, *args, **kwargs):
     """Run input rule ``rule`` of _utils/vmigrate_validate.py (raises SaltInvocationError)."""
-    return __utils__[f"vmigrate_validate.{rule}"](*args, **kwargs)
+    return getattr(validate_, rule)(*args, **kwargs)
 
 
 def _config():
@@ -126,7 +143,7 @@ def _config():
     for key in ("timeout", "abort_deadline", "shutdown_timeout"):
         conf[key] = _check("seconds", conf[key], f"pillar vmigrate:{key}", allow_none=False)
     try:
-        conf["allow_xml_changes"] = __utils__["vmigrate_xmlguard.allowed"](
+        conf["allow_xml_changes"] = xmlguard_.allowed(
             conf["allow_xml_changes"])
     except ValueError as err:
         raise SaltInvocationError(str(err)) from err
@@ -322,14 +339,32 @@ def domains():
     return {"host": __opts__["id"], "host_uuid": host_uuid, "timeout": conf["timeout"],
             "abort_deadline": conf["abort_deadline"],
             "shutdown_timeout": conf["shutdown_timeout"],
-            "options": __utils__["vmigrate_options.merge"](conf["options"], None),
+            "options": options_.merge(conf["options"], None),
             "domains": found}
+
+
+def version():
+    """
+    Which vmigrate this minion runs and how it is installed: the ``saltext-vmigrate``
+    extension package, or synced from the master's file_roots; and whether both are there
+    (the synced copy then shadows the extension).
+
+    Returns a dict: ``version``, ``install`` (extension, synced or repository), ``path``,
+    ``sls_path``, ``shadowed`` and ``comment``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt '*' vmigrate.version
+    """
+    return install_.describe(__file__, __opts__.get("extension_modules"))
 
 
 def _host_uuid_of(conn):
     """The libvirt host UUID ``conn`` reaches (its capabilities' <host><uuid>), or None."""
     try:
-        return __utils__["vmigrate_checks.host_uuid"](conn.getCapabilities())
+        return checks_.host_uuid(conn.getCapabilities())
     except libvirt.libvirtError:
         return None
 
@@ -371,7 +406,7 @@ def _volumes(conn, xml):
     kinds = {libvirt.VIR_STORAGE_VOL_FILE: "file", libvirt.VIR_STORAGE_VOL_BLOCK: "block",
              libvirt.VIR_STORAGE_VOL_NETWORK: "network", libvirt.VIR_STORAGE_VOL_NETDIR: "network"}
     out = {}
-    for pool, volume in __utils__["vmigrate_storage.disk_volumes"](xml):
+    for pool, volume in storage_.disk_volumes(xml):
         with contextlib.suppress(libvirt.libvirtError):
             vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
             kind = kinds.get(vol.info()[0])
@@ -386,11 +421,11 @@ def _storage_facts(dom, xml=None):
         volumes = _volumes(dom.connect(), xml)
     except libvirt.libvirtError:
         volumes = {}
-    return __utils__["vmigrate_storage.gather"](xml, volumes=volumes)
+    return storage_.gather(xml, volumes=volumes)
 
 
 def _storage_checks(dom, xml=None, facts=None):
-    return __utils__["vmigrate_storage.assess"](facts or _storage_facts(dom, xml),
+    return storage_.assess(facts or _storage_facts(dom, xml),
                                                 __opts__["id"])
 
 
@@ -437,11 +472,11 @@ def _probes(dconn, facts, dirs=None, strict=False):
     looked for from the destination; every probe directory is removed before this returns."""
     results = []
     if dirs is None:
-        dirs = __utils__["vmigrate_storage.disk_dirs"](facts)
+        dirs = storage_.disk_dirs(facts)
     for directory in dirs:
         result = {"dir": directory}
         try:
-            result.update(__utils__["vmigrate_storage.probe_write"](directory,
+            result.update(storage_.probe_write(directory,
                                                                     secrets.token_hex(8)))
         except OSError as err:
             result["error"] = f"{err.strerror} ({err.filename or directory})"
@@ -450,7 +485,7 @@ def _probes(dconn, facts, dirs=None, strict=False):
         try:
             result["seen"], result["detail"] = _probe_seen(dconn, result["probe"], strict)
         finally:
-            __utils__["vmigrate_storage.probe_remove"](result["probe"],
+            storage_.probe_remove(result["probe"],
                                                        result.get("root_denied", False))
         results.append(result)
     return results
@@ -560,17 +595,16 @@ def _dest_facts(conn, dom, uris, conf, link, xml=None, storage=None, dname=None)
     dconn, why = link
     if dconn is None:
         return dict(facts, error=why)
-    checks = __utils__
     try:
-        needs = checks["vmigrate_checks.domain_needs"](xml or _xml(dom))
+        needs = checks_.domain_needs(xml or _xml(dom))
         if dom.isActive():
             # The CPU the guest runs with, as QEMU gave it (features it could not have are
             # listed as disabled), is what the destination must provide, not the definition.
-            needs["cpu"] = checks["vmigrate_checks.domain_needs"](dom.XMLDesc(0))["cpu"]
+            needs["cpu"] = checks_.domain_needs(dom.XMLDesc(0))["cpu"]
         dest_caps = dconn.getCapabilities()
         facts.update(
-            source_uuid=checks["vmigrate_checks.host_uuid"](conn.getCapabilities()),
-            dest_uuid=checks["vmigrate_checks.host_uuid"](dest_caps),
+            source_uuid=checks_.host_uuid(conn.getCapabilities()),
+            dest_uuid=checks_.host_uuid(dest_caps),
             source_libvirt=conn.getLibVersion(), dest_libvirt=dconn.getLibVersion(),
             source_qemu=conn.getVersion(), dest_qemu=dconn.getVersion(),
             memory_kib=dom.maxMemory(), reserve_mib=int(conf["memory_reserve_mib"]),
@@ -580,7 +614,7 @@ def _dest_facts(conn, dom, uris, conf, link, xml=None, storage=None, dname=None)
             uuid_clash=_clash(dconn, dom, dname))
         if storage is not None:
             facts.update(
-                dest_security=checks["vmigrate_checks.security_models"](
+                dest_security=checks_.security_models(
                     dest_caps, needs["type"] or "qemu"),
                 images=checks["vmigrate_storage.image_owners"](storage),
                 probes=_probes(dconn, storage))
@@ -598,8 +632,8 @@ def _disk_user(dconn, path):
             xml = other.XMLDesc(0)
         except libvirt.libvirtError:
             continue
-        files = __utils__["vmigrate_storage.disk_files"](xml)
-        for pool, volume in __utils__["vmigrate_storage.disk_volumes"](xml):
+        files = storage_.disk_files(xml)
+        for pool, volume in storage_.disk_volumes(xml):
             with contextlib.suppress(libvirt.libvirtError):
                 files.add(dconn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
                           .path())
@@ -643,7 +677,7 @@ def _dest_image(dconn, path):
                 vol = pool.storageVolLookupByName(base)
                 info["allocation"] = vol.info()[2]
                 info["physical"] = vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
-                info.update(__utils__["vmigrate_storage.volume_facts"](vol.XMLDesc(0)))
+                info.update(storage_.volume_facts(vol.XMLDesc(0)))
         info["in_use_by"] = _disk_user(dconn, path)
     except libvirt.libvirtError as err:
         info["error"] = err.get_error_message()
@@ -657,7 +691,7 @@ def _inactive_pool(dconn, directory):
     """A defined, inactive storage pool on the destination whose target is ``directory``."""
     for pool in dconn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE):
         with contextlib.suppress(libvirt.libvirtError):
-            if __utils__["vmigrate_storage.pool_target"](pool.XMLDesc(0)) == directory:
+            if storage_.pool_target(pool.XMLDesc(0)) == directory:
                 return pool
     return None
 
@@ -666,22 +700,21 @@ def _copy_checks(dom, storage, dest, link, opts):
     """With option ``copy_storage``: this host's side of each disk to copy, then (through
     ``link``, when open) the destination's: not the same storage as here, a place libvirt can
     copy into, no other guest's disk there. Nothing without it."""
-    util = __utils__
-    copied = util["vmigrate_storage.copied_targets"](storage["disks"], opts)
+    copied = storage_.copied_targets(storage["disks"], opts)
     if copied is None:
         return []
     source = __opts__["id"]
-    checks = util["vmigrate_storage.assess_copy"](storage, opts, source)
+    checks = storage_.assess_copy(storage, opts, source)
     dconn = link[0]
     if dconn is None:
         return checks  # no destination asked, or dest_reachable says why
-    local = [d for d in util["vmigrate_storage.split_copied"](storage, copied)[1]["disks"]
+    local = [d for d in storage_.split_copied(storage, copied)[1]["disks"]
              if d.get("resolved")]  # the others are not writable file disks: refused above
     incremental = opts["copy_storage"] == "inc"
     images = []
     try:
         # The chain is in the live XML only; inc needs the destination's image over the same.
-        backing = util["vmigrate_storage.backing_files"](dom.XMLDesc(0)) if incremental else {}
+        backing = storage_.backing_files(dom.XMLDesc(0)) if incremental else {}
         # Probed where the destination will open the image (the directory as the XML names
         # it) and where the image really lives here (a symlink may lead from one to the other,
         # and that place may be what the destination mounts): seen in either refuses.
@@ -706,14 +739,14 @@ def _copy_checks(dom, storage, dest, link, opts):
         why = err.get_error_message() if isinstance(err, libvirt.libvirtError) else str(err)
         images = [{"target": d["target"], "path": d["path"], "seen": None,
                    "seen_detail": f"asking its libvirtd failed: {why}"} for d in local]
-    return checks + util["vmigrate_checks.assess_copy_dest"](images, source, dest, incremental)
+    return checks + checks_.assess_copy_dest(images, source, dest, incremental)
 
 
 def _shared_checks(dom, storage, opts):
     """This host's checks of the disks that stay on the shared storage (all of them without
     option ``copy_storage``), and those disks' facts."""
-    copied = __utils__["vmigrate_storage.copied_targets"](storage["disks"], opts)
-    shared = __utils__["vmigrate_storage.split_copied"](storage, copied)[0]
+    copied = storage_.copied_targets(storage["disks"], opts)
+    shared = storage_.split_copied(storage, copied)[0]
     return _storage_checks(dom, facts=shared), shared
 
 
@@ -722,7 +755,6 @@ def _xml_checks(dom, opts, conf):
     one, and the persistent one for ``persistent_xml``): one check each, refused for every
     class of host resource they change that pillar ``vmigrate:allow_xml_changes`` does not
     allow (_utils/vmigrate_xmlguard.py)."""
-    util = __utils__
     checks = []
     for key in ("xml", "persistent_xml"):
         if key not in opts:
@@ -734,8 +766,8 @@ def _xml_checks(dom, opts, conf):
             current = dom.XMLDesc(flags)
         except libvirt.libvirtError as err:
             raise _libvirt_error(err, "reading the domain's XML") from err
-        checks.append(util["vmigrate_xmlguard.check"](
-            key, util["vmigrate_xmlguard.changes"](current, opts[key]),
+        checks.append(xmlguard_.check(
+            key, xmlguard_.changes(current, opts[key]),
             conf["allow_xml_changes"]))
     return checks
 
@@ -749,7 +781,7 @@ def _live_checks(conn, dom, dest, uris, conf, mode, link, opts):
     storage = _storage_facts(dom, xml)
     checks, shared = _shared_checks(dom, storage, opts)
     facts = _dest_facts(conn, dom, uris, conf, link, xml, shared, opts.get("dname"))
-    checks += __utils__["vmigrate_checks.assess_dest"](facts, __opts__["id"], dest)
+    checks += checks_.assess_dest(facts, __opts__["id"], dest)
     checks += _copy_checks(dom, storage, dest, link, opts)
     return [c for c in checks if mode != "cold" or c["name"] != "dest_cpu"]
 
@@ -759,7 +791,7 @@ def _identity_check(link, uris, dest, expected):
     the libvirt host UUID that minion reported to the master); None when not asked."""
     if expected is None or link[0] is None:
         return None  # unreachable: dest_reachable already says so
-    return __utils__["vmigrate_checks.identity"](dest, uris["uri"], _host_uuid_of(link[0]),
+    return checks_.identity(dest, uris["uri"], _host_uuid_of(link[0]),
                                                  expected)
 
 
@@ -805,9 +837,9 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
         _check("minion_id", dest)
     _check("host_uuid", dest_host_uuid)
     conf = _config()
-    opts = __utils__["vmigrate_options.merge"](conf["options"], options, mode)
+    opts = options_.merge(conf["options"], options, mode)
     uris = dest_uris(dest, mode) if dest is not None else None
-    __utils__["vmigrate_options.check"](opts, mode, name, None,
+    options_.check(opts, mode, name, None,
                                         uris["data_stream"] if uris else None)
     with _connect(conf) as conn:
         dom = _lookup(conn, name)
@@ -1062,7 +1094,7 @@ def _migrate(name, dest, mode, bandwidth, timeout, unsafe, options, dest_host_uu
     conf = _config()
     _validate_migrate(name, dest, mode, bandwidth, timeout, unsafe, conf)
     _check("host_uuid", dest_host_uuid)
-    opts = __utils__["vmigrate_options.merge"](conf["options"], options, mode)
+    opts = options_.merge(conf["options"], options, mode)
     if "dname" in opts:
         _check("vm_name", opts["dname"], "option dname")
     uris = dest_uris(dest, mode)
@@ -1089,8 +1121,8 @@ def _migrate(name, dest, mode, bandwidth, timeout, unsafe, options, dest_host_uu
             uuid = dom.UUIDString()
         except libvirt.libvirtError as err:
             raise _libvirt_error(err, f"reading vm {name!r}") from err
-        __utils__["vmigrate_options.check"](opts, mode, name, uuid, uris["data_stream"])
-        more_flags, more_params = __utils__["vmigrate_options.to_libvirt"](
+        options_.check(opts, mode, name, uuid, uris["data_stream"])
+        more_flags, more_params = options_.to_libvirt(
             libvirt, opts, mode, uris["data_stream"])
         flags |= more_flags
         params.update(more_params)
@@ -1112,7 +1144,7 @@ def _migrate(name, dest, mode, bandwidth, timeout, unsafe, options, dest_host_uu
                 # unsafe=True (explicitly allowed) skips libvirt's storage check, not ours of
                 # the destination.
                 checks += (_live_checks(conn, dom, dest, uris, conf, mode, link, opts)
-                          if not unsafe else __utils__["vmigrate_checks.assess_dest"](
+                          if not unsafe else checks_.assess_dest(
                               _dest_facts(conn, dom, uris, conf, link, dname=opts.get("dname")),
                               source, dest)
                           + _copy_checks(dom, _storage_facts(dom), dest, link, opts))
@@ -1160,7 +1192,7 @@ def _migrate(name, dest, mode, bandwidth, timeout, unsafe, options, dest_host_uu
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
         "copies": outcome["copies"],
         "warnings": outcome.get("warnings", []),
-        "deadline": round(__utils__["vmigrate_options.job_deadline"](
+        "deadline": round(options_.job_deadline(
             mode, timeout, conf["abort_deadline"], opts, conf["shutdown_timeout"]), 3),
     }
 
@@ -1271,7 +1303,7 @@ class _Policy:
 
     def step(self, elapsed, stats, hard_deadline):
         """Apply the policy at ``elapsed`` seconds; returns the (maybe later) hard deadline."""
-        target = __utils__["vmigrate_options.downtime_at"](self.opts, elapsed)
+        target = options_.downtime_at(self.opts, elapsed)
         if target is not None and target != self.downtime and not self.postcopy:
             if _try(f"{self.name}: max downtime {target} ms", self.dom.migrateSetMaxDowntime,
                     target, 0):
@@ -1391,7 +1423,7 @@ def _run_job(conn, dom, name, mode, params, flags, timeout, job):
             # (prose only: which explanation fits; the status came from the code above)
             with contextlib.suppress(CommandExecutionError, OSError):
                 facts = _storage_facts(dom)
-                text += ": " + __utils__["vmigrate_storage.explain_unsafe"](facts, source)
+                text += ": " + storage_.explain_unsafe(facts, source)
         if policy.paused and not _in_postcopy(dom) \
                 and _try(f"{name}: resume after the failed migration", dom.resume):
             text += "; resumed here (timeout_action pause)"
@@ -1582,7 +1614,7 @@ def _save(conn, dom, name, timeout, job):
     when that reading does not settle it, nothing is started: the outcome is unknown and the
     save file is kept."""
     source, dest, uris, conf, _opts = job
-    dirs = __utils__["vmigrate_storage.disk_dirs"](_storage_facts(dom))
+    dirs = storage_.disk_dirs(_storage_facts(dom))
     if not dirs:
         return {"error": _Outcome(
             f"vm {name!r} has no file disk on shared storage to save its memory beside, "

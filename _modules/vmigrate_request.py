@@ -24,7 +24,22 @@ CLI Example:
     salt-call vmigrate_request.evacuate
 """
 
+import os
+import runpy
+
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+
+def _shared(name):
+    """Shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py."""
+    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    utils = next(p for p in (os.path.join(base, d) for d in ("utils", "_utils"))
+                 if os.path.isdir(p))
+    return runpy.run_path(os.path.join(utils, "vmigrate_imports.py"))["load"](name, utils)
+
+
+authz_ = _shared("vmigrate_authz")
+validate_ = _shared("vmigrate_validate")
 
 __virtualname__ = "vmigrate_request"
 
@@ -41,7 +56,7 @@ def _send(kind, tag, fields):
             "only; give this minion the key the master config holds for it "
             "(vmigrate:requests:requesters:<id>:key)")
     try:
-        payload = __utils__["vmigrate_authz.signed_payload"](key, kind, fields, __opts__["id"])
+        payload = authz_.signed_payload(key, kind, fields, __opts__["id"])
     except ValueError as err:
         raise CommandExecutionError(f"pillar vmigrate:request_key is not hex: {err}") from err
     if not __salt__["event.send"](tag, payload):
@@ -66,10 +81,9 @@ def migrate(vm, dest, mode="live"):
 
         salt-call vmigrate_request.migrate vdisk host2
     """
-    check = __utils__
-    check["vmigrate_validate.vm_name"](vm)
-    check["vmigrate_validate.minion_id"](dest)
-    check["vmigrate_validate.mode"](mode)
+    validate_.vm_name(vm)
+    validate_.minion_id(dest)
+    validate_.mode(mode)
     return _send("migrate", "vmigrate/request", {"vm": vm, "dest": dest, "mode": mode})
 
 
@@ -87,5 +101,5 @@ def evacuate(host=None):
     host = __opts__["id"] if host is None else host
     if not isinstance(host, str):
         raise SaltInvocationError(f"host {host!r} is not a minion id")
-    __utils__["vmigrate_validate.minion_id"](host, "host")
+    validate_.minion_id(host, "host")
     return _send("evacuate", "vmigrate/evacuate", {"host": host})

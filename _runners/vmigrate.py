@@ -27,8 +27,24 @@ CLI Example:
 """
 
 import logging
+import os
+import runpy
 
 from salt.exceptions import SaltException
+
+
+def _shared(name):
+    """Shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py."""
+    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    utils = next(p for p in (os.path.join(base, d) for d in ("utils", "_utils"))
+                 if os.path.isdir(p))
+    return runpy.run_path(os.path.join(utils, "vmigrate_imports.py"))["load"](name, utils)
+
+
+flow_ = _shared("vmigrate_flow")
+install_ = _shared("vmigrate_install")
+placement_ = _shared("vmigrate_placement")
+validate_ = _shared("vmigrate_validate")
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +90,33 @@ def locate(vm, hosts=None, dname=None):
         salt-run vmigrate.locate vdisk dname=vdisk-new
     """
     try:
-        __utils__["vmigrate_validate.vm_name"](vm)
+        validate_.vm_name(vm)
         if dname is not None:
-            __utils__["vmigrate_validate.vm_name"](dname, "dname")
-        where = __utils__["vmigrate_flow.locate"](__opts__, vm, hosts, dname=dname)
+            validate_.vm_name(dname, "dname")
+        where = flow_.locate(__opts__, vm, hosts, dname=dname)
     except (SaltException, OSError) as err:
         return _finish({"name": vm, "comment": str(err)}, False)
     where.pop("timeouts", None)
     return _finish(where, not where["unaccounted"])
+
+
+def version():
+    """
+    Which vmigrate this master runs and how it is installed: the ``saltext-vmigrate``
+    extension package (then ``sls_path`` is the SLS tree to list in ``file_roots``: Salt
+    extensions cannot serve SLS themselves) or synced from file_roots; ``shadowed`` names a
+    synced copy that hides an installed extension.
+
+    Returns a dict: ``version``, ``install``, ``path``, ``sls_path``, ``shadowed``,
+    ``comment``.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.version
+    """
+    return install_.describe(__file__, __opts__.get("extension_modules"))
 
 
 def plan(vm, dest, mode="live", force=False, options=None):
@@ -104,7 +139,7 @@ def plan(vm, dest, mode="live", force=False, options=None):
         salt-run vmigrate.plan vlocal host2 options='{copy_storage: all}'
     """
     try:
-        out = __utils__["vmigrate_flow.plan"](__opts__, vm, dest, mode, force, options=options)
+        out = flow_.plan(__opts__, vm, dest, mode, force, options=options)
     except (SaltException, OSError) as err:
         out = {"name": vm, "dest": dest, "result": False, "comment": str(err), "checks": [],
                "blockers": ["input"]}
@@ -148,8 +183,8 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force
         salt-run vmigrate.migrate vdisk host2 options='{timeout_action: pause}' timeout=60
         salt-run state.orch migrate pillar='{vm: vdisk, dest: host2}'
     """
-    flow = __utils__["vmigrate_flow.terminal_report"]
-    ret = __utils__["vmigrate_flow.migrate"](__opts__, vm, dest, mode, bandwidth, timeout,
+    flow = flow_.terminal_report
+    ret = flow_.migrate(__opts__, vm, dest, mode, bandwidth, timeout,
                                              force, trigger="runner", options=options,
                                              report=flow(__opts__))
     return _finish(ret, ret["result"])
@@ -170,7 +205,7 @@ def jobs():
         salt-run vmigrate.jobs
     """
     try:
-        out = __utils__["vmigrate_flow.jobs"](__opts__)
+        out = flow_.jobs(__opts__)
     except SaltException as err:
         return _finish({"result": False, "comment": str(err)}, False)
     return _finish(dict(out, result=True), True)
@@ -190,7 +225,7 @@ def abort(vm):
         salt-run vmigrate.abort vdisk
     """
     try:
-        out = __utils__["vmigrate_flow.abort"](__opts__, vm)
+        out = flow_.abort(__opts__, vm)
     except SaltException as err:
         return _finish({"result": False, "comment": str(err)}, False)
     return _finish(out, out["result"])
@@ -211,9 +246,9 @@ def watch(vm, timeout=600):
         salt-run vmigrate.watch vdisk
         salt-run vmigrate.watch vdisk timeout=60
     """
-    flow = __utils__["vmigrate_flow.terminal_report"]
+    flow = flow_.terminal_report
     try:
-        out = __utils__["vmigrate_flow.watch"](__opts__, vm, timeout, flow(__opts__))
+        out = flow_.watch(__opts__, vm, timeout, flow(__opts__))
     except SaltException as err:
         return _finish({"result": False, "comment": str(err)}, False)
     return _finish(out, out["result"] is not False)
@@ -241,7 +276,7 @@ def reconcile(vm, dry_run=False, dname=None):
         salt-run vmigrate.reconcile vdisk dname=vdisk-new
     """
     try:
-        out = __utils__["vmigrate_flow.reconcile"](__opts__, vm, dry_run=dry_run, dname=dname)
+        out = flow_.reconcile(__opts__, vm, dry_run=dry_run, dname=dname)
     except (SaltException, OSError) as err:
         out = {"name": vm, "result": False, "comment": str(err), "actions": []}
     return _finish(out, out["result"] is not False)
@@ -269,7 +304,7 @@ def evacuate(host, targets=None, concurrency=2, bandwidth=None, timeout=None, dr
         salt-run vmigrate.evacuate host1 targets='[host2, host3]' concurrency=2
         salt-run state.orch evacuate pillar='{host: host1}'
     """
-    out = __utils__["vmigrate_flow.evacuate"](__opts__, host, targets, concurrency, bandwidth,
+    out = flow_.evacuate(__opts__, host, targets, concurrency, bandwidth,
                                               timeout, trigger="runner", dry_run=dry_run)
     return _finish(out, out["result"] is not False)
 
@@ -289,7 +324,7 @@ def placement(vm=None):
         salt-run vmigrate.placement
         salt-run vmigrate.placement vdisk
     """
-    return __utils__["vmigrate_placement.placement"](__opts__, vm)
+    return placement_.placement(__opts__, vm)
 
 
 def record(tag, data):
@@ -297,7 +332,7 @@ def record(tag, data):
     Take one ``salt/beacon/<minion>/vmigrate/...`` event into the placement record (the
     reactor ``vmigrate/reactor/beacon.sls`` calls this).
     """
-    return __utils__["vmigrate_placement.record"](__opts__, tag, data)
+    return placement_.record(__opts__, tag, data)
 
 
 def request(vm, dest, mode="live"):
@@ -314,7 +349,7 @@ def request(vm, dest, mode="live"):
         salt-run vmigrate.request vdisk host2
     """
     try:
-        out = __utils__["vmigrate_flow.send_request"](__opts__, "migrate",
+        out = flow_.send_request(__opts__, "migrate",
                                                       {"vm": vm, "dest": dest, "mode": mode})
     except (SaltException, OSError) as err:
         return _finish({"comment": str(err)}, False)
@@ -332,7 +367,7 @@ def request_evacuate(host):
         salt-run vmigrate.request_evacuate host1
     """
     try:
-        out = __utils__["vmigrate_flow.send_request"](__opts__, "evacuate", {"host": host})
+        out = flow_.send_request(__opts__, "evacuate", {"host": host})
     except (SaltException, OSError) as err:
         return _finish({"comment": str(err)}, False)
     return _finish(out, True)

@@ -34,6 +34,20 @@ and changes nothing.
         - data: {...}                # the event's data, untrusted
 """
 
+import os
+import runpy
+
+
+def _shared(name):
+    """Shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py."""
+    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    utils = next(p for p in (os.path.join(base, d) for d in ("utils", "_utils"))
+                 if os.path.isdir(p))
+    return runpy.run_path(os.path.join(utils, "vmigrate_imports.py"))["load"](name, utils)
+
+
+flow_ = _shared("vmigrate_flow")
+
 __virtualname__ = "vmigrate"
 
 
@@ -64,7 +78,7 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
     renamed = {"name": {"old": name, "new": dname}} if dname not in (None, name) else {}
     if __opts__.get("test"):
         try:
-            plan = __utils__["vmigrate_flow.plan"](__opts__, name, host, mode, force,
+            plan = flow_.plan(__opts__, name, host, mode, force,
                                                    already_ok=not require_move, options=options)
         except Exception as err:  # pylint: disable=broad-except
             return dict(ret, result=False, comment=str(err))
@@ -78,10 +92,10 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
         return dict(ret, result=None, comment="\n".join(lines),
                     changes={"host": {"old": plan["source"], "new": host}, "mode": mode,
                              **renamed})
-    out = __utils__["vmigrate_flow.migrate"](
+    out = flow_.migrate(
         __opts__, name, host, mode, bandwidth, timeout, force, already_ok=not require_move,
         trigger="state", options=options,
-        report=__utils__["vmigrate_flow.terminal_report"](__opts__))
+        report=flow_.terminal_report(__opts__))
     if not out["result"]:
         return dict(ret, result=False, comment=out["comment"])
     if out["status"] == "unchanged":
@@ -105,7 +119,7 @@ def evacuated(name, targets=None, concurrency=2, bandwidth=None, timeout=None):
     :param timeout: abort each live migration after this many seconds
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    out = __utils__["vmigrate_flow.evacuate"](__opts__, name, targets, concurrency, bandwidth,
+    out = flow_.evacuate(__opts__, name, targets, concurrency, bandwidth,
                                               timeout, trigger="state",
                                               dry_run=bool(__opts__.get("test")))
     if out["result"] is False:
@@ -137,7 +151,7 @@ def requested(name, data=None):
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     if __opts__.get("test"):
         return dict(ret, result=None, comment=f"would authorize and handle {name}")
-    out = __utils__["vmigrate_flow.request"](__opts__, name, data)
+    out = flow_.request(__opts__, name, data)
     if not out["result"]:
         return dict(ret, result=False, comment=out["comment"])
     if "vms" in out:

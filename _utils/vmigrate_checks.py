@@ -4,7 +4,7 @@ through the very libvirt connection the migration will use (so reaching the dest
 libvirtd over the configured transport is itself the first check).
 
 Each check is a dict ``name``, ``ok``, ``detail``, ``fix``. No Salt dunders; callers reach
-these through ``__utils__["vmigrate_checks.<name>"]``.
+these as plain Python (``vmigrate_imports.py``).
 """
 
 import os

@@ -4,9 +4,8 @@ minion, verify, report. Shared by the runner (``salt-run vmigrate.*``) and the o
 state (``vmigrate.migrated``, behind ``salt-run state.orch migrate``).
 
 Plain functions over the master's ``opts``: every Salt client opened here is closed here, and
-every request fires exactly one ``vmigrate/<vm>/result`` event, refusals included. Input checks
-come from ``vmigrate_validate.py`` beside this file (Salt's utils loader gives utils modules no
-``__utils__``, so it is imported as plain Python).
+every request fires exactly one ``vmigrate/<vm>/result`` event, refusals included. The other
+shared files beside this one are imported as plain Python (``vmigrate_imports.py``).
 
 Master config (``/etc/salt/master.d/vmigrate.conf``):
 
@@ -23,9 +22,9 @@ import concurrent.futures
 import contextlib
 import fnmatch
 import json
-import importlib.util
 import logging
 import os
+import runpy
 import sys
 import threading
 import time
@@ -38,15 +37,9 @@ log = logging.getLogger(__name__)
 
 
 def _sibling(name):
-    """Import ``<name>.py`` from this file's directory (where Salt syncs every _utils file)."""
-    key = f"vmigrate_utils_{name}"
-    if key not in sys.modules:
-        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-        spec = importlib.util.spec_from_file_location(key, path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules[key] = module
-    return sys.modules[key]
+    """``<name>.py`` from this file's directory, as plain Python (_utils/vmigrate_imports.py)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return runpy.run_path(os.path.join(here, "vmigrate_imports.py"))["load"](name, here)
 
 
 validate = _sibling("vmigrate_validate")

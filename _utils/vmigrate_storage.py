@@ -22,7 +22,7 @@ mounted (or created) after libvirtd started therefore does not count.
 
 Fact gathering reads this host's files (``/proc/self/mountinfo``, qemu.conf, the daemon's
 pidfile) and takes paths as arguments; the verdict (:func:`assess`) is a pure function of facts.
-No Salt dunders: callers reach these through ``__utils__["vmigrate_storage.<name>"]``.
+No Salt dunders: callers import this as plain Python (``vmigrate_imports.py``).
 """
 
 import ctypes

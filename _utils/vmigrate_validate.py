@@ -3,7 +3,7 @@ Input checks shared by the vmigrate execution module, runner and states.
 
 Plain functions: no Salt dunders. Each raises ``SaltInvocationError`` naming the argument, the
 value and what is accepted, so bad input is refused before a file or a domain is touched.
-Callers reach them through ``__utils__["vmigrate_validate.<name>"]``.
+Callers import this as plain Python (``vmigrate_imports.py``).
 """
 
 import math

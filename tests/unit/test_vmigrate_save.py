@@ -8,7 +8,7 @@ import libvirt
 import pytest
 from salt.exceptions import CommandExecutionError
 
-from tests.support.modload import load, utils
+from tests.support.modload import load
 
 UUID = "6f1e4b9a-0000-4000-8000-0000000000aa"
 
@@ -103,10 +103,8 @@ class Dest:
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):
-    mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}},
-               utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
-                           "vmigrate_options", "vmigrate_xmlguard",
-                           **{"vmigrate_storage.disk_dirs": lambda facts: [str(tmp_path)]}))
+    mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}})
+    monkeypatch.setattr(mod.storage_, "disk_dirs", lambda facts: [str(tmp_path)])
     monkeypatch.setattr(mod, "_storage_facts", lambda dom, xml=None: {})
     world = {"restore_error": None, "after": None, "domain": None, "restore_calls": 0,
              "reachable": True, "connects": 0}

@@ -1,0 +1,53 @@
+"""
+vmigrate's shared code (the ``_utils`` files) as plain Python, the same way in every install:
+
+- synced (``saltutil.sync_all``): ``<extension_modules>/{modules,runners,states}/vmigrate.py``
+  beside ``<extension_modules>/utils/``;
+- the ``saltext-vmigrate`` extension package: ``saltext/vmigrate/{modules,...}/`` beside
+  ``saltext/vmigrate/utils/``;
+- the repository (tests, the formula before a sync): ``_modules/`` beside ``_utils/``.
+
+Salt 3008 builds ``__utils__`` without extensions (``load_extensions=False``), so an installed
+extension's utils never appear there: every caller imports through :func:`load` instead. A
+module is loaded from its file and kept in ``sys.modules`` under ``vmigrate_utils_<name>``
+for as long as the file is unchanged: after a sync brings a new version, the next process that
+loads it gets the new one. No Salt dunders here.
+"""
+
+import importlib.util
+import os
+import sys
+
+
+def load(name, directory=None):
+    """The shared module ``name`` (``vmigrate_options``...) from ``directory`` (default: the
+    directory holding this file)."""
+    path = os.path.join(directory or os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    stat = os.stat(path)
+    key = f"vmigrate_utils_{name}"
+    module = sys.modules.get(key)
+    if module is not None and getattr(module, "__vmigrate_version__", None) == (
+            path, stat.st_mtime_ns, stat.st_size):
+        return module
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    module.__vmigrate_version__ = (path, stat.st_mtime_ns, stat.st_size)
+    sys.modules[key] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(key, None)
+        raise
+    return module
+
+
+def utils_dir(plugin_file):
+    """Where the shared code lies for the plugin file ``plugin_file`` (a module, runner,
+    state or beacon): ``utils`` (synced, extension) or ``_utils`` (repository) beside its
+    directory."""
+    base = os.path.dirname(os.path.dirname(os.path.abspath(plugin_file)))
+    for sub in ("utils", "_utils"):
+        if os.path.isfile(os.path.join(base, sub, "vmigrate_imports.py")):
+            return os.path.join(base, sub)
+    raise ImportError(f"vmigrate: no utils directory beside {os.path.dirname(plugin_file)} "
+                      "(run saltutil.sync_all, or install saltext-vmigrate)")
