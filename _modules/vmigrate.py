@@ -616,7 +616,7 @@ def _dest_facts(conn, dom, uris, conf, link, xml=None, storage=None, dname=None)
             facts.update(
                 dest_security=checks_.security_models(
                     dest_caps, needs["type"] or "qemu"),
-                images=checks["vmigrate_storage.image_owners"](storage),
+                images=storage_.image_owners(storage),
                 probes=_probes(dconn, storage))
     except libvirt.libvirtError as err:
         facts["error"] = f"reading it failed: {err.get_error_message()}"

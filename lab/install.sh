@@ -90,7 +90,7 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 lv=$(pkg-config --modversion libvirt)
-if ! "$venv/bin/python" -c "import salt, libvirt, saltfactories, hypothesis, saltext.virt" 2>/dev/null \
+if ! "$venv/bin/python" -c "import salt, libvirt, saltfactories, hypothesis, saltext.virt, pyflakes" 2>/dev/null \
    || [ "$("$venv/bin/python" -c 'import libvirt; v=libvirt.getVersion(); print(f"{v//1000000}.{v//1000%1000}.{v%1000}")')" != "$lv" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -r "$here/requirements.txt" "libvirt-python==$lv"

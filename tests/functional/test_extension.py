@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from tests.support.modload import REPO
+from tests.support.extension import build_and_install
 
 PROBE = textwrap.dedent("""
     import json, os, sys
@@ -41,13 +41,13 @@ PROBE = textwrap.dedent("""
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory):
-    out = tmp_path_factory.mktemp("dist")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
-                            str(out), str(REPO)], capture_output=True, text=True, check=False)
-    assert build.returncode == 0, build.stderr[-3000:]
-    (path,) = out.glob("saltext_vmigrate-*.whl")
-    return path
+def built(tmp_path_factory):
+    return build_and_install(tmp_path_factory.mktemp("ext"))
+
+
+@pytest.fixture(scope="module")
+def wheel(built):
+    return built[0]
 
 
 def test_the_wheel_holds_the_plugin_and_the_sls_and_nothing_else(wheel):
@@ -66,12 +66,8 @@ def test_the_wheel_holds_the_plugin_and_the_sls_and_nothing_else(wheel):
     assert "[salt.loader]" in text and "saltext.vmigrate = saltext.vmigrate" in text, text
 
 
-def test_installed_with_nothing_synced_the_loader_finds_everything(wheel, tmp_path):
-    site = tmp_path / "site"
-    install = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
-                              "--target", str(site), str(wheel)], capture_output=True, text=True,
-                             check=False)
-    assert install.returncode == 0, install.stderr[-3000:]
+def test_installed_with_nothing_synced_the_loader_finds_everything(built, tmp_path):
+    site = built[1]
     probe = subprocess.run([sys.executable, "-c", PROBE, str(tmp_path)], capture_output=True,
                            text=True, check=False, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
     assert probe.returncode == 0, probe.stderr[-3000:]

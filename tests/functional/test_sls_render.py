@@ -114,3 +114,24 @@ def test_beacon_reactor_hands_the_event_to_the_record_as_data():
                    data=HOSTILE)
     args = high["vmigrate-reactor-beacon"]["runner.vmigrate.record"][0]["args"]
     assert args == [{"tag": "salt/beacon/host1/vmigrate/domain/started"}, {"data": HOSTILE}]
+
+
+@pytest.mark.parametrize("os_family, build_pkgs", [
+    ("Debian", ["libvirt-dev", "pkg-config", "gcc"]),
+    ("RedHat", ["libvirt-devel", "pkgconf-pkg-config", "gcc", "python3-devel"]),
+])
+def test_hypervisor_sls_builds_libvirt_python_into_salts_python(tmp_path, os_family, build_pkgs):
+    loaders = _loaders(tmp_path, os_family)
+    try:
+        # The version the installed libvirt has, read by vmigrate_host (no libvirt-python).
+        low = _by_id(loaders.modules.state.show_low_sls(
+            "vmigrate.hypervisor", pillar={"vmigrate": {"hypervisor_setup": {
+                "libvirt_python_version": "11.3.0"}}}))
+    finally:
+        loaders.reset_state()
+    assert low["vmigrate-hypervisor-build-pkgs-installed"]["pkgs"] == build_pkgs
+    pip = low["vmigrate-hypervisor-libvirt-python-installed"]
+    assert pip["state"] == "pip" and pip["name"] == "libvirt-python==11.3.0"
+    assert "bin_env" not in pip  # Salt's own pip: the Python the minion runs on
+    beacon = low["vmigrate-hypervisor-beacon-present"]
+    assert beacon["state"] == "beacon" and beacon["uri"] == "qemu:///system"

@@ -132,3 +132,16 @@ def test_clean_removes_our_exports_and_server_restores_them(storage, salt_cli, l
     ret = salt_cli.run("state.apply", "vmigrate.nfs.server", minion_tgt=vmlab.NFS_HOST)
     assert ret.returncode == 0, ret
     assert exports.exists() and str(lab.export_dir) in etab.read_text()
+
+
+def test_the_hypervisor_sls_finds_libvirt_python_in_salts_own_python(synced, salt_cli):
+    """vmigrate.hypervisor on a lab hypervisor, test=True: the build packages are there,
+    libvirt-python matching host1's libvirtd is already in the Python the minion runs on
+    (Salt's own pip answers), and the beacon is configured: nothing to change."""
+    ret = salt_cli.run("state.apply", "vmigrate.hypervisor", "test=True", minion_tgt="host1")
+    assert ret.returncode == 0, ret
+    results = {r["__id__"]: r for r in state_results(ret.data)}
+    pip = results["vmigrate-hypervisor-libvirt-python-installed"]
+    assert pip["result"] is True and not pip["changes"], pip
+    assert "libvirt-python==11." in pip["name"] and "already installed" in pip["comment"], pip
+    assert all(r["result"] is True and not r["changes"] for r in results.values()), results
