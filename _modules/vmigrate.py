@@ -44,20 +44,13 @@ from xml.sax.saxutils import escape as xml_escape
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 
-def _shared(name):
-    """Shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py."""
-    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    utils = next(p for p in (os.path.join(base, d) for d in ("utils", "_utils"))
-                 if os.path.isdir(p))
-    return runpy.run_path(os.path.join(utils, "vmigrate_imports.py"))["load"](name, utils)
-
-
-checks_ = _shared("vmigrate_checks")
-install_ = _shared("vmigrate_install")
-options_ = _shared("vmigrate_options")
-storage_ = _shared("vmigrate_storage")
-validate_ = _shared("vmigrate_validate")
-xmlguard_ = _shared("vmigrate_xmlguard")
+# The shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py.
+_shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), d, "vmigrate_imports.py") for d in ("utils", "_utils"))
+    if os.path.isfile(p)))["load"]
+checks_, install_, options_, storage_, validate_, xmlguard_ = map(_shared, (
+    "vmigrate_checks", "vmigrate_install", "vmigrate_options", "vmigrate_storage",
+    "vmigrate_validate", "vmigrate_xmlguard"))
 
 try:
     import libvirt
@@ -309,9 +302,9 @@ def domains():
     ``abort_deadline`` and ``shutdown_timeout`` (this host's, seconds) and ``options`` (pillar
     ``vmigrate:options``, the defaults it applies to every migration): the master waits for a
     migration from here exactly as long as these make it, and verifies it as they make it
-    (``suspend``: it arrives paused); and ``domains``, keyed by domain name, each with ``uuid``, ``state`` (running,
-    paused, shutoff, ...), ``reason`` (libvirt's reason for that state, e.g. paused by
-    ``migration``) and ``persistent``. A domain that vanishes while it is being read (an
+    (``suspend``: it arrives paused); and ``domains``, keyed by domain name, each with
+    ``uuid``, ``state`` (running, paused, shutoff, ...), ``reason`` (libvirt's reason for that
+    state, e.g. paused by ``migration``) and ``persistent``. A domain that vanishes while it is being read (an
     incoming migration that failed) is left out.
 
     CLI Example:

@@ -33,18 +33,12 @@ import runpy
 from salt.exceptions import SaltException
 
 
-def _shared(name):
-    """Shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py."""
-    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    utils = next(p for p in (os.path.join(base, d) for d in ("utils", "_utils"))
-                 if os.path.isdir(p))
-    return runpy.run_path(os.path.join(utils, "vmigrate_imports.py"))["load"](name, utils)
-
-
-flow_ = _shared("vmigrate_flow")
-install_ = _shared("vmigrate_install")
-placement_ = _shared("vmigrate_placement")
-validate_ = _shared("vmigrate_validate")
+# The shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py.
+_shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), d, "vmigrate_imports.py") for d in ("utils", "_utils"))
+    if os.path.isfile(p)))["load"]
+flow_, install_, placement_, validate_ = map(_shared, (
+    "vmigrate_flow", "vmigrate_install", "vmigrate_placement", "vmigrate_validate"))
 
 log = logging.getLogger(__name__)
 

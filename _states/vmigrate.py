@@ -38,14 +38,10 @@ import os
 import runpy
 
 
-def _shared(name):
-    """Shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py."""
-    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    utils = next(p for p in (os.path.join(base, d) for d in ("utils", "_utils"))
-                 if os.path.isdir(p))
-    return runpy.run_path(os.path.join(utils, "vmigrate_imports.py"))["load"](name, utils)
-
-
+# The shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py.
+_shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), d, "vmigrate_imports.py") for d in ("utils", "_utils"))
+    if os.path.isfile(p)))["load"]
 flow_ = _shared("vmigrate_flow")
 
 __virtualname__ = "vmigrate"
