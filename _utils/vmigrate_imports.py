@@ -41,6 +41,13 @@ def load(name, directory=None):
     return module
 
 
+def siblings(shared_file, *names):
+    """The shared modules ``names`` beside ``shared_file`` (a ``_utils`` file importing
+    others, in one statement)."""
+    directory = os.path.dirname(os.path.abspath(shared_file))
+    return [load(name, directory) for name in names]
+
+
 def utils_dir(plugin_file):
     """Where the shared code lies for the plugin file ``plugin_file`` (a module, runner,
     state or beacon): ``utils`` (synced, extension) or ``_utils`` (repository) beside its

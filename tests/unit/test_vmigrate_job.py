@@ -92,9 +92,10 @@ def mod():
 
 
 def _run(mod, dom, mode="live", timeout=0.3, conn=None, options=None, **conf):
-    job = ("host1", "host2", URIS, dict(CONF, **conf), options or {})
-    return mod._run_job(conn or FakeConn(), dom, "vdisk", mode, {}, 0, timeout,
-                        job)  # pylint: disable=protected-access
+    job = mod.monitor_.Job("host1", "host2", URIS, dict(CONF, **conf), options or {},
+                           mod._send_event)
+    return mod.monitor_.run_job(conn or FakeConn(), dom, "vdisk", mode, {}, 0, timeout,
+                        job)
 
 
 def test_timeout_aborts_and_retries_a_failed_abort(mod):
@@ -200,7 +201,7 @@ def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
     mod = load("_modules", "vmigrate", opts={"id": "host2"}, pillar={"vmigrate": {}},
                utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
                               "vmigrate_options", "vmigrate_xmlguard"))
-    monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
+    monkeypatch.setattr(mod.conn_, "ensure_event_loop", lambda: None)
     monkeypatch.setattr(mod.libvirt, "open", lambda uri: Conn())
     out = mod.domains()
     assert out["domains"] == {"vdisk": {"uuid": "u-1", "state": "paused", "reason": "migration",
@@ -217,7 +218,7 @@ def test_an_abort_from_elsewhere_is_reported_as_such(mod):
 
 
 def test_timeout_action_pause_completes_paused_instead_of_aborting(mod, monkeypatch):
-    monkeypatch.setattr(mod, "_dest_connection", _no_dest)
+    monkeypatch.setattr(mod.conn_, "dest_connection", _no_dest)
     dom = FakeDomain()
     out = _run(mod, dom, timeout=0.2, options={"timeout_action": "pause"})
     assert "error" not in out, out
@@ -245,7 +246,7 @@ def test_timeout_action_pause_resumes_the_copy_there_found_by_uuid(mod, monkeypa
             assert uuid == "u-1"
             return arrived
 
-    monkeypatch.setattr(mod, "_dest_connection", Dest)
+    monkeypatch.setattr(mod.conn_, "dest_connection", Dest)
     dom = FakeDomain()
     dom.UUIDString = lambda: "u-1"
     out = _run(mod, dom, timeout=0.2, options={"timeout_action": "pause", "dname": "vnew"})
@@ -329,7 +330,7 @@ def test_job_names_what_libvirt_runs_for_the_domain(monkeypatch, stats, want):
     mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}},
                utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
                            "vmigrate_options", "vmigrate_xmlguard"))
-    monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
+    monkeypatch.setattr(mod.conn_, "ensure_event_loop", lambda: None)
     monkeypatch.setattr(mod.libvirt, "open", lambda uri: _JobConn(stats))
     out = mod.job("vdisk")
     assert out["name"] == "vdisk" and out["host"] == "host1"
@@ -367,7 +368,7 @@ class PostcopyDomain(FakeDomain):
     (PostcopyDomain(), "failed"),
 ])
 def test_an_abort_libvirt_refuses_is_read_again_before_it_counts(mod, dom, want):
-    assert mod._abort(dom, "vdisk", time.monotonic() + 0.3) == want  # pylint: disable=protected-access
+    assert mod.monitor_.abort(dom, "vdisk", time.monotonic() + 0.3) == want
     assert dom.abort_calls == (1 if want != "failed" else dom.abort_calls) >= 1
 
 
@@ -393,7 +394,7 @@ def test_the_abort_of_a_postcopy_job_says_it_cannot_and_touches_nothing(monkeypa
     mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}},
                utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
                            "vmigrate_options", "vmigrate_xmlguard"))
-    monkeypatch.setattr(mod, "_ensure_event_loop", lambda: None)
+    monkeypatch.setattr(mod.conn_, "ensure_event_loop", lambda: None)
     monkeypatch.setattr(mod.libvirt, "open", lambda uri: Conn())
     out = mod.abort("vdisk")
     assert out["aborted"] is False and out["outcome"] == "postcopy", out

@@ -120,20 +120,20 @@ def test_bad_pillar_timeout_is_refused(monkeypatch, value):
 def test_flags_never_include_unsafe_by_default(monkeypatch):
     mod = _module(monkeypatch)
     lv = mod.libvirt
-    live = mod._flags("live", False)  # pylint: disable=protected-access
+    live = mod.monitor_.flags("live", False)
     assert live & lv.VIR_MIGRATE_LIVE and live & lv.VIR_MIGRATE_PEER2PEER
     assert live & lv.VIR_MIGRATE_PERSIST_DEST and live & lv.VIR_MIGRATE_UNDEFINE_SOURCE
     assert not live & lv.VIR_MIGRATE_UNSAFE
-    offline = mod._flags("offline", False)  # pylint: disable=protected-access
+    offline = mod.monitor_.flags("offline", False)
     assert offline & lv.VIR_MIGRATE_OFFLINE and not offline & lv.VIR_MIGRATE_LIVE
 
 
 def test_flags_protect_the_data_stream(monkeypatch):
     mod = _module(monkeypatch)
     lv = mod.libvirt
-    tls = mod._flags("live", False, "tls")  # pylint: disable=protected-access
-    ssh = mod._flags("live", False, "tunnelled")  # pylint: disable=protected-access
-    plain = mod._flags("live", False, "plain tcp")  # pylint: disable=protected-access
+    tls = mod.monitor_.flags("live", False, "tls")
+    ssh = mod.monitor_.flags("live", False, "tunnelled")
+    plain = mod.monitor_.flags("live", False, "plain tcp")
     assert tls & lv.VIR_MIGRATE_TLS and not tls & lv.VIR_MIGRATE_TUNNELLED
     assert ssh & lv.VIR_MIGRATE_TUNNELLED and not ssh & lv.VIR_MIGRATE_TLS
     assert not plain & (lv.VIR_MIGRATE_TLS | lv.VIR_MIGRATE_TUNNELLED)
@@ -180,7 +180,7 @@ class _Conn:
 def test_copies_read_after_a_move_never_take_an_unreadable_host_for_absent(monkeypatch):
     mod = _module(monkeypatch)
     lv = mod.libvirt
-    out = mod._copies("vdisk", "u", (  # pylint: disable=protected-access
+    out = mod.conn_.copies("vdisk", "u", (
         ("host1", _Conn(lv, code=lv.VIR_ERR_NO_DOMAIN)),
         ("host2", _Conn(lv, _Dom("vdisk"))),
         ("host3", _Conn(lv, code=lv.VIR_ERR_RPC)),
@@ -196,11 +196,11 @@ def test_copies_are_found_by_uuid_and_a_renamed_one_says_its_name(monkeypatch):
     gone; by UUID it is found, and named."""
     mod = _module(monkeypatch)
     lv = mod.libvirt
-    out = mod._copies("vdisk", "u", (  # pylint: disable=protected-access
+    out = mod.conn_.copies("vdisk", "u", (
         ("host1", _Conn(lv, _Dom("vdisk"))), ("host2", _Conn(lv, _Dom("vdisk-new")))))
     assert out["hosts"]["host2"]["name"] == "vdisk-new"
     assert "name" not in out["hosts"]["host1"]
-    assert mod._copies("vdisk", "other", (  # pylint: disable=protected-access
+    assert mod.conn_.copies("vdisk", "other", (
         ("host2", _Conn(lv, _Dom("vdisk"))),)) == {"hosts": {}, "unaccounted": {}}
 
 
@@ -223,7 +223,7 @@ def test_repair_never_stops_or_resumes_a_half_of_a_post_copy(monkeypatch, state,
     def connect(_conf):
         yield _Conn(mod.libvirt, dom)
 
-    monkeypatch.setattr(mod, "_connect", connect)
+    monkeypatch.setattr(mod.conn_, "connect", connect)
     with pytest.raises(CommandExecutionError, match="post-copy migration .* refused"):
         mod.repair("vdisk", action)
     assert calls == []
@@ -244,7 +244,7 @@ def test_repair_acts_only_on_the_domain_the_master_read(monkeypatch):
     def connect(_conf):
         yield _Conn(mod.libvirt, dom)
 
-    monkeypatch.setattr(mod, "_connect", connect)
+    monkeypatch.setattr(mod.conn_, "connect", connect)
     with pytest.raises(CommandExecutionError, match="has UUID u, not u-2: destroy refused"):
         mod.repair("vdisk", "destroy", uuid="u-2")
     assert calls == []
@@ -278,7 +278,7 @@ def test_a_copy_is_allowed_only_when_the_destination_surely_lacks_the_probe(
         dconn.storagePoolCreateXML.side_effect = _libvirt_error(mod, code, raised[1])
     else:
         dconn.storagePoolCreateXML.return_value = pool
-    assert mod._probe_seen(dconn, "/l/.vmigrate-probe-ab", strict)[0] is seen
+    assert mod.precheck_.probe_seen(dconn, "/l/.vmigrate-probe-ab", strict)[0] is seen
     assert pool.destroy.called is (raised is None)
 
 
@@ -302,7 +302,7 @@ def test_the_destination_image_is_looked_at_and_the_transient_pool_goes(monkeypa
                                   "</backingStore><target dev='vda'/></disk></devices></domain>")
     other.name.return_value = "clone"
     dconn.listAllDomains.return_value = [other]
-    info = mod._dest_image(dconn, "/l/v.qcow2")
+    info = mod.precheck_.dest_image(dconn, "/l/v.qcow2")
     assert info == {"exists": True, "pool": None, "error": None, "allocation": 196608,
                     "physical": 196616, "format": "qcow2", "in_use_by": "clone",
                     "backing": {"path": "/s/b.qcow2", "format": "qcow2"}}
@@ -320,7 +320,7 @@ def test_an_inactive_pool_over_the_directory_is_named(monkeypatch):
     inactive.name.return_value = "images"
     dconn.listAllStoragePools.return_value = [inactive]
     dconn.listAllDomains.return_value = []
-    info = mod._dest_image(dconn, "/l/v.qcow2")
+    info = mod.precheck_.dest_image(dconn, "/l/v.qcow2")
     assert "'images' there has it as its target but is not active" in info["error"]
     assert "virsh pool-start images" in info["error"]
     dconn.storagePoolCreateXML.assert_not_called()
@@ -350,11 +350,12 @@ def test_a_symlinked_image_is_probed_where_the_xml_names_it_and_where_it_lives(
         return [{"dir": d, "seen": seen if d == seen_in else False, "detail": "x"}
                 for d in dirs]
 
-    monkeypatch.setattr(mod, "_probes", probes)
-    monkeypatch.setattr(mod, "_dest_image", lambda _c, _p: {"exists": False, "pool": "images"})
-    checks = mod._copy_checks(MagicMock(), _copy_storage_facts("/images/v.qcow2",
-                                                              "/export/v.qcow2"),
-                              "host2", (MagicMock(), None), {"copy_storage": "all"})
+    monkeypatch.setattr(mod.precheck_, "probe_dirs", probes)
+    monkeypatch.setattr(mod.precheck_, "dest_image",
+                        lambda _c, _p: {"exists": False, "pool": "images"})
+    checks = mod.precheck_.copy_checks(
+        MagicMock(), _copy_storage_facts("/images/v.qcow2", "/export/v.qcow2"), "host2",
+        (MagicMock(), None), {"copy_storage": "all"}, "host1")
     assert asked == {"dirs": ["/export", "/images"], "strict": True}
     dest = {c["name"]: c for c in checks}["dest_disk:vda"]
     assert dest["ok"] is (seen_in is None) and words in dest["detail"], dest
@@ -368,9 +369,10 @@ def test_an_error_while_asking_the_destination_refuses_the_copy(monkeypatch, err
         raise (_libvirt_error(mod, mod.libvirt.VIR_ERR_INTERNAL_ERROR, message="gone")
                if error == "libvirt" else OSError(5, "Input/output error"))
 
-    monkeypatch.setattr(mod, "_probes", probes)
-    checks = mod._copy_checks(MagicMock(), _copy_storage_facts("/l/v.qcow2", "/l/v.qcow2"),
-                              "host2", (MagicMock(), None), {"copy_storage": "all"})
+    monkeypatch.setattr(mod.precheck_, "probe_dirs", probes)
+    checks = mod.precheck_.copy_checks(
+        MagicMock(), _copy_storage_facts("/l/v.qcow2", "/l/v.qcow2"), "host2",
+        (MagicMock(), None), {"copy_storage": "all"}, "host1")
     dest = {c["name"]: c for c in checks}["dest_disk:vda"]
     assert dest["ok"] is False and "asking its libvirtd failed" in dest["detail"], dest
 
@@ -381,7 +383,7 @@ def test_another_prechecks_transient_pool_is_not_taken_for_a_pool(monkeypatch):
     busy.name.return_value = "vmigrate-look-0a1b2c"
     dconn.storagePoolLookupByTargetPath.return_value = busy
     dconn.listAllDomains.return_value = []
-    info = mod._dest_image(dconn, "/l/v.qcow2")
+    info = mod.precheck_.dest_image(dconn, "/l/v.qcow2")
     assert "another vmigrate precheck is looking into it right now" in info["error"]
     assert info["pool"] is None
     busy.listVolumes.assert_not_called()
@@ -413,7 +415,7 @@ def test_a_close_the_peer_does_not_answer_is_not_waited_for(monkeypatch, caplog)
         return closers[-1]
 
     monkeypatch.setattr(threading, "Thread", thread)
-    mod._close_soon(conn, "link to qemu+ssh://host2/system", wait=0.2)  # pylint: disable=protected-access
+    mod.conn_.close_soon(conn, "link to qemu+ssh://host2/system", wait=0.2)
     assert time.monotonic() - started < 2
     assert "no answer to close within 0.2s" in caplog.text
     # Keepalive bounds the close: the process's exit waits for it (libvirt's own teardown
@@ -438,6 +440,6 @@ def test_a_close_that_answers_is_waited_for(monkeypatch, caplog):
             closed.append(True)
             raise mod.libvirt.libvirtError("already closed")
 
-    mod._close_soon(Slow(), "link", wait=5)  # pylint: disable=protected-access
+    mod.conn_.close_soon(Slow(), "link", wait=5)
     assert closed == [True] and "no answer" not in caplog.text
     assert uncaught == []  # libvirt's error on close is not the caller's business

@@ -104,8 +104,8 @@ class Dest:
 @pytest.fixture
 def env(tmp_path, monkeypatch):
     mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}})
-    monkeypatch.setattr(mod.storage_, "disk_dirs", lambda facts: [str(tmp_path)])
-    monkeypatch.setattr(mod, "_storage_facts", lambda dom, xml=None: {})
+    monkeypatch.setattr(mod.precheck_.storage_, "disk_dirs", lambda facts: [str(tmp_path)])
+    monkeypatch.setattr(mod.precheck_, "storage_facts", lambda dom, xml=None: {})
     world = {"restore_error": None, "after": None, "domain": None, "restore_calls": 0,
              "reachable": True, "connects": 0}
 
@@ -116,13 +116,14 @@ def env(tmp_path, monkeypatch):
             raise CommandExecutionError("cannot connect to the destination")
         yield Dest(world)
 
-    monkeypatch.setattr(mod, "_dest_connection", dest_connection)
+    monkeypatch.setattr(mod.conn_, "dest_connection", dest_connection)
     source = Source(tmp_path)
     conf = {"progress_events": False, "abort_deadline": 0.3}
-    job = ("host1", "host2", {"uri": "qemu+tcp://h2/system"}, conf, {})
+    job = mod.monitor_.Job("host1", "host2", {"uri": "qemu+tcp://h2/system"}, conf, {},
+                           mod._send_event)
 
     def run():
-        return mod._save(source, source, "vdisk", 60, job)  # pylint: disable=protected-access
+        return mod.migration_.static_.save(source, source, "vdisk", 60, job)
 
     return {"mod": mod, "world": world, "source": source, "run": run, "dir": tmp_path}
 
