@@ -1,9 +1,14 @@
-"""Import a Salt extension file (``_modules/x.py``, ``_states/x.py``...) as a plain module, so
-unit tests can set its dunders (``__salt__``, ``__opts__``...) themselves, and stand fakes in
-for functions of the shared code it imports (``_utils``, through vmigrate_imports)."""
+"""Import a Salt extension file (``_modules/x.py``, ``_states/x.py``...) as a plain module, for
+pytest-salt-factories' loader mocking to give it its dunders (``__salt__``, ``__opts__``...):
+a test module's ``configure_loader_modules`` fixture (``{module: {"__opts__": ...}}``), or
+``load(..., opts=...)`` for a test that needs its own (the same ``LoaderModuleMock``, which
+refuses a dunder Salt does not have); and stand fakes in for functions of the shared code it
+imports (``_utils``, through vmigrate_imports)."""
 import importlib.util
 import pathlib
 import types
+
+from saltfactories.utils.loader import LoaderModuleMock
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -25,8 +30,9 @@ def load(kind, name, utils=None, **dunders):
     spec = importlib.util.spec_from_file_location(f"vmigrate_test_{kind}_{name}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for key, value in dunders.items():
-        setattr(module, f"__{key}__", value)
+    if dunders:
+        # The module is this test's alone: the mock need not be undone.
+        LoaderModuleMock({module: {f"__{key}__": value for key, value in dunders.items()}}).start()
     by_file = {}
     for key, value in (utils or {}).items():
         util, function = key.split(".", 1)

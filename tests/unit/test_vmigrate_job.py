@@ -79,16 +79,21 @@ class FakeConn:
 
 @pytest.fixture
 def mod():
-    events = []
+    module = load("_modules", "vmigrate")
+    module.events = []
+    return module
+
+
+@pytest.fixture
+def configure_loader_modules(mod):
+    """pytest-salt-factories' loader mocking gives the module its dunders; event.send records
+    what the progress thread sends."""
 
     def send(tag, data):
-        events.append((time.monotonic(), tag, data))
+        mod.events.append((time.monotonic(), tag, data))
 
-    module = load("_modules", "vmigrate", opts={"id": "host1"}, salt={"event.send": send},
-                  utils=utils("vmigrate_validate", "vmigrate_storage", "vmigrate_checks",
-                              "vmigrate_options", "vmigrate_xmlguard"))
-    module.events = events
-    return module
+    return {mod: {"__opts__": {"id": "host1"}, "__salt__": {"event.send": send},
+                  "__pillar__": {"vmigrate": {}}}}
 
 
 def _run(mod, dom, mode="live", timeout=0.3, conn=None, options=None, **conf):

@@ -102,8 +102,18 @@ class Dest:
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    mod = load("_modules", "vmigrate", opts={"id": "host1"}, pillar={"vmigrate": {}})
+def mod():
+    return load("_modules", "vmigrate")
+
+
+@pytest.fixture
+def configure_loader_modules(mod):
+    """pytest-salt-factories' loader mocking gives the module its dunders."""
+    return {mod: {"__opts__": {"id": "host1"}, "__pillar__": {"vmigrate": {}}}}
+
+
+@pytest.fixture
+def env(mod, tmp_path, monkeypatch):
     monkeypatch.setattr(mod.precheck_.storage_, "disk_dirs", lambda facts: [str(tmp_path)])
     monkeypatch.setattr(mod.precheck_, "storage_facts", lambda dom, xml=None: {})
     world = {"restore_error": None, "after": None, "domain": None, "restore_calls": 0,
