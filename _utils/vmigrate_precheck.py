@@ -17,10 +17,10 @@ import runpy
 import secrets
 from xml.sax.saxutils import escape as xml_escape
 
-checks_, conn_, outcome_, storage_, xmlguard_ = runpy.run_path(os.path.join(os.path.dirname(
-    os.path.abspath(__file__)), "vmigrate_imports.py"))["siblings"](
-    __file__, "vmigrate_checks", "vmigrate_conn", "vmigrate_outcome", "vmigrate_storage",
-    "vmigrate_xmlguard")
+checks_, conn_, copy_, disks_, outcome_, storage_, xmlguard_ = runpy.run_path(os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "vmigrate_imports.py"))["siblings"](
+    __file__, "vmigrate_checks", "vmigrate_conn", "vmigrate_copy", "vmigrate_disks",
+    "vmigrate_outcome", "vmigrate_storage", "vmigrate_xmlguard")
 libvirt = conn_.libvirt
 REFUSED = outcome_.REFUSED  # words for a person: the status decides
 
@@ -33,7 +33,7 @@ def resolve_volumes(conn, xml):
     kinds = {libvirt.VIR_STORAGE_VOL_FILE: "file", libvirt.VIR_STORAGE_VOL_BLOCK: "block",
              libvirt.VIR_STORAGE_VOL_NETWORK: "network", libvirt.VIR_STORAGE_VOL_NETDIR: "network"}
     out = {}
-    for pool, volume in storage_.disk_volumes(xml):
+    for pool, volume in disks_.disk_volumes(xml):
         with contextlib.suppress(libvirt.libvirtError):
             vol = conn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
             kind = kinds.get(vol.info()[0])
@@ -206,8 +206,8 @@ def disk_user(dconn, path):
             xml = other.XMLDesc(0)
         except libvirt.libvirtError:
             continue
-        files = storage_.disk_files(xml)
-        for pool, volume in storage_.disk_volumes(xml):
+        files = disks_.disk_files(xml)
+        for pool, volume in disks_.disk_volumes(xml):
             with contextlib.suppress(libvirt.libvirtError):
                 files.add(dconn.storagePoolLookupByName(pool).storageVolLookupByName(volume)
                           .path())
@@ -251,7 +251,7 @@ def dest_image(dconn, path):
                 vol = pool.storageVolLookupByName(base)
                 info["allocation"] = vol.info()[2]
                 info["physical"] = vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2]
-                info.update(storage_.volume_facts(vol.XMLDesc(0)))
+                info.update(disks_.volume_facts(vol.XMLDesc(0)))
         info["in_use_by"] = disk_user(dconn, path)
     except libvirt.libvirtError as err:
         info["error"] = err.get_error_message()
@@ -265,7 +265,7 @@ def inactive_pool(dconn, directory):
     """A defined, inactive storage pool on the destination whose target is ``directory``."""
     for pool in dconn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_INACTIVE):
         with contextlib.suppress(libvirt.libvirtError):
-            if storage_.pool_target(pool.XMLDesc(0)) == directory:
+            if disks_.pool_target(pool.XMLDesc(0)) == directory:
                 return pool
     return None
 
@@ -273,8 +273,8 @@ def inactive_pool(dconn, directory):
 def shared_checks(dom, storage, opts, host):
     """This host's checks of the disks that stay on the shared storage (all of them without
     option ``copy_storage``), and those disks' facts."""
-    copied = storage_.copied_targets(storage["disks"], opts)
-    shared = storage_.split_copied(storage, copied)[0]
+    copied = copy_.copied_targets(storage["disks"], opts)
+    shared = copy_.split_copied(storage, copied)[0]
     return storage_checks(dom, host, facts=shared), shared
 
 
@@ -282,20 +282,20 @@ def copy_checks(dom, storage, dest, link, opts, source):
     """With option ``copy_storage``: this host's side of each disk to copy, then (through
     ``link``, when open) the destination's: not the same storage as here, a place libvirt can
     copy into, no other guest's disk there. Nothing without it."""
-    copied = storage_.copied_targets(storage["disks"], opts)
+    copied = copy_.copied_targets(storage["disks"], opts)
     if copied is None:
         return []
-    checks = storage_.assess_copy(storage, opts, source)
+    checks = copy_.assess_copy(storage, opts, source)
     dconn = link[0]
     if dconn is None:
         return checks  # no destination asked, or dest_reachable says why
-    local = [d for d in storage_.split_copied(storage, copied)[1]["disks"]
+    local = [d for d in copy_.split_copied(storage, copied)[1]["disks"]
              if d.get("resolved")]  # the others are not writable file disks: refused above
     incremental = opts["copy_storage"] == "inc"
     images = []
     try:
         # The chain is in the live XML only; inc needs the destination's image over the same.
-        backing = storage_.backing_files(dom.XMLDesc(0)) if incremental else {}
+        backing = disks_.backing_files(dom.XMLDesc(0)) if incremental else {}
         # Probed where the destination will open the image (the directory as the XML names
         # it) and where the image really lives here (a symlink may lead from one to the other,
         # and that place may be what the destination mounts): seen in either refuses.

@@ -22,6 +22,8 @@ mounted (or created) after libvirtd started therefore does not count.
 
 Fact gathering reads this host's files (``/proc/self/mountinfo``, qemu.conf, the daemon's
 pidfile) and takes paths as arguments; the verdict (:func:`assess`) is a pure function of facts.
+What the domain's XML says about its disks, and which filesystem types count as shared, is
+``vmigrate_disks``; the check of disks option ``copy_storage`` copies is ``vmigrate_copy``.
 No Salt dunders: callers import this as plain Python (``vmigrate_imports.py``).
 """
 
@@ -30,26 +32,15 @@ import ctypes.util
 import json
 import os
 import re
+import runpy
 import time
-import xml.etree.ElementTree as ET
+
+(disks_,) = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                        "vmigrate_imports.py"))["siblings"](
+    __file__, "vmigrate_disks")
 
 QEMU_CONF = "/etc/libvirt/qemu.conf"
 DAEMON_PIDFILES = ("/run/virtqemud.pid", "/run/libvirtd.pid")
-# statfs() f_type values libvirt counts as shared (src/util/virfile.c).
-SHARED_MAGIC = {
-    0x6969: "nfs",
-    0x01161970: "gfs2",
-    0x7461636F: "ocfs2",
-    0x6B414653: "afs",
-    0x517B: "smb",
-    0xFF534D42: "cifs",
-    0x00C36400: "ceph",
-    0x47504653: "gpfs",
-    0x61636673: "acfs",
-    0x19830326: "beegfs",
-}
-FUSE_MAGIC = 0x65735546
-SHARED_FUSE = ("fuse.glusterfs", "fuse.quobyte")
 FIX_SHARED = (
     "mount the NFS export at the same path on both hosts (state.apply vmigrate.nfs.client); "
     "a shared filesystem libvirt cannot recognise by its type must be listed in "
@@ -74,49 +65,6 @@ FIX_RESTART = (
 
 
 # ---- facts ---------------------------------------------------------------------------------
-def domain_disks(xml_text, volumes=None):
-    """The ``<disk>`` devices of a domain's XML: a list of dicts with ``target``, ``device``,
-    ``type``, ``path`` (file or block path, ``pool/volume``, ``protocol:name``, or None),
-    ``empty``, ``readonly``, ``shareable`` and ``cache``. ``volumes``: {"pool/volume": (type,
-    path)} as the host's libvirt resolves them (file, block, network); such a disk then has
-    that ``type`` and ``path``, and ``volume`` its name."""
-    disks = []
-    for disk in ET.fromstring(xml_text).findall("./devices/disk"):
-        dtype = disk.get("type", "file")
-        source = disk.find("source")
-        path = None
-        volume = None
-        if source is not None:
-            if dtype == "file":
-                path = source.get("file")
-            elif dtype == "block":
-                path = source.get("dev")
-            elif dtype == "dir":
-                path = source.get("dir")
-            elif dtype == "volume":
-                path = volume = f"{source.get('pool')}/{source.get('volume')}"
-                if volumes and volume in volumes:
-                    dtype, path = volumes[volume]
-            elif dtype == "network":
-                path = f"{source.get('protocol')}:{source.get('name')}"
-        target = disk.find("target")
-        driver = disk.find("driver")
-        disks.append({
-            **({"volume": volume} if volume else {}),
-            "target": target.get("dev") if target is not None else None,
-            "device": disk.get("device", "disk"),
-            "type": dtype,
-            "path": path,
-            # libvirt's virStorageSourceIsEmpty: no source, or a local one without a path
-            # (an NVMe, vhost-user or vDPA disk has no path but is not empty).
-            "empty": source is None or (path is None and dtype in ("file", "block", "dir")),
-            "readonly": disk.find("readonly") is not None,
-            "shareable": disk.find("shareable") is not None,
-            "cache": driver.get("cache") if driver is not None else None,
-        })
-    return disks
-
-
 def _unescape(field):
     """mountinfo escapes space, tab, newline and backslash as octal."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
@@ -257,7 +205,7 @@ def gather(xml_text, conf=QEMU_CONF, mountinfo="/proc/self/mountinfo", volumes=N
         conf_text = ""
     with open(mountinfo, encoding="utf-8", errors="replace") as fh:
         mountinfo_text = fh.read()
-    facts = disk_facts(domain_disks(xml_text, volumes), conf_text, mountinfo_text)
+    facts = disk_facts(disks_.domain_disks(xml_text, volumes), conf_text, mountinfo_text)
     facts["daemon"] = daemon_facts(conf=conf)
     return facts
 
@@ -373,26 +321,6 @@ def image_owners(facts, stat=os.stat):
 
 
 # ---- verdict -------------------------------------------------------------------------------
-def _shared_by_type(disk):
-    """libvirt's virFileIsSharedFS by filesystem type: a shared magic, or a shared FUSE mount."""
-    magic = disk.get("magic")
-    return magic in SHARED_MAGIC or (magic == FUSE_MAGIC and disk.get("fstype") in SHARED_FUSE)
-
-
-def _fs_name(disk):
-    magic = disk.get("magic")
-    if magic in SHARED_MAGIC:
-        return SHARED_MAGIC[magic]
-    return disk.get("fstype") or (f"statfs type {magic:#x}" if magic is not None else "unknown")
-
-
-def _where(disk):
-    where = f"{_fs_name(disk)}"
-    if disk.get("mountpoint"):
-        where += f" mounted at {disk['mountpoint']} from {disk.get('fssource') or '?'}"
-    return where
-
-
 # A start time read from /proc is one clock tick (10 ms) coarse; anything within this of it
 # counts as before the start.
 START_SLACK = 0.1
@@ -467,13 +395,14 @@ def assess(facts, host):
                                      "to libvirt"})
             continue
         caches.append(_cache_check(disk, label))
-        if _shared_by_type(disk):
+        where = disks_.location(disk)
+        if disks_.shared_by_type(disk):
             checks.append({"name": name, "ok": True, "fix": None,
-                           "detail": f"{label}: on {_where(disk)}, shared storage by type"})
+                           "detail": f"{label}: on {where}, shared storage by type"})
             continue
         entry = disk.get("override_listed")
         if entry:
-            note = (f"{label}: on {_where(disk)}, not shared by type; covered by qemu.conf "
+            note = (f"{label}: on {where}, not shared by type; covered by qemu.conf "
                     f"shared_filesystems entry {entry!r}, which counts only if that path "
                     f"existed when {daemon.get('daemon') or 'libvirtd'} started "
                     f"({_stamp(daemon.get('started'))})")
@@ -491,158 +420,10 @@ def assess(facts, host):
                 checks.append({"name": name, "ok": True, "fix": FIX_RESTART, "detail": note})
             continue
         checks.append({"name": name, "ok": False, "fix": FIX_SHARED,
-                       "detail": f"{label}: on {_where(disk)}, which libvirt does not treat as "
+                       "detail": f"{label}: on {where}, which libvirt does not treat as "
                                  "shared storage, and no qemu.conf shared_filesystems entry "
                                  "covers it"})
     return checks + caches
-
-
-# ---- copying disks (copy_storage) ---------------------------------------------------------
-FIX_COPY_SHARED = ("leave copy_storage off for disks on the shared storage (they need no copy), "
-                   "or name only the guest's local disks in option migrate_disks")
-
-
-def copied_targets(disks, options):
-    """The disks (targets) a migration with these options copies, by libvirt's own rule
-    (``qemuMigrationAnyCopyDisk``): those ``migrate_disks`` names, else every disk that is not
-    ``<shareable/>``, not read-only and not empty. None without ``copy_storage``."""
-    if not options.get("copy_storage"):
-        return None
-    chosen = options.get("migrate_disks")
-    if chosen:
-        return [d["target"] for d in disks if d["target"] in chosen]
-    return [d["target"] for d in disks
-            if not d["shareable"] and not d["readonly"] and not d["empty"]]
-
-
-def _backing(path, fmt):
-    return {"path": path, "format": fmt}
-
-
-def backing_files(xml_text):
-    """Each disk's backing file (the first in its chain) as ``{"path", "format"}``, by target,
-    from a running domain's live XML (the migratable XML leaves the chain out); a network
-    backing store's path is ``<protocol>:<name>``; None for a disk without one."""
-    out = {}
-    for disk in ET.fromstring(xml_text).findall("./devices/disk"):
-        target, store = disk.find("target"), disk.find("backingStore")
-        if target is None:
-            continue
-        source = store.find("source") if store is not None else None
-        if source is None:
-            out[target.get("dev")] = None
-            continue
-        path = (source.get("file") or source.get("dev")
-                or f"{source.get('protocol')}:{source.get('name')}")
-        fmt = store.find("format")
-        out[target.get("dev")] = _backing(path, fmt.get("type") if fmt is not None else None)
-    return out
-
-
-def disk_files(xml_text):
-    """Every file or block path a domain's disks use, their backing chains included."""
-    return {source.get("file") or source.get("dev")
-            for disk in ET.fromstring(xml_text).findall("./devices/disk")
-            for source in disk.iter("source")
-            if source.get("file") or source.get("dev")}
-
-
-def disk_volumes(xml_text):
-    """The (pool, volume) pairs of a domain's ``type='volume'`` disks."""
-    return [(source.get("pool"), source.get("volume"))
-            for source in ET.fromstring(xml_text).findall("./devices/disk[@type='volume']/source")
-            if source.get("pool") and source.get("volume")]
-
-
-def pool_target(pool_xml):
-    """A storage pool's target directory, from its XML, or None."""
-    return ET.fromstring(pool_xml).findtext("./target/path")
-
-
-def volume_facts(volume_xml):
-    """A storage volume's ``format`` and ``backing`` file (as :func:`backing_files` gives it,
-    or None), from libvirt's volume XML."""
-    root = ET.fromstring(volume_xml)
-    store, fmt = root.find("backingStore"), root.find("./target/format")
-    backing = None
-    if store is not None and store.findtext("path"):
-        bfmt = store.find("format")
-        backing = _backing(store.findtext("path"), bfmt.get("type") if bfmt is not None else None)
-    return {"format": fmt.get("type") if fmt is not None else None, "backing": backing}
-
-
-def split_copied(facts, copied):
-    """(facts of the disks that stay on shared storage, facts of the disks to copy)."""
-    copied = set(copied or ())
-    return (dict(facts, disks=[d for d in facts["disks"] if d["target"] not in copied]),
-            dict(facts, disks=[d for d in facts["disks"] if d["target"] in copied]))
-
-
-def assess_copy(facts, options, host):
-    """This host's side of copying disks: one ``copy_storage:<target>`` check per disk the
-    migration copies, and one per name in the options that is not a disk it could copy. A
-    disk on storage this host treats as shared is refused: the destination would open the very
-    image the source runs from and the copy would overwrite it with itself."""
-    checks = []
-
-    def add(target, ok, detail, fix=None):
-        checks.append({"name": f"copy_storage:{target}", "ok": ok, "detail": detail,
-                       "fix": None if ok else fix})
-
-    targets = {d["target"] for d in facts["disks"]}
-    for key in ("migrate_disks", "migrate_disks_detect_zeroes"):
-        for target in options.get(key) or []:
-            if target not in targets:
-                add(target, False, f"option {key} names disk {target}, which this guest does "
-                                   f"not have (its disks: {', '.join(sorted(targets)) or 'none'})",
-                    "name disks by their target, as virsh domblklist shows them")
-    copied = copied_targets(facts["disks"], options) or []
-    for target in options.get("migrate_disks_detect_zeroes") or []:
-        if target in targets and target not in copied:
-            add(target, False, f"option migrate_disks_detect_zeroes names disk {target}, which "
-                               "this migration does not copy",
-                "name only disks it copies (read-only, empty and <shareable/> ones are not)")
-    for disk in facts["disks"]:
-        if disk["target"] not in copied:
-            continue
-        label = f"disk {disk['target']} ({disk.get('path')})"
-        if disk["readonly"] or disk["empty"]:
-            add(disk["target"], False, f"{label}: libvirt cannot copy an empty or read-only disk",
-                "leave it out of option migrate_disks")
-        elif disk["shareable"]:
-            add(disk["target"], False, f"{label}: <shareable/>, used by other guests too: a copy "
-                                       "would split it in two",
-                "leave it out of option migrate_disks and keep it on the shared storage")
-        elif disk["type"] == "network":
-            add(disk["target"], False, f"{label}: a network disk, reached by both hosts: "
-                                       "copying it would overwrite it with itself",
-                FIX_COPY_SHARED)
-        elif disk["type"] != "file":
-            add(disk["target"], False, f"{label}: vmigrate copies file disks only, this is a "
-                                       f"{disk['type']} disk",
-                "put it on the shared storage, or leave it out of option migrate_disks")
-        elif _shared_by_type(disk) or disk.get("override_listed"):
-            add(disk["target"], False,
-                f"{label}: on {_where(disk)}, which {host} treats as shared storage: the "
-                "destination would open this very image, and copying it would overwrite it "
-                "with itself", FIX_COPY_SHARED)
-        else:
-            add(disk["target"], True,
-                f"{label}: on {_where(disk)}, local to {host}: libvirt copies it to the "
-                "destination while the guest runs (copy_storage "
-                f"{options['copy_storage']}); the image here is kept as it was at the switch")
-    if options.get("xml"):
-        # libvirt copies into the paths of the destination XML; the checks judge the guest's.
-        paths = {d["target"]: d["path"] for d in domain_disks(options["xml"])}
-        for disk in facts["disks"]:
-            if disk["target"] in copied and paths.get(disk["target"]) != disk["path"]:
-                add(disk["target"], False, f"option xml gives disk {disk['target']} the path "
-                                           f"{paths.get(disk['target'])}, not {disk['path']}",
-                    "keep each copied disk's path in option xml (the prechecks judge it there)")
-    if not copied:
-        add("none", False, "copy_storage is set but this guest has no disk libvirt would copy",
-            "leave copy_storage off")
-    return checks
 
 
 def explain_unsafe(facts, host):
@@ -653,7 +434,7 @@ def explain_unsafe(facts, host):
     for check, disk in zip(assess(facts, host), facts["disks"]):
         if disk.get("type") != "file" or disk.get("readonly") or not disk.get("path"):
             continue
-        if disk.get("magic") in SHARED_MAGIC:
+        if disk.get("magic") in disks_.SHARED_MAGIC:
             continue
         lines.append(check["detail"])
     text = "; ".join(lines) or "no disk of this domain is on storage libvirt treats as shared"

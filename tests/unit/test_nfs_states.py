@@ -146,7 +146,7 @@ def test_mounted_creates_missing_mountpoint_only_when_applying(env, tmp_path):
 def test_damaged_marker_block_fails_and_touches_nothing(env, tmp_path):
     # /etc/exports with our BEGIN marker and no END: where our block ends cannot be known.
     etc_exports = tmp_path / "exports"
-    etc_exports.write_text(f"/srv/other 10.0.0.0/8(ro)\n{env['mod'].BEGIN_MARK}\n"
+    etc_exports.write_text(f"/srv/other 10.0.0.0/8(ro)\n{env['mod'].exports_.BEGIN_MARK}\n"
                            "/srv/vm 10.0.0.0/8(rw)\n")
     before = etc_exports.read_bytes()
     env["mod"].__salt__.update({"file.file_exists": lambda p: True,

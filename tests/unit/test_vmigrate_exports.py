@@ -1,13 +1,14 @@
-"""The exports/mount validator and renderer: rules, safe defaults, and fuzzing for injection."""
+"""The exports/mount validator and renderer (_utils/vmigrate_exports.py): rules, safe defaults,
+the marked block in /etc/exports parsed strictly, and fuzzing for injection."""
 import string
 
 import pytest
 from hypothesis import example, given, settings, strategies as st
-from salt.exceptions import SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from tests.support.modload import load
 
-nfs = load("_modules", "vmigrate_nfs")
+ex = load("_utils", "vmigrate_exports")
 
 
 def _export(path="/srv/vmimages", host="192.0.2.0/24", **options):
@@ -15,16 +16,16 @@ def _export(path="/srv/vmimages", host="192.0.2.0/24", **options):
 
 
 def test_safe_defaults_are_filled_in():
-    out = nfs.validate_exports([_export()])
-    assert nfs.render_lines(out["exports"]) == [
+    out = ex.validate_exports([_export()])
+    assert ex.render_lines(out["exports"]) == [
         "/srv/vmimages 192.0.2.0/24(rw,sync,root_squash,no_subtree_check,secure,mp)"]
     assert out["warnings"] == []
 
 
 def test_typed_values_render_canonically():
-    out = nfs.validate_exports([_export(anonuid=64055, anongid=64055, sec=["krb5p", "krb5i"],
+    out = ex.validate_exports([_export(anonuid=64055, anongid=64055, sec=["krb5p", "krb5i"],
                                         fsid=1, ro=True)])
-    assert nfs.render_lines(out["exports"]) == [
+    assert ex.render_lines(out["exports"]) == [
         "/srv/vmimages 192.0.2.0/24(ro,sync,root_squash,no_subtree_check,secure,mp,anongid=64055,"
         "anonuid=64055,fsid=1,sec=krb5p:krb5i)"]
 
@@ -32,14 +33,14 @@ def test_typed_values_render_canonically():
 @pytest.mark.parametrize("host", ["192.0.2.7", "192.0.2.0/24", "2001:db8::/64", "hv1",
                                   "hv1.example.com", "@hypervisors"])
 def test_client_host_kinds(host):
-    assert nfs.validate_exports([_export(host=host)])["exports"][0]["clients"][0]["host"]
+    assert ex.validate_exports([_export(host=host)])["exports"][0]["clients"][0]["host"]
 
 
 @pytest.mark.parametrize("flag", ["no_root_squash", "insecure", "async"])
 def test_unsafe_flags_need_the_switch_and_then_warn(flag):
     with pytest.raises(SaltInvocationError, match=rf"allow_unsafe: \[{flag}\]"):
-        nfs.validate_exports([_export(**{flag: True})])
-    out = nfs.validate_exports([_export(**{flag: True})], allow_unsafe=[flag])
+        ex.validate_exports([_export(**{flag: True})])
+    out = ex.validate_exports([_export(**{flag: True})], allow_unsafe=[flag])
     assert flag in out["exports"][0]["clients"][0]["options"]
     assert any(flag in w for w in out["warnings"])
 
@@ -49,9 +50,9 @@ def test_the_hand_recipe_line_needs_every_override():
                "clients": [{"host": "*", "options": {"rw": True, "no_root_squash": True}}]}]
     for allow in ([], ["no_root_squash"], ["any_client"]):
         with pytest.raises(SaltInvocationError):
-            nfs.validate_exports(recipe, allow_unsafe=allow)
-    out = nfs.validate_exports(recipe, allow_unsafe=["no_root_squash", "any_client"])
-    assert nfs.render_lines(out["exports"]) == [
+            ex.validate_exports(recipe, allow_unsafe=allow)
+    out = ex.validate_exports(recipe, allow_unsafe=["no_root_squash", "any_client"])
+    assert ex.render_lines(out["exports"]) == [
         "/home/images *(rw,sync,no_root_squash,no_subtree_check,secure,mp)"]
     assert len(out["warnings"]) == 2
 
@@ -78,32 +79,60 @@ def test_the_hand_recipe_line_needs_every_override():
 ])
 def test_bad_entries_name_the_entry_and_the_rule(exports, words):
     with pytest.raises(SaltInvocationError) as err:
-        nfs.validate_exports(exports)
+        ex.validate_exports(exports)
     assert words in str(err.value)
     assert "vmigrate:nfs:server:exports" in str(err.value)
 
 
 def test_etc_exports_keeps_foreign_lines_and_replaces_only_our_block():
-    out = nfs.validate_exports([_export()])["exports"]
+    out = ex.validate_exports([_export()])["exports"]
     current = "/data 10.9.9.9(ro)\n# a comment\n"
-    first = nfs.render_file(out, current, "/etc/exports")
-    assert first.startswith(current) and nfs.BEGIN_MARK in first
-    again = nfs.render_file(out, first, "/etc/exports")
+    first = ex.render_file(out, current, "/etc/exports")
+    assert first.startswith(current) and ex.BEGIN_MARK in first
+    again = ex.render_file(out, first, "/etc/exports")
     assert again == first
-    other = nfs.validate_exports([_export(path="/srv/other")])["exports"]
-    changed = nfs.render_file(other, first + "/tail 10.1.1.1(ro)\n", "/etc/exports")
+    other = ex.validate_exports([_export(path="/srv/other")])["exports"]
+    changed = ex.render_file(other, first + "/tail 10.1.1.1(ro)\n", "/etc/exports")
     assert "/data 10.9.9.9(ro)" in changed and "/tail 10.1.1.1(ro)" in changed
     assert "/srv/vmimages" not in changed and "/srv/other" in changed
+
+
+@pytest.mark.parametrize("lines, words", [
+    ([ex.BEGIN_MARK, "/srv/vm h(rw)"], "1 BEGIN and 0 END"),
+    (["/srv/vm h(rw)", ex.END_MARK], "0 BEGIN and 1 END"),
+    ([ex.BEGIN_MARK, ex.BEGIN_MARK, ex.END_MARK], "2 BEGIN and 1 END"),
+    ([ex.END_MARK, "/x h(rw)", ex.BEGIN_MARK], "END first"),
+])
+def test_a_damaged_marker_block_is_refused(lines, words):
+    with pytest.raises(CommandExecutionError, match=words):
+        ex.marker_block(lines, "/etc/exports")
+    with pytest.raises(CommandExecutionError, match="nothing was changed"):
+        ex.render_file([], "\n".join(lines), "/etc/exports")
+
+
+def test_foreign_lines_around_a_sound_block_are_kept():
+    current = "\n".join(["/a h(ro)", ex.BEGIN_MARK, "/old h(rw)", ex.END_MARK, "/b h(ro)"])
+    exports = [{"path": "/new", "clients": [{"host": "h", "options": ["rw"]}]}]
+    new = ex.render_file(exports, current, "/etc/exports").splitlines()
+    assert new == ["/a h(ro)", ex.BEGIN_MARK, "/new h(rw)", ex.END_MARK, "/b h(ro)"]
+
+
+def test_removing_our_block_keeps_every_other_line():
+    current = "\n".join(["/a h(ro)", ex.BEGIN_MARK, "/old h(rw)", ex.END_MARK, "/b h(ro)"])
+    assert ex.strip_block(current, "/etc/exports") == "/a h(ro)\n/b h(ro)\n"
+    assert ex.strip_block("/a h(ro)\n", "/etc/exports") is False
+    with pytest.raises(CommandExecutionError, match="1 BEGIN and 0 END"):
+        ex.strip_block(ex.BEGIN_MARK + "\n/old h(rw)\n", "/etc/exports")
 
 
 @pytest.mark.parametrize("path, ok", [("/etc/exports", True), ("/etc/exports.d/v.exports", True),
                                       ("/etc/exports.d/v.conf", False), ("/tmp/x.exports", False)])
 def test_exports_file_location(path, ok):
     if ok:
-        assert nfs.check_exports_file(path) == path
+        assert ex.check_exports_file(path) == path
     else:
         with pytest.raises(SaltInvocationError):
-            nfs.check_exports_file(path)
+            ex.check_exports_file(path)
 
 
 @pytest.mark.parametrize("options, rendered", [
@@ -115,8 +144,8 @@ def test_exports_file_location(path, ok):
      "secure,nocrossmnt,security_label,mp)"),
 ])
 def test_exports_are_served_only_from_their_mounted_filesystem(options, rendered):
-    out = nfs.validate_exports([_export(**options)])
-    line = nfs.render_lines(out["exports"])[0]
+    out = ex.validate_exports([_export(**options)])
+    line = ex.render_lines(out["exports"])[0]
     assert line.endswith(rendered), line
 
 
@@ -129,32 +158,23 @@ def test_exports_are_served_only_from_their_mounted_filesystem(options, rendered
 ])
 def test_export_option_rules(options, words):
     with pytest.raises(SaltInvocationError, match=words):
-        nfs.validate_exports([_export(rw=True, **options)])
+        ex.validate_exports([_export(rw=True, **options)])
 
 
 def test_xprtsec_where_the_servers_exportfs_knows_it():
-    out = nfs.validate_exports([_export(rw=True, xprtsec=["tls", "mtls"])], known=("xprtsec",))
-    assert nfs.render_lines(out["exports"])[0].endswith("secure,mp,xprtsec=tls:mtls)")
+    out = ex.validate_exports([_export(rw=True, xprtsec=["tls", "mtls"])], known=("xprtsec",))
+    assert ex.render_lines(out["exports"])[0].endswith("secure,mp,xprtsec=tls:mtls)")
     with pytest.raises(SaltInvocationError, match="xprtsec must be"):
-        nfs.validate_exports([_export(rw=True, xprtsec="tls13")], known=("xprtsec",))
-
-
-def test_the_installed_exportfs_is_asked_which_keywords_it_knows(monkeypatch, tmp_path):
-    fake = tmp_path / "exportfs"
-    fake.write_bytes(b"\x7fELF...sec=\x00xprtsec=\x00")
-    monkeypatch.setattr(nfs.salt.utils.path, "which", lambda name: str(fake))
-    assert nfs.exportfs_knows() == ("xprtsec",)
-    fake.write_bytes(b"\x7fELF...sec=\x00")
-    assert nfs.exportfs_knows() == ()
+        ex.validate_exports([_export(rw=True, xprtsec="tls13")], known=("xprtsec",))
 
 
 def test_mount_defaults_hard_and_refuses_unsafe_options():
-    args = nfs.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["vers=4.2"]})
+    args = ex.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["vers=4.2"]})
     assert args["opts"] == ["hard", "vers=4.2"] and args["persist"] is True
     for opt in ("nolock", "soft"):
         with pytest.raises(SaltInvocationError, match=opt):
-            nfs.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": [opt]})
-        args = nfs.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": [opt]},
+            ex.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": [opt]})
+        args = ex.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": [opt]},
                                   allow_unsafe=[opt])
         assert args["warnings"]
 
@@ -169,8 +189,8 @@ def test_mount_defaults_hard_and_refuses_unsafe_options():
 def test_soft_and_local_lock_amount_to_the_switch_they_need(opts, switch):
     mount = {"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": opts}
     with pytest.raises(SaltInvocationError, match=rf"allow_unsafe: \[{switch}\]"):
-        nfs.validate_mount(mount)
-    args = nfs.validate_mount(mount, allow_unsafe=[switch])
+        ex.validate_mount(mount)
+    args = ex.validate_mount(mount, allow_unsafe=[switch])
     assert args["warnings"]
     assert ("hard" in args["opts"]) == (switch != "soft"), args  # never "hard,softerr"
 
@@ -182,7 +202,7 @@ def test_soft_and_local_lock_amount_to_the_switch_they_need(opts, switch):
     ["local_lock=flock", "nfsvers=3"],
 ])
 def test_standard_options_are_accepted(opts):
-    args = nfs.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": opts})
+    args = ex.validate_mount({"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": opts})
     assert args["warnings"] == [] and set(opts) <= set(args["opts"]), args
     assert args["opts"].count("hard") == 1
 
@@ -209,7 +229,7 @@ def test_standard_options_are_accepted(opts):
 ])
 def test_bad_mounts_are_refused(mount, words):
     with pytest.raises(SaltInvocationError, match=words):
-        nfs.validate_mount(mount)
+        ex.validate_mount(mount)
 
 
 # ---- fuzzing: hostile pillar values never become extra export lines --------------------------
@@ -229,7 +249,7 @@ VALUES = st.one_of(HOSTILE, st.integers(-5, 2**33), st.booleans(), st.none(),
 
 def _assert_well_formed(exports, text):
     lines = text.splitlines()
-    assert lines[0] == nfs.BEGIN_MARK and lines[-1] == nfs.END_MARK
+    assert lines[0] == ex.BEGIN_MARK and lines[-1] == ex.END_MARK
     body = lines[1:-1]
     assert len(body) == len(exports), "an entry produced more or fewer lines than one"
     for export, line in zip(exports, body):
@@ -245,16 +265,16 @@ def _assert_well_formed(exports, text):
 
 @settings(max_examples=400, deadline=None)
 @given(path=st.one_of(HOSTILE, st.just("/srv/vm")), host=st.one_of(HOSTILE, st.just("10.0.0.0/8")),
-       key=st.one_of(st.sampled_from(sorted([*nfs.FLAG_OPPOSITE, *nfs.VALUE_OPTIONS])), HOSTILE),
+       key=st.one_of(st.sampled_from(sorted([*ex.FLAG_OPPOSITE, *ex.VALUE_OPTIONS])), HOSTILE),
        value=VALUES)
 def test_fuzz_single_export(path, host, key, value):
     exports = [{"path": path, "clients": [{"host": host, "options": {key: value}}]}]
     try:
-        out = nfs.validate_exports(exports)
+        out = ex.validate_exports(exports)
     except SaltInvocationError as err:
         assert "vmigrate:nfs:server:exports[0]" in str(err) or "allow_unsafe" in str(err)
         return
-    _assert_well_formed(out["exports"], nfs.render_file(out["exports"], None, "/x.exports"))
+    _assert_well_formed(out["exports"], ex.render_file(out["exports"], None, "/x.exports"))
 
 
 @settings(max_examples=600, deadline=None)
@@ -281,11 +301,11 @@ def test_fuzz_one_hostile_field_in_a_valid_export(field, bad):
         options = {field: bad}
     exports = [{"path": path, "clients": [{"host": host, "options": options}]}]
     try:
-        out = nfs.validate_exports(exports)
+        out = ex.validate_exports(exports)
     except SaltInvocationError as err:
         assert "vmigrate:nfs:server:exports[0]" in str(err)
         return
-    _assert_well_formed(out["exports"], nfs.render_file(out["exports"], None, "/x.exports"))
+    _assert_well_formed(out["exports"], ex.render_file(out["exports"], None, "/x.exports"))
 
 
 @settings(max_examples=200, deadline=None)
@@ -299,10 +319,10 @@ def test_fuzz_one_hostile_field_in_a_valid_export(field, bad):
 def test_fuzz_many_exports_into_etc_exports(exports):
     current = "/data 10.9.9.9(ro)\n"
     try:
-        out = nfs.validate_exports(exports)
+        out = ex.validate_exports(exports)
     except SaltInvocationError:
         return
-    text = nfs.render_file(out["exports"], current, "/etc/exports")
+    text = ex.render_file(out["exports"], current, "/etc/exports")
     assert text.startswith(current)
     _assert_well_formed(out["exports"], text[len(current):])
 
@@ -317,7 +337,7 @@ def test_fuzz_one_hostile_field_in_a_valid_mount(field, bad, fstype):
     mount = {"name": "/srv/vm", "device": "nfs1:/srv/vm", "opts": ["vers=4.2"], "fstype": fstype}
     mount[{"opt": "opts"}.get(field, field)] = [bad] if field == "opt" else bad
     try:
-        args = nfs.validate_mount(mount)
+        args = ex.validate_mount(mount)
     except SaltInvocationError as err:
         assert "vmigrate:nfs:client:mounts[0]" in str(err)
         return
@@ -332,7 +352,7 @@ def test_fuzz_one_hostile_field_in_a_valid_mount(field, bad, fstype):
        fstype=st.sampled_from(["nfs", "nfs4", "none", "ext4\n"]))
 def test_fuzz_mounts_never_carry_fstab_separators(name, device, opts, fstype):
     try:
-        args = nfs.validate_mount({"name": name, "device": device, "opts": opts, "fstype": fstype})
+        args = ex.validate_mount({"name": name, "device": device, "opts": opts, "fstype": fstype})
     except SaltInvocationError:
         return
     for field in (args["name"], args["device"], *args["opts"]):
