@@ -1,9 +1,13 @@
 """
 Master side of vmigrate: where a domain runs, what a migration would do, and the migration.
 
-Thin over ``_utils/vmigrate_flow.py``, which the orchestration state ``vmigrate.migrated``
-(behind ``salt-run state.orch migrate``) shares. The hypervisors are named in the master
-config (``vmigrate:hypervisors_target``, required), e.g.
+Thin over the master's shared code (``_utils``), which the orchestration states
+``vmigrate.migrated`` and ``vmigrate.evacuated`` (behind ``salt-run state.orch migrate`` and
+``evacuate``) share: ``vmigrate_decide`` (where a domain is), ``vmigrate_move`` (one
+migration and its plan), ``vmigrate_reconcile``, ``vmigrate_evacuate``, ``vmigrate_jobs``
+(what runs now) and ``vmigrate_intake`` (requests through the reactor). The hypervisors are
+named in the master config (``vmigrate:hypervisors_target``, required; every setting:
+``_utils/vmigrate_settings.py``), e.g.
 
 .. code-block:: yaml
 
@@ -37,8 +41,10 @@ from salt.exceptions import SaltException
 _shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), d, "vmigrate_imports.py") for d in ("utils", "_utils"))
     if os.path.isfile(p)))["load"]
-flow_, install_, placement_, validate_ = map(_shared, (
-    "vmigrate_flow", "vmigrate_install", "vmigrate_placement", "vmigrate_validate"))
+decide_, evacuate_, install_, intake_, jobs_, move_, placement_, reconcile_, validate_ = map(
+    _shared, ("vmigrate_decide", "vmigrate_evacuate", "vmigrate_install", "vmigrate_intake",
+              "vmigrate_jobs", "vmigrate_move", "vmigrate_placement", "vmigrate_reconcile",
+              "vmigrate_validate"))
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +93,7 @@ def locate(vm, hosts=None, dname=None):
         validate_.vm_name(vm)
         if dname is not None:
             validate_.vm_name(dname, "dname")
-        where = flow_.locate(__opts__, vm, hosts, dname=dname)
+        where = decide_.locate(__opts__, vm, hosts, dname=dname)
     except (SaltException, OSError) as err:
         return _finish({"name": vm, "comment": str(err)}, False)
     where.pop("timeouts", None)
@@ -133,7 +139,7 @@ def plan(vm, dest, mode="live", force=False, options=None):
         salt-run vmigrate.plan vlocal host2 options='{copy_storage: all}'
     """
     try:
-        out = flow_.plan(__opts__, vm, dest, mode, force, options=options)
+        out = move_.plan(__opts__, vm, dest, mode, force, options=options)
     except (SaltException, OSError) as err:
         out = {"name": vm, "dest": dest, "result": False, "comment": str(err), "checks": [],
                "blockers": ["input"]}
@@ -177,10 +183,8 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force
         salt-run vmigrate.migrate vdisk host2 options='{timeout_action: pause}' timeout=60
         salt-run state.orch migrate pillar='{vm: vdisk, dest: host2}'
     """
-    flow = flow_.terminal_report
-    ret = flow_.migrate(__opts__, vm, dest, mode, bandwidth, timeout,
-                                             force, trigger="runner", options=options,
-                                             report=flow(__opts__))
+    ret = move_.migrate(__opts__, vm, dest, mode, bandwidth, timeout, force, trigger="runner",
+                        options=options, report=jobs_.terminal_report(__opts__))
     return _finish(ret, ret["result"])
 
 
@@ -199,7 +203,7 @@ def jobs():
         salt-run vmigrate.jobs
     """
     try:
-        out = flow_.jobs(__opts__)
+        out = jobs_.jobs(__opts__)
     except SaltException as err:
         return _finish({"result": False, "comment": str(err)}, False)
     return _finish(dict(out, result=True), True)
@@ -219,7 +223,7 @@ def abort(vm):
         salt-run vmigrate.abort vdisk
     """
     try:
-        out = flow_.abort(__opts__, vm)
+        out = jobs_.abort(__opts__, vm)
     except SaltException as err:
         return _finish({"result": False, "comment": str(err)}, False)
     return _finish(out, out["result"])
@@ -240,9 +244,8 @@ def watch(vm, timeout=600):
         salt-run vmigrate.watch vdisk
         salt-run vmigrate.watch vdisk timeout=60
     """
-    flow = flow_.terminal_report
     try:
-        out = flow_.watch(__opts__, vm, timeout, flow(__opts__))
+        out = jobs_.watch(__opts__, vm, timeout, jobs_.terminal_report(__opts__))
     except SaltException as err:
         return _finish({"result": False, "comment": str(err)}, False)
     return _finish(out, out["result"] is not False)
@@ -270,7 +273,7 @@ def reconcile(vm, dry_run=False, dname=None):
         salt-run vmigrate.reconcile vdisk dname=vdisk-new
     """
     try:
-        out = flow_.reconcile(__opts__, vm, dry_run=dry_run, dname=dname)
+        out = reconcile_.reconcile(__opts__, vm, dry_run=dry_run, dname=dname)
     except (SaltException, OSError) as err:
         out = {"name": vm, "result": False, "comment": str(err), "actions": []}
     return _finish(out, out["result"] is not False)
@@ -298,8 +301,8 @@ def evacuate(host, targets=None, concurrency=2, bandwidth=None, timeout=None, dr
         salt-run vmigrate.evacuate host1 targets='[host2, host3]' concurrency=2
         salt-run state.orch evacuate pillar='{host: host1}'
     """
-    out = flow_.evacuate(__opts__, host, targets, concurrency, bandwidth,
-                                              timeout, trigger="runner", dry_run=dry_run)
+    out = evacuate_.evacuate(__opts__, host, targets, concurrency, bandwidth, timeout,
+                             trigger="runner", dry_run=dry_run)
     return _finish(out, out["result"] is not False)
 
 
@@ -343,8 +346,7 @@ def request(vm, dest, mode="live"):
         salt-run vmigrate.request vdisk host2
     """
     try:
-        out = flow_.send_request(__opts__, "migrate",
-                                                      {"vm": vm, "dest": dest, "mode": mode})
+        out = intake_.send_request(__opts__, "migrate", {"vm": vm, "dest": dest, "mode": mode})
     except (SaltException, OSError) as err:
         return _finish({"comment": str(err)}, False)
     return _finish(out, True)
@@ -361,7 +363,7 @@ def request_evacuate(host):
         salt-run vmigrate.request_evacuate host1
     """
     try:
-        out = flow_.send_request(__opts__, "evacuate", {"host": host})
+        out = intake_.send_request(__opts__, "evacuate", {"host": host})
     except (SaltException, OSError) as err:
         return _finish({"comment": str(err)}, False)
     return _finish(out, True)

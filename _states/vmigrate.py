@@ -1,10 +1,11 @@
 """
 Where a VM runs, as state: for orchestration SLS on the master.
 
-Thin over ``_utils/vmigrate_flow.py`` (the same flow as ``salt-run vmigrate.migrate``): it
-locates the domain, moves it with its source minion's ``vmigrate.migrate`` and verifies both
-hosts. ``test=True`` shows the plan -- where it is, the decision, the source's prechecks --
-and changes nothing.
+Thin over the master's shared code that ``salt-run vmigrate.migrate`` runs too
+(``_utils/vmigrate_move.py``; ``vmigrate_evacuate.py`` and ``vmigrate_intake.py`` for the
+other two states): it locates the domain, moves it with its source minion's
+``vmigrate.migrate`` and verifies both hosts. ``test=True`` shows the plan -- where it is,
+the decision, the source's prechecks -- and changes nothing.
 
 .. code-block:: yaml
 
@@ -42,7 +43,8 @@ import runpy
 _shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), d, "vmigrate_imports.py") for d in ("utils", "_utils"))
     if os.path.isfile(p)))["load"]
-flow_ = _shared("vmigrate_flow")
+evacuate_, intake_, jobs_, move_ = map(_shared, (
+    "vmigrate_evacuate", "vmigrate_intake", "vmigrate_jobs", "vmigrate_move"))
 
 __virtualname__ = "vmigrate"
 
@@ -74,8 +76,8 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
     renamed = {"name": {"old": name, "new": dname}} if dname not in (None, name) else {}
     if __opts__.get("test"):
         try:
-            plan = flow_.plan(__opts__, name, host, mode, force,
-                                                   already_ok=not require_move, options=options)
+            plan = move_.plan(__opts__, name, host, mode, force, already_ok=not require_move,
+                              options=options)
         except Exception as err:  # pylint: disable=broad-except
             return dict(ret, result=False, comment=str(err))
         if plan["result"] is None:
@@ -88,10 +90,9 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
         return dict(ret, result=None, comment="\n".join(lines),
                     changes={"host": {"old": plan["source"], "new": host}, "mode": mode,
                              **renamed})
-    out = flow_.migrate(
+    out = move_.migrate(
         __opts__, name, host, mode, bandwidth, timeout, force, already_ok=not require_move,
-        trigger="state", options=options,
-        report=flow_.terminal_report(__opts__))
+        trigger="state", options=options, report=jobs_.terminal_report(__opts__))
     if not out["result"]:
         return dict(ret, result=False, comment=out["comment"])
     if out["status"] == "unchanged":
@@ -115,9 +116,8 @@ def evacuated(name, targets=None, concurrency=2, bandwidth=None, timeout=None):
     :param timeout: abort each live migration after this many seconds
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
-    out = flow_.evacuate(__opts__, name, targets, concurrency, bandwidth,
-                                              timeout, trigger="state",
-                                              dry_run=bool(__opts__.get("test")))
+    out = evacuate_.evacuate(__opts__, name, targets, concurrency, bandwidth, timeout,
+                             trigger="state", dry_run=bool(__opts__.get("test")))
     if out["result"] is False:
         return dict(ret, result=False, comment=out["comment"],
                     changes=_moved(out))
@@ -147,7 +147,7 @@ def requested(name, data=None):
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     if __opts__.get("test"):
         return dict(ret, result=None, comment=f"would authorize and handle {name}")
-    out = flow_.request(__opts__, name, data)
+    out = intake_.request(__opts__, name, data)
     if not out["result"]:
         return dict(ret, result=False, comment=out["comment"])
     if "vms" in out:

@@ -9,22 +9,21 @@ record (who, since when, source, destination, pid) into the file and clears it o
 record found in a file just locked therefore means the previous holder died mid-migration: the
 new holder reports it (``recovered``) instead of silently going on.
 
-Plain functions and a context manager; no Salt dunders. Master config:
-
-.. code-block:: yaml
-
-    vmigrate:
-      max_outgoing: 1     # migrations leaving one hypervisor at a time
-      max_incoming: 2     # migrations arriving on one hypervisor at a time
+Plain functions and a context manager; no Salt dunders. The caps are master config
+``vmigrate:max_outgoing`` and ``vmigrate:max_incoming``, read by ``vmigrate_settings.caps``.
 """
 
 import contextlib
 import fcntl
 import json
 import os
+import runpy
 import time
 
 from salt.exceptions import CommandExecutionError
+
+(settings_,) = runpy.run_path(os.path.join(os.path.dirname(
+    os.path.abspath(__file__)), "vmigrate_imports.py"))["siblings"](__file__, "vmigrate_settings")
 
 
 class Busy(CommandExecutionError):
@@ -38,7 +37,7 @@ class SlotsBusy(Busy):
 # ---- in flight: a job sent to a source minion, until its end is seen ---------------------------
 # A lock ends with its holder: when the master gives up on a job (no return), is interrupted or
 # dies, the lock goes while the migration may still run on the source. The record below stays
-# until a request sees that job ended there (see vmigrate_flow.check_in_flight).
+# until a request sees that job ended there (see vmigrate_jobs.check_in_flight).
 def _in_flight_path(opts, vm):
     return os.path.join(lock_dir(opts), f"inflight-{vm}.json")
 
@@ -94,17 +93,6 @@ def lock_dir(opts):
     path = os.path.join(opts["cachedir"], "vmigrate", "locks")
     os.makedirs(path, mode=0o700, exist_ok=True)
     return path
-
-
-def caps(opts):
-    conf = opts.get("vmigrate") or {}
-    out = {}
-    for key, default in (("max_outgoing", 1), ("max_incoming", 2)):
-        value = conf.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise CommandExecutionError(f"master config vmigrate:{key} {value!r}: an integer >= 1")
-        out[key] = value
-    return out
 
 
 def _describe(record):
@@ -236,7 +224,7 @@ def hold(opts, vm, trigger="cli", jid=None, dname=None):
     gives the domain, held too (its record names ``vm``), so no request for that name runs
     meanwhile."""
     directory = lock_dir(opts)
-    limits = caps(opts)
+    limits = settings_.caps(opts)
     record = {"vm": vm, "source": None, "dest": None, "trigger": trigger, "jid": jid,
               "pid": os.getpid(), "since": time.time()}
     if dname and dname != vm:

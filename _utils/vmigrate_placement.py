@@ -6,7 +6,7 @@ master's cachedir, updated under a lock.
 A record, not the truth a migration decides on. Beacon events reach the master through the
 minions' batched event path, whose data Salt 3008.4 fires verbatim (see
 ``vmigrate_authz.py``): a minion can write any event under any hypervisor's name. So
-``vmigrate_flow.locate`` still asks every hypervisor before anything moves; the record answers
+``vmigrate_decide.locate`` still asks every hypervisor before anything moves; the record answers
 "where is it, what happened to it, since when" without asking anyone (``salt-run
 vmigrate.placement``), and an event that disagrees with its own tag is dropped.
 
@@ -17,10 +17,12 @@ import fcntl
 import json
 import os
 import re
+import runpy
 import time
 
-STATES = ("nostate", "running", "blocked", "paused", "shutdown", "shutoff", "crashed",
-          "pmsuspended")
+(names_,) = runpy.run_path(os.path.join(os.path.dirname(
+    os.path.abspath(__file__)), "vmigrate_imports.py"))["siblings"](__file__, "vmigrate_names")
+
 # The state a lifecycle event leaves the domain in on that host (None: not there any more).
 AFTER = {"started": "running", "resumed": "running", "suspended": "paused",
          "stopped": "shutoff", "shutdown": "shutdown", "crashed": "crashed",
@@ -76,8 +78,7 @@ def record(opts, tag, data):
             for vm, info in (data.get("domains") or {}).items():
                 state = info.get("state")
                 rec["vms"].setdefault(vm, {})[host] = {
-                    "state": STATES[state] if isinstance(state, int) and 0 <= state < len(
-                        STATES) else str(state),
+                    "state": names_.state(state) if isinstance(state, int) else str(state),
                     "persistent": bool(info.get("persistent")), "uuid": info.get("uuid"),
                     "event": "resync", "detail": None, "since": when}
             return

@@ -69,3 +69,13 @@ def mib_per_s(value, what="bandwidth"):
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise SaltInvocationError(f"{what} {value!r}: a positive integer, MiB/s")
     return value
+
+
+def valid(check, value):
+    """Whether ``check`` (one of the functions above) accepts ``value``: for a value that is
+    only used when it is good (an event's tag, a host UUID a minion reported)."""
+    try:
+        check(value)
+        return True
+    except SaltInvocationError:
+        return False

@@ -1,5 +1,5 @@
 {#- The orchestration behind `salt-run state.orch evacuate pillar='{host: host1}'`: every
-    domain off one hypervisor (_states/vmigrate.py evacuated over _utils/vmigrate_flow.py).
+    domain off one hypervisor (_states/vmigrate.py evacuated over _utils/vmigrate_evacuate.py).
     Fails, and state.orch exits non-zero, if any domain could not move. #}
 vmigrate-evacuate-vmigrate-evacuated:
   vmigrate.evacuated:

@@ -55,7 +55,7 @@ def test_the_wheel_holds_the_plugin_and_the_sls_and_nothing_else(wheel):
     for must in ("saltext/vmigrate/modules/vmigrate.py", "saltext/vmigrate/states/vmigrate.py",
                  "saltext/vmigrate/runners/vmigrate.py", "saltext/vmigrate/beacons/vmigrate.py",
                  "saltext/vmigrate/utils/vmigrate_imports.py",
-                 "saltext/vmigrate/utils/vmigrate_flow.py", "saltext/vmigrate/sls/migrate.sls",
+                 "saltext/vmigrate/utils/vmigrate_move.py", "saltext/vmigrate/sls/migrate.sls",
                  "saltext/vmigrate/sls/vmigrate/nfs/server.sls",
                  "saltext/vmigrate/sls/vmigrate/map.jinja",
                  "saltext/vmigrate/sls/vmigrate/parameters/os_family/Debian.yaml"):

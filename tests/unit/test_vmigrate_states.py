@@ -1,4 +1,4 @@
-"""vmigrate.migrated: every case with test=False and test=True, the flow faked."""
+"""vmigrate.migrated: every case with test=False and test=True, the shared code faked."""
 import pytest
 
 from tests.support.modload import load
@@ -13,7 +13,8 @@ def testmode(request):
 
 
 def _state(testmode, where, migrate_result=None):
-    """``where``: the host vdisk runs on now; ``migrate_result``: what the flow returns."""
+    """``where``: the host vdisk runs on now; ``migrate_result``: what the migration
+    (vmigrate_move.migrate) returns."""
     calls = []
 
     def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=None):
@@ -34,8 +35,8 @@ def _state(testmode, where, migrate_result=None):
         return migrate_result
 
     mod = load("_states", "vmigrate", opts={"test": testmode},
-               utils={"vmigrate_flow.plan": plan, "vmigrate_flow.migrate": migrate,
-                      "vmigrate_flow.terminal_report": lambda opts: None})
+               utils={"vmigrate_move.plan": plan, "vmigrate_move.migrate": migrate,
+                      "vmigrate_jobs.terminal_report": lambda opts: None})
     return mod, calls
 
 
@@ -99,7 +100,8 @@ def _evac_state(testmode, out):
         return out(False)
 
     mod = load("_states", "vmigrate", opts={"test": testmode},
-               utils={"vmigrate_flow.evacuate": evacuate, "vmigrate_flow.request": request})
+               utils={"vmigrate_evacuate.evacuate": evacuate,
+                      "vmigrate_intake.request": request})
     return mod, calls
 
 
