@@ -1,9 +1,10 @@
-# vmigrate: the two commands a newcomer needs are `make demo` and `make test`.
+# vmigrate: the two commands a newcomer needs are `make demo` and `make test`; `make docs`
+# builds the documentation.
 SHELL := /bin/bash
 PY := .venv/bin/python
 LAB := $(PY) lab/vmlab.py
 
-.PHONY: install install-master wheel demo test test-unit lab-up lab-down bench
+.PHONY: install install-master wheel demo test test-unit docs lab-up lab-down bench
 
 install:            ## Debian packages, the venv, the guest kernel (idempotent)
 	bash lab/install.sh
@@ -30,6 +31,11 @@ test: install       ## unit + functional + integration tests (the lab comes up i
 
 test-unit:
 	$(PY) -m pytest tests/unit tests/functional -q
+
+docs:               ## the documentation site in docs/_build/html (warnings are errors)
+	@$(PY) -c "import sphinx, myst_parser, furo" 2>/dev/null || { echo "make docs: sphinx," \
+	  "myst-parser or furo missing: make install (or pip install -r requirements.txt)" >&2; exit 2; }
+	$(PY) -m sphinx -W --keep-going -E -q -b html docs docs/_build/html
 
 lab-up: install     ## bring the lab up and leave it running, vdisk on host1
 	$(LAB) up

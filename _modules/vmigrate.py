@@ -287,7 +287,7 @@ def repair(name, action, uuid=None):
                 raise CommandExecutionError(
                     f"vm {name!r} on {__opts__['id']} is {before['state']} in a post-copy "
                     f"migration ({before['reason']}): {action} refused, it would lose the "
-                    "guest (README, 'When the network breaks in post-copy')")
+                    "guest (docs, 'When the network breaks in post-copy')")
             if action == "resume":
                 dom.resume()
             elif action == "start":
@@ -344,7 +344,7 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
         (``abort``, ``pause``, ``postcopy``), ``compressed``, ``parallel_connections``, ...;
         cold's ``shutdown_timeout`` and ``force_off``; ``dname`` (its name on ``dest``);
         ``copy_storage`` (``all``/``inc``) with
-        ``migrate_disks`` for a guest on local storage (README, "Every virsh migrate option")
+        ``migrate_disks`` for a guest on local storage (docs, "Every virsh migrate option")
     :param dest_host_uuid: the libvirt host UUID ``dest``'s minion reports (the master passes
         it from its locate): refused unless the URI reaches that machine (check
         ``dest_identity``, in every mode)

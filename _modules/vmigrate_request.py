@@ -14,7 +14,7 @@ the same key through its own pillar:
 
 What the requester may ask for (which VMs, which destinations, migrate or evacuate) is the
 master's policy; see ``_utils/vmigrate_authz.py``. A minion schedule can call these functions
-(see README, "Schedules").
+(see docs, "Schedules").
 
 CLI Example:
 

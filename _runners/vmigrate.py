@@ -163,7 +163,7 @@ def migrate(vm=None, dest=None, mode="live", bandwidth=None, timeout=None, force
     :param timeout: a live migration still running after this many seconds gets option
         ``timeout_action`` (default abort) (default: the source's pillar ``vmigrate:timeout``)
     :param force: go ahead although a hypervisor did not answer (named in ``forced``)
-    :param options: more of ``virsh migrate``'s options (README, "Every virsh migrate
+    :param options: more of ``virsh migrate``'s options (docs, "Every virsh migrate
         option"), e.g. ``options='{auto_converge: true, max_downtime: 500}'``
 
     Run from ``salt-run``, progress lines are printed on standard error as they happen.
@@ -337,7 +337,7 @@ def request(vm, dest, mode="live"):
     Ask for a migration through the reactor, signed as requester ``master`` (master config
     ``vmigrate:requests:requesters:master:key``), and return at once: the reactor moves it,
     and ``vmigrate/<vm>/result`` reports the outcome. An unsigned event cannot do this: any
-    minion could send the same one (see README, "Triggers").
+    minion could send the same one (see docs, "Triggers").
 
     CLI Example:
 

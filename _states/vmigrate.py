@@ -67,7 +67,7 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
         ``timeout_action`` (default: abort)
     :param force: decide even if a hypervisor does not answer
     :param require_move: fail, rather than report no change, when it already is on ``host``
-    :param options: more of ``virsh migrate``'s options (README, "Every virsh migrate option")
+    :param options: more of ``virsh migrate``'s options (docs, "Every virsh migrate option")
 
     Under ``salt-run state.orch``, progress lines are printed on standard error as they happen.
     """

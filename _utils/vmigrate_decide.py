@@ -291,7 +291,7 @@ def _postcopy_split(where):
     return (f"{vm} is in a post-copy migration that has not completed ("
             + "; ".join(f"{h}: {i['state']} ({i['reason']})" for h, i in split.items())
             + "): its memory is split between the hosts, so no copy may be stopped or resumed; "
-            "only libvirt's post-copy recovery can finish it (README, 'When the network breaks "
+            "only libvirt's post-copy recovery can finish it (docs, 'When the network breaks "
             "in post-copy')")
 
 

@@ -8,7 +8,8 @@ overlaid by the call's ``options`` mapping (``salt-run state.orch migrate pillar
 dest: host2, options: {auto_converge: true}}'``); an unknown name or a bad value raises
 ``SaltInvocationError`` naming it before anything is touched.
 
-``TABLE`` maps each ``virsh migrate`` flag to its vmigrate name: the README's table is this one.
+``TABLE`` maps each ``virsh migrate`` flag to its vmigrate name: the docs' options page
+renders this one.
 """
 
 import math
@@ -43,7 +44,7 @@ TABLE = (
     ("--migrate-disks-detect-zeroes", "option migrate_disks_detect_zeroes: [vda, ...]"),
     ("--rdma-pin-all", "not offered: the RDMA transport is not supported"),
     ("--postcopy-resume", "not offered: libvirt 11.3.0's destination daemon crashes on it "
-                          "in the lab (README, 'When the network breaks in post-copy')"),
+                          "in the lab (docs, 'When the network breaks in post-copy')"),
     ("--change-protection", "option change_protection: true (implied by p2p)"),
     ("--unsafe", "unsafe: true, only with pillar vmigrate:allow_unsafe: true"),
     ("--verbose", "always: progress events and lines (salt-run vmigrate.watch)"),
@@ -51,8 +52,9 @@ TABLE = (
     ("--auto-converge", "option auto_converge: true"),
     ("--auto-converge-initial / --auto-converge-increment",
      "options auto_converge_initial / auto_converge_increment (1-99 %)"),
-    ("--postcopy", "option postcopy: true (opt-in: read its risk in the README; not with "
-                   "suspend, transport ssh or parallel_connections)"),
+    ("--postcopy", "option postcopy: true (opt-in: read its risk in docs, 'When the network "
+                   "breaks in post-copy'; not with suspend, transport ssh or "
+                   "parallel_connections)"),
     ("--postcopy-after-precopy", "option postcopy_after_precopy: true"),
     ("--postcopy-bandwidth", "option postcopy_bandwidth (MiB/s)"),
     ("--timeout", "timeout (seconds), then option timeout_action"),
@@ -267,12 +269,12 @@ def merge(defaults, options, mode=None):
             if name not in SCHEMA:
                 raise SaltInvocationError(
                     f"{where}: unknown option {name!r} (known: {', '.join(sorted(SCHEMA))}; "
-                    "README, 'Every virsh migrate option')")
+                    "docs, 'Every virsh migrate option')")
             value = SCHEMA[name](value, name)
             if given is defaults and name in PER_MIGRATION:
                 raise SaltInvocationError(
                     f"{where}: option {name} is given per migration, not as a default "
-                    "(README, 'Every virsh migrate option')")
+                    "(docs, 'Every virsh migrate option')")
             if given is defaults and mode is not None and name not in ALLOWED[mode]:
                 continue
             out[name] = value
@@ -298,7 +300,8 @@ def check(options, mode, name=None, uuid=None, stream=None):
             + (f" (only to mode {' or '.join(modes)})" if modes else ""))
     if options.get("timeout_action") == "postcopy" and not options.get("postcopy"):
         raise SaltInvocationError("option timeout_action: postcopy needs postcopy: true "
-                                  "(opt-in: read its risk in the README)")
+                                  "(opt-in: read its risk in docs, 'When the network breaks "
+                                  "in post-copy')")
     for needs, what in (("postcopy_after_precopy", "postcopy"), ("postcopy_bandwidth", "postcopy"),
                         ("zerocopy", "parallel_connections")):
         if options.get(needs) and not options.get(what):
@@ -330,7 +333,7 @@ def check(options, mode, name=None, uuid=None, stream=None):
         raise SaltInvocationError(
             "option copy_storage: libvirt cannot copy disks through a tunnelled stream "
             "(transport ssh); use transport tls for this migration's hosts "
-            "(README, 'Guests on local storage: copy_storage')")
+            "(docs, 'Guests on local storage: copy_storage')")
     if "downtime_steps" in options and "max_downtime" not in options:
         raise SaltInvocationError("option downtime_steps needs max_downtime (the last step, ms)")
     if options.get("tls_destination") and stream not in (None, "tls"):

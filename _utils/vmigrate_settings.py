@@ -39,7 +39,7 @@ def settings(opts):
         raise SaltInvocationError(
             "master config vmigrate:hypervisors_target is not set: name the hypervisor minions, "
             "e.g. 'hypervisors_target: [hv1, hv2]', or a nodegroup or grain match with "
-            "hypervisors_target_type (see README, 'Install on a Salt master')"
+            "hypervisors_target_type (see docs, 'Install on a Salt master')"
         )
     tgt_type = conf.get("hypervisors_target_type", "list" if isinstance(tgt, list) else "glob")
     out = {"tgt": tgt, "tgt_type": tgt_type}

@@ -6,7 +6,8 @@
 #    openssh-server + gnutls-bin for the lab's ssh and TLS transports (the package's sshd is
 #    never started on the real machine: each lab hypervisor runs its own, see lab/labcreds.py);
 #    ovmf for a guest definition with UEFI firmware and an NVRAM file (tests/integration).
-#  - The Python venv (.venv) with requirements.txt, libvirt-python matching the installed libvirt.
+#  - The Python venv (.venv) with requirements.txt (the docs' Sphinx, MyST and theme too),
+#    libvirt-python matching the installed libvirt.
 #  - The guest kernel (extracted from linux-image-*-amd64, not installed) -> lab/cache/.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -90,7 +91,8 @@ if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
 fi
 lv=$(pkg-config --modversion libvirt)
-if ! "$venv/bin/python" -c "import salt, libvirt, saltfactories, hypothesis, saltext.virt, pyflakes" 2>/dev/null \
+need="salt, libvirt, saltfactories, hypothesis, saltext.virt, pyflakes, sphinx, myst_parser, furo"
+if ! "$venv/bin/python" -c "import $need" 2>/dev/null \
    || [ "$("$venv/bin/python" -c 'import libvirt; v=libvirt.getVersion(); print(f"{v//1000000}.{v//1000%1000}.{v%1000}")')" != "$lv" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   "$venv/bin/pip" install -q -r "$here/requirements.txt" "libvirt-python==$lv"

@@ -70,7 +70,7 @@ def request_policy(lab):
 
 # The master's own grains are not read by the orchestration: cached (Salt's grains_cache,
 # 300 s) instead of being gathered again by each of state.orch's two master minions, which
-# took ~0.3 s of every `salt-run state.orch migrate` here (README, "Tuning the master").
+# took ~0.3 s of every `salt-run state.orch migrate` here (docs, "Tuning the master").
 MASTER_TUNING = {"grains_cache": True}
 
 REACTOR = [

@@ -327,7 +327,8 @@ def test_link_down_in_post_copy_keeps_both_halves(guest, lab, salt_master, salt_
     """The risk post-copy carries: the link breaks while the guest already runs on host2 and
     pulls its pages from host1. libvirt leaves host1's copy paused and host2's running; vmigrate
     stops and resumes neither half (either would lose the guest), then or later. A guest of
-    its own: this one cannot be saved here (see README: libvirt 11.3's recovery crashes)."""
+    its own: this one cannot be saved here (docs, 'When the network breaks in post-copy':
+    libvirt 11.3's recovery crashes)."""
     libvirt = vmlab._quiet_libvirt()  # pylint: disable=protected-access
     name = "vpost"
     cli = salt_master.salt_run_cli(timeout=240)

@@ -17,7 +17,8 @@ def test_master_serves_only_the_plugin(synced, salt_cli):
     assert ret.returncode == 0, ret
     served = set(ret.data)
     assert served == _plugin_files(), sorted(served ^ _plugin_files())
-    for forbidden in (".git", ".venv", "lab", "tests", "bench", "Makefile", "README.md"):
+    for forbidden in (".git", ".venv", "lab", "tests", "bench", "docs", "Makefile", "README.md",
+                      "CHANGELOG.md"):
         assert not any(pathlib.PurePath(f).parts[0] == forbidden for f in served), forbidden
     # The SLS other than the orchestration entry point live under the vmigrate/ namespace.
     assert {f for f in served if f.endswith(".sls") and "/" not in f} == {"migrate.sls",

@@ -1,7 +1,7 @@
 """Every virsh migrate option: the table is complete, each option is validated with a clear
 error before anything is touched, and each reaches libvirt as the flag or parameter virsh
 would set."""
-import pathlib
+import importlib.util
 import re
 import subprocess
 
@@ -9,7 +9,7 @@ import libvirt
 import pytest
 from salt.exceptions import SaltInvocationError
 
-from tests.support.modload import load
+from tests.support.modload import REPO, load
 
 opt = load("_utils", "vmigrate_options")
 
@@ -28,12 +28,41 @@ def test_the_table_names_every_flag_of_this_virsh():
     assert flags - named - {"--domain", "--desturi"} == set()
 
 
-def test_the_readme_table_is_this_table():
-    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
-    start = readme.index("| `virsh migrate` | vmigrate |")
-    lines = readme[start:readme.index("\n\n", start)].splitlines()[2:]
-    rows = [tuple(cell.strip() for cell in line.strip("|").split(" | ")) for line in lines]
-    assert [(flag.replace("`", ""), text) for flag, text in rows] == list(opt.TABLE)
+def _docs_ext():
+    """docs/_ext/vmigrate_docs.py, the Sphinx extension that renders the table into the docs."""
+    path = REPO / "docs" / "_ext" / "vmigrate_docs.py"
+    spec = importlib.util.spec_from_file_location("vmigrate_test_docs_ext", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _rendered_tables(ext):
+    """docs/options.md parsed as the docs build parses it (MyST), with the extension's
+    directive: the generated tables it holds, each as its rows' texts."""
+    from docutils import core as docutils_core  # pylint: disable=import-outside-toplevel
+    from docutils.parsers.rst import directives  # pylint: disable=import-outside-toplevel
+    from myst_parser.parsers.docutils_ import Parser  # pylint: disable=import-outside-toplevel
+
+    directives.register_directive("vmigrate-options-table", ext.OptionsTable)
+    page = (REPO / "docs" / "options.md").read_text()
+    tree = docutils_core.publish_doctree(page, parser=Parser(), settings_overrides={
+        "report_level": 5, "halt_level": 5, "myst_heading_anchors": 3})
+    return [ext.table_rows(table) for table in tree.findall(ext.nodes.table)
+            if "vmigrate-generated" in table["classes"]]
+
+
+def test_the_docs_table_is_this_table(monkeypatch):
+    """The docs' options table is rendered from TABLE when the docs are built (the
+    vmigrate-options-table directive), never kept as a copy that could drift."""
+    page = (REPO / "docs" / "options.md").read_text()
+    assert "```{vmigrate-options-table}" in page
+    assert "| `--live` |" not in page, "docs/options.md holds a copy of the table"
+    ext = _docs_ext()
+    assert _rendered_tables(ext) == [list(opt.TABLE)]
+    # Taken from the code at build time: a changed TABLE is what the page shows.
+    monkeypatch.setattr(ext.shared("vmigrate_options"), "TABLE", (("--x", "option x"),))
+    assert _rendered_tables(ext) == [[("--x", "option x")]]
 
 
 @pytest.mark.parametrize("given, words", [
