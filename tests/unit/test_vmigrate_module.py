@@ -443,3 +443,15 @@ def test_a_close_that_answers_is_waited_for(monkeypatch, caplog):
     mod.conn_.close_soon(Slow(), "link", wait=5)
     assert closed == [True] and "no answer" not in caplog.text
     assert uncaught == []  # libvirt's error on close is not the caller's business
+
+
+def test_a_precheck_refusal_is_typed_refused_precheck(monkeypatch):
+    """A failed precheck is an outcome with its own reason (the master and an evacuation see
+    ``refused``: nothing moved, try another destination), not the catch-all ``error``."""
+    mod = _module(monkeypatch)
+    err = mod.precheck_.blocked("vdisk", [
+        {"name": "dest_memory", "ok": False, "detail": "host2 lacks memory", "fix": "free some"},
+        {"name": "dest_cpu", "ok": True, "detail": "ok", "fix": None}])
+    assert isinstance(err, mod.outcome_.Outcome)
+    assert (err.status, err.reason) == ("refused", "precheck")
+    assert "host2 lacks memory. Fix: free some" in str(err) and "dest_cpu" not in str(err)
