@@ -29,9 +29,15 @@ def load(name, directory=None):
     if module is not None and getattr(module, "__vmigrate_version__", None) == (
             path, stat.st_mtime_ns, stat.st_size):
         return module
+    return load_file(key, path, (path, stat.st_mtime_ns, stat.st_size))
+
+
+def load_file(key, path, version=None):
+    """The Python file ``path`` run as module ``key`` in ``sys.modules`` (``version``: what
+    :func:`load` compares to know it is unchanged). A file that fails to run leaves nothing."""
     spec = importlib.util.spec_from_file_location(key, path)
     module = importlib.util.module_from_spec(spec)
-    module.__vmigrate_version__ = (path, stat.st_mtime_ns, stat.st_size)
+    module.__vmigrate_version__ = version
     sys.modules[key] = module
     try:
         spec.loader.exec_module(module)

@@ -22,9 +22,9 @@ conn_, monitor_, outcome_, precheck_, storage_ = runpy.run_path(os.path.join(os.
     __file__, "vmigrate_conn", "vmigrate_monitor", "vmigrate_outcome", "vmigrate_precheck",
     "vmigrate_storage")
 libvirt = conn_.libvirt
-REFUSED = outcome_.REFUSED  # words for a person: the status decides
-
 log = logging.getLogger(__name__)
+# Words for a person, in comments; the status decides.
+REFUSED = outcome_.REFUSED
 
 def cold(conn, dom, name, params, flags, timeout, job):
     """Shut the guest down (the ACPI power button; powered off after ``shutdown_timeout``

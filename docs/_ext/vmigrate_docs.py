@@ -17,7 +17,6 @@ tests parse ``docs/options.md`` that way, without a Sphinx build).
 """
 
 import ast
-import importlib.util
 import logging
 import pathlib
 import runpy
@@ -58,30 +57,20 @@ def page_name(directory, path):
 
 
 def shared_loader(repo=REPO):
-    """``_utils/vmigrate_imports.py``'s ``load``: the shared files enter ``sys.modules`` as the
-    plugins themselves import them."""
-    return runpy.run_path(str(repo / "_utils" / "vmigrate_imports.py"))["load"]
+    """``_utils/vmigrate_imports.py``: its ``load`` makes the shared files enter ``sys.modules``
+    as the plugins themselves import them; its ``load_file`` runs any other file as a module."""
+    return runpy.run_path(str(repo / "_utils" / "vmigrate_imports.py"))
 
 
 def load_plugins(repo=REPO):
     """Import every file of :func:`plugin_files` (see the module docstring). Returns
     {module name: module}."""
-    load = shared_loader(repo)
+    imports = shared_loader(repo)
     out = {}
     for directory, path in plugin_files(repo):
         name = module_name(directory, path)
-        if directory == "_utils":
-            out[name] = load(path.stem, str(repo / "_utils"))
-            continue
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            sys.modules.pop(name, None)
-            raise
-        out[name] = module
+        out[name] = (imports["load"](path.stem, str(repo / "_utils")) if directory == "_utils"
+                     else imports["load_file"](name, str(path)))
     return out
 
 
@@ -229,7 +218,7 @@ def _flag_nodes(flag):
 
 def shared(name, repo=REPO):
     """The shared module ``name`` as the code loads it."""
-    return shared_loader(repo)(name, str(repo / "_utils"))
+    return shared_loader(repo)["load"](name, str(repo / "_utils"))
 
 
 def options_table(table=None):
