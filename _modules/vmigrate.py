@@ -377,13 +377,13 @@ def migrate(name, dest, mode="live", bandwidth=None, timeout=None, unsafe=False,
     try:
         return migration_.run(_config(), __opts__["id"], _send_event, name, dest, mode,
                               bandwidth, timeout, unsafe, options, dest_host_uuid)
-    except outcome_.Outcome as err:
-        status, reason, text = err.status, err.reason, str(err)
     except SaltInvocationError as err:
         status, reason, text = "refused", "invalid", str(err)
     except CommandExecutionError as err:
-        # Raised before any job began (lookups, connections, prechecks): nothing moved.
-        status, reason, text = "refused", "error", str(err)
+        # An outcome carries its code (read as data: a process that kept an older copy of the
+        # shared code raises an older class); anything else was raised before any job began
+        # (lookups, connections): nothing moved.
+        status, reason, text = outcome_.code_of(err) or ("refused", "error", str(err))
     __context__["retcode"] = 1
     return {"result": False, "status": status, "reason": reason, "comment": text,
             "name": name, "source": __opts__["id"], "dest": dest, "mode": mode}

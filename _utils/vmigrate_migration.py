@@ -117,7 +117,7 @@ def run(conf, source, send, name, dest, mode, bandwidth, timeout, unsafe, option
                 else:
                     outcome = static_.save(conn, dom, name, timeout, job)
             except (CommandExecutionError, libvirt.libvirtError, OSError) as err:
-                if isinstance(err, outcome_.Outcome):
+                if outcome_.code_of(err):
                     raise
                 # Anything may have moved by now: only a fresh reading can tell.
                 raise outcome_.Outcome(

@@ -54,6 +54,16 @@ class Outcome(CommandExecutionError):
         self.status, self.reason = status, reason or status
 
 
+def code_of(err):
+    """(status, reason, words) of an exception that carries an outcome code (an
+    :class:`Outcome`, of this copy of the module or of one an older sync left loaded), else
+    None."""
+    status = getattr(err, "status", None)
+    if status in FAILURES:
+        return status, getattr(err, "reason", None) or status, str(err)
+    return None
+
+
 def failure(value):
     """(status, words) of a source minion's ``vmigrate.migrate`` return that is not a success:
     its ``status`` code when it gives a known one; ``failed`` for anything else (an

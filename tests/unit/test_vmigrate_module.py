@@ -455,3 +455,20 @@ def test_a_precheck_refusal_is_typed_refused_precheck(monkeypatch):
     assert isinstance(err, mod.outcome_.Outcome)
     assert (err.status, err.reason) == ("refused", "precheck")
     assert "host2 lacks memory. Fix: free some" in str(err) and "dest_cpu" not in str(err)
+
+
+def test_an_outcome_is_read_by_its_code_not_its_class(monkeypatch):
+    """A minion process may hold an older copy of vmigrate_outcome (a sync changed it, not the
+    files that raise): its Outcome is another class, and must still not read as 'refused'."""
+    mod = _module(monkeypatch)
+
+    class OlderOutcome(mod.CommandExecutionError):
+        status, reason = "unknown", "still_running"
+
+    def run(*_args):
+        raise OlderOutcome("it may yet complete")
+
+    monkeypatch.setattr(mod.migration_, "run", run)
+    out = mod.migrate("vdisk", "host2")
+    assert (out["status"], out["reason"]) == ("unknown", "still_running"), out
+    assert mod.__context__["retcode"] == 1
