@@ -4,10 +4,19 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from tests.support.modload import load
 
+HOST = load("_modules", "vmigrate_host")
+ANSWER = {}  # what cmd.run_all answers in the current test
+
+
+@pytest.fixture
+def configure_loader_modules():
+    """pytest-salt-factories' loader mocking gives the module its ``__salt__``."""
+    return {HOST: {"__salt__": {"cmd.run_all": lambda *a, **k: dict(ANSWER)}}}
+
 
 def _host(stdout, retcode=0):
-    return load("_modules", "vmigrate_host", salt={"cmd.run_all": lambda *a, **k: {
-        "retcode": retcode, "stdout": stdout, "stderr": ""}})
+    ANSWER.update(retcode=retcode, stdout=stdout, stderr="")
+    return HOST
 
 
 def test_the_requirement_matches_the_installed_libvirt():
