@@ -22,14 +22,25 @@ import sys
 def load(name, directory=None):
     """The shared module ``name`` (``vmigrate_options``...) from ``directory`` (default: the
     directory holding this file)."""
-    path = os.path.join(directory or os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    stat = os.stat(path)
+    directory = directory or os.path.dirname(os.path.abspath(__file__))
+    path = os.path.join(directory, f"{name}.py")
+    os.stat(path)  # a missing file fails here, by its name
     key = f"vmigrate_utils_{name}"
+    version = (path, _signature(directory))
     module = sys.modules.get(key)
-    if module is not None and getattr(module, "__vmigrate_version__", None) == (
-            path, stat.st_mtime_ns, stat.st_size):
+    if module is not None and getattr(module, "__vmigrate_version__", None) == version:
         return module
-    return load_file(key, path, (path, stat.st_mtime_ns, stat.st_size))
+    return load_file(key, path, version)
+
+
+def _signature(directory):
+    """Every shared file's (name, mtime, size) in ``directory``: the shared modules import each
+    other, so a sync that changes one (say vmigrate_outcome, whose Outcome class the others
+    raise) makes every one load afresh; a module kept because its own file did not change
+    would go on with the older copy of what it imports."""
+    with os.scandir(directory) as entries:
+        return tuple(sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries
+                            if e.name.startswith("vmigrate_") and e.name.endswith(".py")))
 
 
 def load_file(key, path, version=None):
