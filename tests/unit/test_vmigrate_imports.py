@@ -2,8 +2,22 @@
 import os
 import runpy
 import shutil
+import sys
+
+import pytest
 
 from tests.support.modload import REPO
+
+
+@pytest.fixture(autouse=True)
+def _own_modules():
+    """These tests load the shared code from a copy under the same sys.modules names: put the
+    repository's back afterwards, so no later test meets a mixed set."""
+    kept = {k: v for k, v in sys.modules.items() if k.startswith("vmigrate_utils_")}
+    yield
+    for name in [k for k in sys.modules if k.startswith("vmigrate_utils_")]:
+        del sys.modules[name]
+    sys.modules.update(kept)
 
 
 def test_a_sync_that_changes_one_shared_file_reloads_those_that_import_it(tmp_path):
