@@ -33,13 +33,6 @@ import runpy
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-try:
-    import libvirt
-
-    HAS_LIBVIRT = True
-except ImportError:
-    HAS_LIBVIRT = False
-
 # The shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py.
 _shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), d, "vmigrate_imports.py") for d in ("utils", "_utils"))
@@ -49,6 +42,10 @@ _shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.d
     "vmigrate_conf", "vmigrate_conn", "vmigrate_install", "vmigrate_migration",
     "vmigrate_monitor", "vmigrate_options", "vmigrate_outcome", "vmigrate_precheck",
     "vmigrate_validate"))
+
+# libvirt-python is imported once, by vmigrate_conn (None where it is not installed).
+libvirt = conn_.libvirt
+HAS_LIBVIRT = libvirt is not None
 
 log = logging.getLogger(__name__)
 
