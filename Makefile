@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 LAB := $(PY) lab/vmlab.py
 
-.PHONY: install install-master wheel demo test test-unit docs lab-up lab-down bench
+.PHONY: install install-master wheel demo test test-unit docs lab-up lab-guest lab-down bench
 
 install:            ## Debian packages, the venv, the guest kernel (idempotent)
 	bash lab/install.sh
@@ -37,8 +37,13 @@ docs:               ## the documentation site in docs/_build/html (warnings are 
 	  "myst-parser or furo missing: make install (or pip install -r requirements.txt)" >&2; exit 2; }
 	$(PY) -m sphinx -W --keep-going -E -q -b html docs docs/_build/html
 
-lab-up: install     ## bring the lab up and leave it running, vdisk on host1
-	$(LAB) up
+HOSTS ?= 2
+lab-up: install     ## bring the lab up and leave it running, vdisk on host1 (HOSTS=4: host1..host4)
+	VMLAB_HOSTS=$(HOSTS) $(LAB) up
+
+lab-guest:          ## a small guest on a running lab: make lab-guest NAME=g1 HOST=host3
+	@test -n "$(NAME)" -a -n "$(HOST)" || { echo "usage: make lab-guest NAME=g1 HOST=host3" >&2; exit 2; }
+	VMLAB_HOSTS=$(HOSTS) $(LAB) guest $(NAME) $(HOST)
 
 lab-down:           ## remove every namespace, process and mount the lab made
 	$(LAB) down

@@ -105,8 +105,11 @@ def domains():
     migration from here exactly as long as these make it, and verifies it as they make it
     (``suspend``: it arrives paused); and ``domains``, keyed by domain name, each with
     ``uuid``, ``state`` (running, paused, shutoff, ...), ``reason`` (libvirt's reason for that
-    state, e.g. paused by ``migration``) and ``persistent``. A domain that vanishes while it
-    is being read (an incoming migration that failed) is left out.
+    state, e.g. paused by ``migration``), ``persistent``, and what it takes of a host:
+    ``memory_mib`` (its maximum memory) and ``vcpus``; and ``capacity``, what this host offers
+    its guests (pillar ``vmigrate:capacity``: ``memory_mib``, ``vcpus``, and the host's own
+    ``host_memory_mib`` and ``cpus``), by which the master's planner places guests. A domain
+    that vanishes while it is being read (an incoming migration that failed) is left out.
 
     CLI Example:
 
@@ -123,17 +126,19 @@ def domains():
             raise conn_.error(err, "listing domains") from err
         for dom in doms:
             try:
-                info = conn_.describe(dom)
+                info = dict(conn_.describe(dom), **conn_.sizes(dom))
             except libvirt.libvirtError as err:
                 if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue
                 raise conn_.error(err, "reading a domain") from err
             found[info.pop("name")] = info
         host_uuid = conn_.host_uuid_of(conn)
+        node = conn_.node_info(conn)
     return {"host": __opts__["id"], "host_uuid": host_uuid, "timeout": conf["timeout"],
             "abort_deadline": conf["abort_deadline"],
             "shutdown_timeout": conf["shutdown_timeout"],
             "options": options_.merge(conf["options"], None),
+            "capacity": conf_.capacity(conf, node["memory_mib"], node["cpus"]),
             "domains": found}
 
 

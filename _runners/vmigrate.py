@@ -25,6 +25,8 @@ CLI Example:
     salt-run vmigrate.migrate vdisk host2 mode=offline
     salt-run vmigrate.reconcile vdisk
     salt-run vmigrate.evacuate host1
+    salt-run vmigrate.maintenance host2 on
+    salt-run vmigrate.balance dry_run=True
     salt-run vmigrate.jobs
     salt-run vmigrate.abort vdisk
     salt-run vmigrate.watch vdisk
@@ -41,10 +43,11 @@ from salt.exceptions import SaltException
 _shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), d, "vmigrate_imports.py") for d in ("utils", "_utils"))
     if os.path.isfile(p)))["load"]
-decide_, evacuate_, install_, intake_, jobs_, move_, placement_, reconcile_, validate_ = map(
-    _shared, ("vmigrate_decide", "vmigrate_evacuate", "vmigrate_install", "vmigrate_intake",
-              "vmigrate_jobs", "vmigrate_move", "vmigrate_placement", "vmigrate_reconcile",
-              "vmigrate_validate"))
+(balance_, decide_, evacuate_, install_, intake_, jobs_, maintenance_, move_, placement_,
+ reconcile_, validate_) = map(_shared, (
+    "vmigrate_balance", "vmigrate_decide", "vmigrate_evacuate", "vmigrate_install",
+    "vmigrate_intake", "vmigrate_jobs", "vmigrate_maintenance", "vmigrate_move",
+    "vmigrate_placement", "vmigrate_reconcile", "vmigrate_validate"))
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +207,12 @@ def jobs():
     """
     try:
         out = jobs_.jobs(__opts__)
+        out["maintenance"] = maintenance_.hosts(__opts__)
     except SaltException as err:
         return _finish({"result": False, "comment": str(err)}, False)
+    if out["maintenance"]:
+        out["comment"] = "\n".join(x for x in (out.get("comment"), "in maintenance: " + ", ".join(
+            sorted(out["maintenance"]))) if x)
     return _finish(dict(out, result=True), True)
 
 
@@ -279,30 +286,100 @@ def reconcile(vm, dry_run=False, dname=None):
     return _finish(out, out["result"] is not False)
 
 
-def evacuate(host, targets=None, concurrency=2, bandwidth=None, timeout=None, dry_run=False):
+def evacuate(host, targets=None, concurrency=2, bandwidth=None, timeout=None, dry_run=False,
+             force=False):
     """
-    Move every domain off hypervisor ``host``: running ones live, shut-off ones offline, each
-    to the least busy target whose prechecks and caps take it, ``concurrency`` at a time
-    (bounded by master config ``vmigrate:max_outgoing``). Exits non-zero if any domain could
-    not move; each one that did not stays where it was, running or defined.
+    Move every domain off hypervisor ``host``, which goes into maintenance first: running
+    ones live, shut-off ones offline, each to the host the planner chooses by free memory,
+    vCPUs, incoming migrations and the placement rules (the plan names every candidate and
+    why it was chosen or skipped), ``concurrency`` at a time (bounded by master config
+    ``vmigrate:max_outgoing``). Exits non-zero unless a fresh reading at the end finds the
+    host running and defining nothing; each domain that did not move stays where it was.
 
     :param host: the hypervisor to empty
     :param targets: destination minion ids (default: every other answering hypervisor)
     :param concurrency: migrations at once (1..16)
     :param bandwidth: MiB/s cap for each live migration
     :param timeout: abort each live migration after this many seconds
-    :param dry_run: list the moves, move nothing
+    :param dry_run: list the moves and the plan, move nothing
+    :param force: go on although a hypervisor does not answer (it receives nothing)
 
     CLI Example:
 
     .. code-block:: bash
 
+        salt-run vmigrate.evacuate host1 dry_run=True
         salt-run vmigrate.evacuate host1
         salt-run vmigrate.evacuate host1 targets='[host2, host3]' concurrency=2
         salt-run state.orch evacuate pillar='{host: host1}'
     """
     out = evacuate_.evacuate(__opts__, host, targets, concurrency, bandwidth, timeout,
-                             trigger="runner", dry_run=dry_run)
+                             trigger="runner", dry_run=dry_run, force=force)
+    return _finish(out, out["result"] is not False)
+
+
+def maintenance(host=None, state=None, reason=None):
+    """
+    Hosts in maintenance receive no migration: not from a migration asked by name, an
+    evacuation, a rebalance or a reactor request. Kept on the master across restarts.
+
+    :param host: the hypervisor (none: list the hosts in maintenance)
+    :param state: ``on`` or ``off`` (none: show ``host``)
+    :param reason: a line saying why, shown with it
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.maintenance
+        salt-run vmigrate.maintenance host2 on reason='firmware update'
+        salt-run vmigrate.maintenance host2 off
+    """
+    try:
+        if host is None:
+            hosts = maintenance_.hosts(__opts__)
+            return _finish({"result": True, "maintenance": hosts, "comment": (
+                "in maintenance: " + ", ".join(sorted(hosts))) if hosts
+                else "no host is in maintenance"}, True)
+        validate_.minion_id(host, "host")
+        if state is None:
+            info = maintenance_.hosts(__opts__).get(host)
+            return _finish({"result": True, "host": host, "maintenance": info is not None,
+                            **(info or {}), "comment": f"{host} is "
+                            f"{'in' if info else 'not in'} maintenance"}, True)
+        out = maintenance_.switch(__opts__, host, state, reason, by="runner")
+    except SaltException as err:
+        return _finish({"result": False, "comment": str(err)}, False)
+    out["comment"] = (f"{host} {'is now' if out['changed'] else 'already was'} "
+                      f"{'in' if out['maintenance'] else 'out of'} maintenance")
+    return _finish(dict(out, result=True), True)
+
+
+def balance(dry_run=False, max_moves=balance_.MAX_MOVES, threshold=None, bandwidth=None,
+            timeout=None):
+    """
+    Even out memory use across the hypervisors: the planner's moves (each guest's maximum
+    memory against what each host offers, pillar ``vmigrate:capacity``) until the spread --
+    the most used host's fraction less the least used one's -- is within ``threshold``,
+    honouring the placement rules, the caps and maintenance. Each move is a full migration.
+    Exits non-zero if a move fails (the rest of the plan is then not begun).
+
+    :param dry_run: print the moves with the spread before and after, move nothing
+    :param max_moves: at most this many migrations (default 10)
+    :param threshold: the spread to reach (default master config
+        ``vmigrate:placement:threshold``, 0.1)
+    :param bandwidth: MiB/s cap for each migration
+    :param timeout: abort each migration after this many seconds
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-run vmigrate.balance dry_run=True
+        salt-run vmigrate.balance max_moves=4 threshold=0.2
+    """
+    out = balance_.balance(__opts__, dry_run, max_moves, threshold, bandwidth, timeout,
+                           trigger="runner")
     return _finish(out, out["result"] is not False)
 
 
@@ -321,7 +398,7 @@ def placement(vm=None):
         salt-run vmigrate.placement
         salt-run vmigrate.placement vdisk
     """
-    return placement_.placement(__opts__, vm)
+    return dict(placement_.placement(__opts__, vm), maintenance=maintenance_.hosts(__opts__))
 
 
 def record(tag, data):

@@ -28,6 +28,13 @@ the decision, the source's prechecks -- and changes nothing.
         - name: host1
         - concurrency: 2
 
+    # a maintenance window: nothing lands on host3 until it is over
+    host3-in-maintenance:
+      vmigrate.maintenance:
+        - name: host3
+        - enabled: true
+        - reason: firmware update
+
     # salt/vmigrate/orch/request.sls, started by the reactor: authorize, then act
     vmigrate-orch-request-vmigrate-requested:
       vmigrate.requested:
@@ -38,13 +45,16 @@ the decision, the source's prechecks -- and changes nothing.
 import os
 import runpy
 
+from salt.exceptions import SaltException
+
 
 # The shared code (``_utils``) as plain Python in every install: _utils/vmigrate_imports.py.
 _shared = runpy.run_path(next(p for p in (os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), d, "vmigrate_imports.py") for d in ("utils", "_utils"))
     if os.path.isfile(p)))["load"]
-evacuate_, intake_, jobs_, move_ = map(_shared, (
-    "vmigrate_evacuate", "vmigrate_intake", "vmigrate_jobs", "vmigrate_move"))
+evacuate_, intake_, jobs_, maintenance_, move_ = map(_shared, (
+    "vmigrate_evacuate", "vmigrate_intake", "vmigrate_jobs", "vmigrate_maintenance",
+    "vmigrate_move"))
 
 __virtualname__ = "vmigrate"
 
@@ -104,20 +114,22 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
                          "migration": numbers})
 
 
-def evacuated(name, targets=None, concurrency=2, bandwidth=None, timeout=None):
+def evacuated(name, targets=None, concurrency=2, bandwidth=None, timeout=None, force=False):
     """
-    Make sure hypervisor ``name`` runs no domain and defines none: each moves to another
-    hypervisor (see ``salt-run vmigrate.evacuate``). ``test=True`` lists the moves.
+    Make sure hypervisor ``name`` runs no domain and defines none: it goes into maintenance
+    and each domain moves to the host the planner chooses (see ``salt-run
+    vmigrate.evacuate``). ``test=True`` lists the moves and where each goes.
 
     :param name: the hypervisor minion id to empty
     :param targets: destination minion ids (default: every other answering hypervisor)
     :param concurrency: migrations at once
     :param bandwidth: MiB/s cap for each live migration
     :param timeout: abort each live migration after this many seconds
+    :param force: go on although a hypervisor does not answer (it receives nothing)
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     out = evacuate_.evacuate(__opts__, name, targets, concurrency, bandwidth, timeout,
-                             trigger="state", dry_run=bool(__opts__.get("test")))
+                             trigger="state", dry_run=bool(__opts__.get("test")), force=force)
     if out["result"] is False:
         return dict(ret, result=False, comment=out["comment"],
                     changes=_moved(out))
@@ -125,7 +137,8 @@ def evacuated(name, targets=None, concurrency=2, bandwidth=None, timeout=None):
         if not out.get("moves"):
             return dict(ret, comment=f"{name} runs and defines no domain to move")
         return dict(ret, result=None, comment=out["comment"],
-                    changes={"moves": {vm: mode for vm, mode in out["moves"]}})
+                    changes={"moves": {vm: {"mode": mode, "dest": dest}
+                                       for vm, mode, dest in out["moves"]}})
     if not out["vms"]:
         return dict(ret, comment=f"{name} runs and defines no domain to move")
     return dict(ret, comment=out["comment"], changes=_moved(out))
@@ -134,6 +147,33 @@ def evacuated(name, targets=None, concurrency=2, bandwidth=None, timeout=None):
 def _moved(out):
     return {vm: {"old": out["host"], "new": r.get("dest")}
             for vm, r in out.get("vms", {}).items() if r.get("result")}
+
+
+def maintenance(name, enabled=True, reason=None):
+    """
+    Make sure hypervisor ``name`` is in maintenance (``enabled``: it receives no migration)
+    or out of it. ``test=True`` says what would change.
+
+    :param name: the hypervisor minion id
+    :param enabled: true: in maintenance; false: out of it
+    :param reason: a line saying why, kept with it
+    """
+    ret = {"name": name, "changes": {}, "result": True, "comment": ""}
+    try:
+        want = maintenance_.state_of(enabled)
+        was = name in maintenance_.hosts(__opts__)
+        if was == want:
+            return dict(ret, comment=f"{name} is {'in' if want else 'out of'} maintenance "
+                                     "already")
+        if __opts__.get("test"):
+            return dict(ret, result=None, comment=f"{name} would go "
+                        f"{'into' if want else 'out of'} maintenance",
+                        changes={"maintenance": {"old": was, "new": want}})
+        maintenance_.switch(__opts__, name, want, reason, by="state")
+    except (SaltException, OSError) as err:
+        return dict(ret, result=False, comment=str(err))
+    return dict(ret, comment=f"{name} is now {'in' if want else 'out of'} maintenance",
+                changes={"maintenance": {"old": was, "new": want}})
 
 
 def requested(name, data=None):

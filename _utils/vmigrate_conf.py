@@ -36,6 +36,7 @@ DEFAULTS = {
     "shutdown_timeout": 120,
     "options": {},
     "allow_xml_changes": None,
+    "capacity": {},
 }
 
 
@@ -70,7 +71,49 @@ def config(pillar):
         conf["allow_xml_changes"] = xmlguard_.allowed(conf["allow_xml_changes"])
     except ValueError as err:
         raise SaltInvocationError(str(err)) from err
+    conf["capacity"] = _capacity(conf["capacity"])
     return conf
+
+
+# What a hypervisor offers its guests unless pillar vmigrate:capacity says otherwise: vCPUs
+# as this many times its CPUs (nova's initial_cpu_allocation_ratio is 4.0).
+CPU_ALLOCATION_RATIO = 4.0
+
+
+def _capacity(value):
+    """Pillar ``vmigrate:capacity``, checked: ``memory_mib`` (memory for guests, an integer
+    >= 1; default: the host's less ``memory_reserve_mib``) and ``cpu_allocation_ratio``
+    (vCPUs per CPU, > 0)."""
+    if not isinstance(value, dict):
+        raise SaltInvocationError("pillar vmigrate:capacity: a mapping (memory_mib, "
+                                  "cpu_allocation_ratio)")
+    unknown = set(value) - {"memory_mib", "cpu_allocation_ratio"}
+    if unknown:
+        raise SaltInvocationError(f"pillar vmigrate:capacity: unknown key(s) "
+                                  f"{', '.join(sorted(unknown))} (memory_mib, "
+                                  "cpu_allocation_ratio)")
+    memory = value.get("memory_mib")
+    if memory is not None and (isinstance(memory, bool) or not isinstance(memory, int)
+                               or memory < 1):
+        raise SaltInvocationError(f"pillar vmigrate:capacity:memory_mib {memory!r}: MiB of "
+                                  "memory for guests, an integer >= 1")
+    ratio = value.get("cpu_allocation_ratio", CPU_ALLOCATION_RATIO)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 64:
+        raise SaltInvocationError(f"pillar vmigrate:capacity:cpu_allocation_ratio {ratio!r}: "
+                                  "vCPUs per host CPU, > 0 and <= 64")
+    return {"memory_mib": memory, "cpu_allocation_ratio": float(ratio)}
+
+
+def capacity(conf, host_memory_mib, host_cpus):
+    """What this hypervisor offers its guests, for the master's planner: ``memory_mib``,
+    ``vcpus``, and the host's own ``host_memory_mib`` and ``cpus``."""
+    cap = conf["capacity"]
+    memory = cap["memory_mib"]
+    if memory is None:
+        memory = max(int(host_memory_mib) - int(conf["memory_reserve_mib"]), 0)
+    return {"memory_mib": memory, "vcpus": round(host_cpus * cap["cpu_allocation_ratio"], 2),
+            "host_memory_mib": int(host_memory_mib), "cpus": int(host_cpus),
+            "cpu_allocation_ratio": cap["cpu_allocation_ratio"]}
 
 
 def check_addr(value, where):

@@ -157,6 +157,21 @@ def describe(dom):
     }
 
 
+def sizes(dom):
+    """``memory_mib`` (the domain's maximum memory) and ``vcpus``, what it takes of a host."""
+    info = dom.info()  # [state, maxMem KiB, memory KiB, nrVirtCpu, cpuTime]
+    return {"memory_mib": int(info[1]) // 1024, "vcpus": int(info[3])}
+
+
+def node_info(conn):
+    """This host's ``memory_mib`` and ``cpus`` (libvirt's virNodeGetInfo)."""
+    try:
+        info = conn.getInfo()  # [model, memory MiB, cpus, mhz, nodes, sockets, cores, threads]
+    except libvirt.libvirtError as err:
+        raise error(err, "reading the host's memory and CPUs") from err
+    return {"memory_mib": int(info[1]), "cpus": int(info[2])}
+
+
 def migratable_xml(dom):
     """The domain's migratable XML: what the destination will be asked to run."""
     try:

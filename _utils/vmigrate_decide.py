@@ -61,9 +61,9 @@ def locate(opts, vm, hosts=None, client=None, dname=None):
 
     Returns ``name``, ``running``, ``paused`` (with libvirt's reasons), ``defined``
     (persistent), ``hosts`` (per host: ``state``, ``reason``, ``persistent``, ``uuid``),
-    ``hypervisors`` (those that answered), ``unaccounted`` ({host: why}) and ``timeouts``
-    (each answering host's migration timeout). ``client``: a LocalClient to use (one request
-    opens one)."""
+    ``hypervisors`` (those that answered), ``unaccounted`` ({host: why}), ``timeouts``
+    (each answering host's migration timeout) and ``domain_names`` ({host: its domains}).
+    ``client``: a LocalClient to use (one request opens one)."""
     hosts = host_list(hosts)
     if client is None:
         with bus_.local_client(opts) as opened:
@@ -85,6 +85,8 @@ def locate(opts, vm, hosts=None, client=None, dname=None):
     renamed = dname if dname != vm else None
     present, taken = _copies_of(vm, renamed, listings)
     where = _where(vm, present, listings, unaccounted)
+    # Every answering host's domains by name: what the placement rules are checked against.
+    where["domain_names"] = {h: sorted(ret["domains"]) for h, ret in listings.items()}
     if renamed:
         where.update(dname=renamed, dname_taken=taken)
     return where

@@ -1,8 +1,13 @@
 """
 Every domain off one hypervisor, the master's use case behind ``salt-run vmigrate.evacuate``
-and the ``vmigrate.evacuated`` state: running ones live, shut-off ones offline, each a full
-migration (``vmigrate_move.migrate``) to the least busy destination that takes it, a few at a
-time within the per-host caps. One ``vmigrate/evacuate/<host>/result`` event per evacuation.
+and the ``vmigrate.evacuated`` state. The host goes into maintenance first (nothing lands on
+it meanwhile; it stays there until ``salt-run vmigrate.maintenance <host> off``); the planner
+(``vmigrate_planner.evacuation``) places each domain by capacity and the placement rules;
+running ones move live and shut-off ones offline, each a full migration
+(``vmigrate_move.migrate``), a few at a time within the per-host caps. A destination that
+refuses one is replaced by the planner's next choice. It ends with a fresh reading of the
+host: it succeeded only if the host runs and defines nothing. One
+``vmigrate/evacuate/<host>/result`` event per evacuation.
 
 The moves run in a thread pool of this process; no Salt dunders.
 """
@@ -16,39 +21,29 @@ import time
 
 from salt.exceptions import CommandExecutionError, SaltException, SaltInvocationError
 
-bus_, decide_, move_, names_, settings_, validate_ = runpy.run_path(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "vmigrate_imports.py"))["siblings"](__file__,
-    "vmigrate_bus", "vmigrate_decide", "vmigrate_move", "vmigrate_names", "vmigrate_settings",
-    "vmigrate_validate")
-
-
-def _evacuation_plan(listing):
-    """What leaves a host: running (and paused, not mid-migration) domains live, shut-off
-    persistent ones offline; the rest is named and left."""
-    moves, left = [], {}
-    for name, info in sorted(listing["domains"].items()):
-        if info["state"] == "paused" and info.get("reason") in names_.MIGRATION_PAUSE:
-            left[name] = f"paused ({info['reason']}): a migration of it is unfinished"
-        elif info["state"] in names_.ACTIVE:
-            moves.append((name, "live"))
-        elif info["persistent"]:
-            moves.append((name, "offline"))
-        else:
-            left[name] = f"{info['state']} and transient: nothing to move"
-    return moves, left
+(bus_, decide_, fleet_, maintenance_, move_, planner_, settings_,
+ validate_) = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "vmigrate_imports.py"))["siblings"](__file__,
+    "vmigrate_bus", "vmigrate_decide", "vmigrate_fleet", "vmigrate_maintenance",
+    "vmigrate_move", "vmigrate_planner", "vmigrate_settings", "vmigrate_validate")
 
 
 def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=None,
-             trigger="cli", dry_run=False, allowed=None):
+             trigger="cli", dry_run=False, allowed=None, force=False):
     """Every domain off hypervisor ``host``: running ones live, shut-off ones offline, each to
-    the least busy of ``targets`` (default: every other answering hypervisor) that takes it
-    -- a destination whose prechecks or caps refuse is skipped for the next -- ``concurrency``
-    at a time within the per-host caps. Each move is a full ``vmigrate_move.migrate`` (locks,
-    prechecks, verification, reconciliation, one result event). Returns ``result`` (True only
-    if every domain moved), ``vms`` ({vm: that migration's result}), ``left`` and ``comment``.
-    ``dry_run`` lists the moves (``moves``: [[vm, mode]]) and the candidates, moving nothing:
-    each move's own prechecks run when it is made. ``allowed``: destination name patterns a
-    requester's policy permits. Each move refuses a VM that no longer runs on ``host``."""
+    the host the planner chooses among ``targets`` (default: every other answering
+    hypervisor) -- by free memory, vCPUs, incoming migrations, maintenance and the placement
+    rules -- ``concurrency`` at a time within the per-host caps. ``host`` is put in
+    maintenance first (not with ``dry_run``). Each move is a full ``vmigrate_move.migrate``
+    (locks, prechecks, verification, reconciliation, one result event). ``force``: go on
+    past hypervisors that do not answer (none of them is used; each move then decides
+    without them).
+
+    Returns ``result`` (True only if a fresh reading at the end finds ``host`` running and
+    defining nothing), ``vms`` ({vm: that migration's result}), ``left`` ({vm: why it is
+    still there}), ``plan`` (every candidate of each VM, with why it was chosen or skipped)
+    and ``comment``. ``dry_run`` returns the plan (``moves``: [[vm, mode, dest]]) and moves
+    nothing. ``allowed``: destination name patterns a requester's policy permits."""
     start = time.monotonic()
     ret = {"result": False, "host": host, "trigger": trigger, "vms": {}, "left": {},
            "comment": ""}
@@ -62,11 +57,14 @@ def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=No
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) \
                 or not 1 <= concurrency <= 16:
             raise SaltInvocationError(f"concurrency {concurrency!r}: an integer 1..16")
+        if not isinstance(force, bool):
+            raise SaltInvocationError(f"force {force!r}: true or false")
         validate_.mib_per_s(bandwidth)
         validate_.seconds(timeout, "timeout")
         _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger, dry_run,
-                  allowed)
+                  allowed, force)
     except (SaltException, OSError) as err:
+        ret["result"] = False
         ret["comment"] = "; ".join(x for x in (ret["comment"], str(err)) if x)
     except (KeyboardInterrupt, SystemExit):
         ret["result"] = False
@@ -80,75 +78,126 @@ def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=No
     return ret
 
 
+def _targets(fleet, host, targets, allowed):
+    """The hosts a VM of ``host`` may go to: ``targets`` (or all), within ``allowed``."""
+    return [h for h in (targets or sorted(fleet.hosts)) if h != host and (
+        allowed is None or any(fnmatch.fnmatchcase(h, p) for p in allowed))]
+
+
 def _evacuate(opts, ret, host, targets, concurrency, bandwidth, timeout, trigger, dry_run,
-              allowed=None):
-    conf = settings_.settings(opts)
-    with bus_.local_client(opts) as client:
-        _jid, got, expected = bus_.gather(client, conf["tgt"], conf["tgt_type"], "vmigrate.domains",
-                                     [], {}, conf["query_timeout"])
-    listings = {h: decide_.listing(got.get(h)) for h in expected}
-    if listings.get(host) is None:
+              allowed=None, force=False):
+    rules = settings_.placement(opts)
+    fleet, answers, silent = fleet_.read(opts)
+    if answers.get(host) is None:
         raise CommandExecutionError(f"{host} is not an answering hypervisor: nothing to "
                                     "evacuate can be read")
-    candidates = [h for h in (targets or sorted(expected)) if h != host and (
-        allowed is None or any(fnmatch.fnmatchcase(h, p) for p in allowed))]
-    silent = [h for h in candidates if listings.get(h) is None]
-    candidates = [h for h in candidates if listings.get(h) is not None]
-    if silent:
-        ret["skipped_targets"] = silent
-    if not candidates:
+    candidates = _targets(fleet, host, targets, allowed)
+    quiet = sorted(h for h in candidates if h in silent)
+    if quiet:
+        ret["skipped_targets"] = quiet
+    unknown = sorted(set(targets or ()) - set(fleet.hosts))
+    if unknown:
+        raise CommandExecutionError(f"targets {', '.join(unknown)}: not hypervisors "
+                                    f"({', '.join(sorted(fleet.hosts))})")
+    if silent and not force:
+        raise CommandExecutionError(
+            f"{', '.join(f'{h} ({why})' for h, why in sorted(silent.items()))} did not answer: "
+            f"a VM of {host} may run there too, so nothing was moved; bring it back, or pass "
+            "force=True to go on without it (it receives nothing)")
+    if not [h for h in candidates if h not in silent]:
         raise CommandExecutionError(f"no answering hypervisor to evacuate {host} to")
-    moves, ret["left"] = _evacuation_plan(listings[host])
-    load = {h: sum(1 for i in listings[h]["domains"].values() if i["state"] in names_.ACTIVE)
-            for h in candidates}
-    guard = threading.Lock()
     workers = min(concurrency, settings_.caps(opts)["max_outgoing"])
     ret["concurrency"] = workers
+    plan = planner_.evacuation(fleet, rules, host, candidates)
+    ret["plan"] = plan["candidates"]
+    ret["left"] = dict(plan["left"])
     if dry_run:
-        ret.update(result=None if moves else True, moves=[list(m) for m in moves],
+        ret.update(result=None if plan["moves"] else not ret["left"],
+                   moves=[[m["vm"], m["mode"], m["dest"]] for m in plan["moves"]],
                    candidates=candidates,
-                   comment=f"{host}: would move {len(moves)} domain(s) to {', '.join(candidates)}"
-                           f", {workers} at a time")
+                   comment=f"{host}: would move {len(plan['moves'])} domain(s)"
+                           + (f" to {', '.join(sorted({m['dest'] for m in plan['moves']}))}"
+                              if plan["moves"] else "")
+                           + f", {workers} at a time"
+                           + (f"; no destination for {', '.join(sorted(ret['left']))}"
+                              if ret["left"] else ""))
         return
+    ret["maintenance"] = maintenance_.switch(opts, host, True, f"evacuation by {trigger}",
+                                             by=f"evacuate:{trigger}")
+    _run_moves(opts, ret, host, fleet, rules, plan, candidates, workers, bandwidth, timeout,
+               trigger, force)
+    _final_reading(opts, ret, host, len(plan["moves"]))
 
-    def move(vm, mode):
-        tried, result = set(), None
+
+def _run_moves(opts, ret, host, fleet, rules, plan, candidates, workers, bandwidth, timeout,
+               trigger, force):
+    """Each planned move (an affinity group's members in one worker, one after another);
+    a destination that refuses is replaced by the planner's next choice for that VM."""
+    guard = threading.Lock()
+    state = fleet.copy()
+    checker = planner_.Rules(rules, state)
+    units = {}
+    for move in plan["moves"]:
+        units.setdefault((move["dest"], checker.affine.get(move["vm"]) or move["vm"]),
+                         []).append(move)
+
+    def one(vm, mode, dest):
+        tried = set()
         deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            with guard:
-                order = sorted((h for h in candidates if h not in tried),
-                               key=lambda h: (load[h], h))
-                if not order:
-                    break
-                dest = order[0]
-                load[dest] += 1
-            result = move_.migrate(opts, vm, dest, mode, bandwidth, timeout,
-                             trigger=f"evacuate:{trigger}", owner=host)
+        result = None
+        while dest is not None and time.monotonic() < deadline:
+            result = move_.migrate(opts, vm, dest, mode, bandwidth, timeout, force=force,
+                                   trigger=f"evacuate:{trigger}", owner=host)
             if result["result"] or result["status"] != "refused":
-                if not result["result"]:
+                if result["result"]:
                     with guard:
-                        load[dest] -= 1
+                        state.move(vm, dest)
+                        checker.moved(state, vm, host, dest)
                 return result
-            with guard:
-                load[dest] -= 1
             if result.get("reason") == "slots":
-                time.sleep(1)  # a cap: wait for a slot, same destinations again
+                time.sleep(1)  # a cap: wait for a slot, same destination again
                 continue
             tried.add(dest)
-        return result or {"result": False, "status": "refused", "name": vm,
-                          "comment": "no destination took it"}
+            with guard:
+                found = [c for c in planner_.candidates(state, checker, [vm], candidates)
+                         if c["ok"] and c["host"] not in tried]
+            dest = found[0]["host"] if found else None
+        return result or {"result": False, "status": "refused", "reason": "no_destination",
+                          "name": vm, "comment": "no destination took it"}
+
+    def unit(moves):
+        return [(m["vm"], one(m["vm"], m["mode"], m["dest"])) for m in moves]
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
-    futures = {pool.submit(move, vm, mode): vm for vm, mode in moves}
+    futures = [pool.submit(unit, moves) for moves in units.values()]
     try:
         for future in concurrent.futures.as_completed(futures):
-            ret["vms"][futures[future]] = future.result()
+            for vm, result in future.result():
+                ret["vms"][vm] = result
     finally:
         # Interrupted: the moves not yet started are dropped; those under way finish.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _final_reading(opts, ret, host, planned):
+    """Read ``host`` afresh: the evacuation succeeded only if it runs and defines nothing."""
     failed = sorted(vm for vm, r in ret["vms"].items() if not r["result"])
     moved = len(ret["vms"]) - len(failed)
-    ret["result"] = not failed and not ret["left"]
-    ret["comment"] = (f"{host}: {moved} of {len(moves)} domain(s) moved"
+    conf = settings_.settings(opts)
+    with bus_.local_client(opts) as client:
+        _jid, got, _expected = bus_.gather(client, [host], "list", "vmigrate.domains", [], {},
+                                           conf["query_timeout"])
+    after = decide_.listing(got.get(host))
+    if after is None:
+        ret["remaining"] = None
+        still = f"; {host} could not be read afterwards: run salt-run vmigrate.evacuate " \
+                f"{host} dry_run=True to see what is left"
+    else:
+        ret["remaining"] = sorted(after["domains"])
+        still = (f"; still on {host}: {', '.join(ret['remaining'])}" if ret["remaining"]
+                 else f"; {host} runs and defines nothing")
+    ret["result"] = after is not None and not ret["remaining"] and not failed
+    ret["comment"] = (f"{host}: {moved} of {planned} domain(s) moved"
                       + (f"; not moved: {', '.join(failed)}" if failed else "")
-                      + (f"; left: {', '.join(sorted(ret['left']))}" if ret["left"] else ""))
+                      + (f"; left: {', '.join(sorted(ret['left']))}" if ret["left"] else "")
+                      + still)

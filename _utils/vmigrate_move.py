@@ -17,11 +17,12 @@ import time
 from salt.exceptions import SaltException, SaltInvocationError
 
 log = logging.getLogger(__name__)
-(bus_, decide_, jobs_, locks_, options_, outcome_, reconcile_, settings_,
+(bus_, decide_, fleet_, jobs_, locks_, options_, outcome_, reconcile_, settings_,
  validate_) = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                           "vmigrate_imports.py"))["siblings"](__file__,
-    "vmigrate_bus", "vmigrate_decide", "vmigrate_jobs", "vmigrate_locks", "vmigrate_options",
-    "vmigrate_outcome", "vmigrate_reconcile", "vmigrate_settings", "vmigrate_validate")
+    "vmigrate_bus", "vmigrate_decide", "vmigrate_fleet", "vmigrate_jobs", "vmigrate_locks",
+    "vmigrate_options", "vmigrate_outcome", "vmigrate_reconcile", "vmigrate_settings",
+    "vmigrate_validate")
 REFUSED = outcome_.REFUSED  # words for a person: the status decides
 
 
@@ -98,16 +99,22 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
     if "dname" in options:
         validate_.vm_name(options["dname"], "option dname")
     conf = settings_.settings(opts)
+    rules = settings_.placement(opts)
+    # A host in maintenance receives nothing, whoever asks (checked before any lock).
+    why = fleet_.maintenance_refusal(opts, dest)
+    if why:
+        ret.update(reason="maintenance", comment=f"{why}: {REFUSED}")
+        return
     # One request per VM at a time (and per name it is given), held from before it is
     # located (Busy names the other); one client for every publish it makes.
     with locks_.hold(opts, vm, trigger, dname=options.get("dname")) as held, \
             bus_.local_client(opts) as client:
         _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout,
-                        force, already_ok, owner, options, report)
+                        force, already_ok, owner, options, report, rules)
 
 
 def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
-                    already_ok, owner=None, options=None, report=None):
+                    already_ok, owner=None, options=None, report=None, rules=None):
     dname = (options or {}).get("dname")
     cleared = jobs_.check_in_flight(opts, client, [vm, dname] if dname else [vm],
                                     conf["query_timeout"])
@@ -131,6 +138,10 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
     if owner is not None and source != owner:
         ret["comment"] = (f"only VMs running on {owner} may move here (a requester's own, or "
                           f"the host being evacuated); {vm} runs on {source}: {REFUSED}")
+        return
+    why = fleet_.rules_refusal(opts, where, vm, dest, rules)
+    if why:
+        ret.update(reason="rules", comment=f"{why}: {REFUSED}")
         return
     held.take_slots(source, dest)
     if held.recovered:

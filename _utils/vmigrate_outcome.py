@@ -38,6 +38,9 @@ REASONS = {
     "undefine": "it runs there but its definition stays here too",
     "busy": "another migration of this guest holds its lock",
     "slots": "the fleet's concurrent-migration slots are all taken",
+    "maintenance": "the destination is in maintenance (salt-run vmigrate.maintenance)",
+    "rules": "the placement rules forbid the destination (master config vmigrate:placement)",
+    "no_destination": "no hypervisor takes it within capacity, rules and maintenance",
 }
 # Words for a person, in comments; outcomes are decided on the codes above, never on these.
 REFUSED = "nothing was moved"

@@ -16,13 +16,25 @@ Master config (``/etc/salt/master.d/vmigrate.conf``):
                                          # the source's pillar gives one
       max_outgoing: 1                    # migrations leaving one hypervisor at a time
       max_incoming: 2                    # migrations arriving on one hypervisor at a time
+      placement:                         # the fleet's rules (vmigrate_planner.rules)
+        anti_affinity: {web: [web1, web2]}    # never on one host
+        affinity: {app: [app-db, app-web]}    # always on one host
+        allowed: {"db*": [hv1, hv2]}          # where VMs named so may run
+        threshold: 0.1                        # rebalancing's target spread of memory use
 
 Who may ask for a migration on the event bus (``vmigrate:requests``) is the requests policy,
 checked by ``vmigrate_authz.policy``. Plain functions over the master's ``opts``; no Salt
 dunders.
 """
 
+import os
+import runpy
+
 from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+(planner_,) = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "vmigrate_imports.py"))["siblings"](
+    __file__, "vmigrate_planner")
 
 
 def _conf(opts):
@@ -63,3 +75,8 @@ def caps(opts):
             raise CommandExecutionError(f"master config vmigrate:{key} {value!r}: an integer >= 1")
         out[key] = value
     return out
+
+
+def placement(opts):
+    """The placement rules, checked (``vmigrate_planner.rules``)."""
+    return planner_.rules(_conf(opts).get("placement"))

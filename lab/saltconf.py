@@ -22,6 +22,9 @@ def lab_pillar(lab):
     return {
         "vmigrate": {
             "hypervisors": hypervisors,
+            # The lab's hosts all sit on one machine, whose 24 GiB each would report: each
+            # offers its guests 1 GiB instead, so the planner's choices mean something.
+            "capacity": {"memory_mib": LAB_GUEST_MEMORY_MIB},
             # Lab only: libvirtd listens on unauthenticated TCP inside the lab namespaces.
             "transport": "tcp",
             "allow_insecure_transport": True,
@@ -115,7 +118,19 @@ def master_vmigrate(lab):
             "return_margin": 10,
             # Evacuation sends two at a time from one host.
             "max_outgoing": 2,
-            "requests": request_policy(lab)}
+            "requests": request_policy(lab),
+            "placement": LAB_PLACEMENT}
+
+
+# What each lab hypervisor offers its guests (pillar vmigrate:capacity:memory_mib).
+LAB_GUEST_MEMORY_MIB = 1024
+# The lab's placement rules (master config vmigrate:placement), for guests of these names:
+# the fleet tests add them (make lab-guest NAME=anti1 HOST=host1 shows the rules at work).
+LAB_PLACEMENT = {
+    "anti_affinity": {"pair": ["anti1", "anti2"]},
+    "affinity": {"duo": ["aff1", "aff2"]},
+    "allowed": {"pinned*": ["host1", "host2"]},
+}
 
 
 def master_config(lab, root_dir, pillar_dir, file_root):

@@ -94,12 +94,14 @@ def artifacts(cache, guest_src, run):
 
 
 def domain_xml(name, shared, workset_mib=GUEST_WORKSET_MIB, memory_mib=GUEST_MEMORY_MIB,
-               power_button=True, disk_dir=None):
+               power_button=True, disk_dir=None, rate=0):
     """The domain: direct kernel boot, qcow2 disk (cache=none) and console on ``shared``
     (the disk in ``disk_dir`` instead when given); ``memory_mib`` of RAM, of which the guest
-    keeps rewriting ``workset_mib`` MiB. With ``power_button`` False the guest ignores the ACPI
-    power button."""
+    keeps rewriting ``workset_mib`` MiB (``rate`` pages a second; 0: as fast as it can). With
+    ``power_button`` False the guest ignores the ACPI power button."""
     extra = "" if power_button else " vmguest_power_button=ignore"
+    if rate:
+        extra += f" memtick_rate={int(rate)}"
     return f"""<domain type='qemu'>
   <name>{name}</name>
   <memory unit='MiB'>{memory_mib}</memory>

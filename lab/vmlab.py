@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""The vmigrate lab: two hypervisors, an NFS host and a salt master on one machine.
+"""The vmigrate lab: two hypervisors (or up to eight: ``HOSTS=4``), an NFS host and a salt
+master on one machine.
 
 Every lab address lives in network namespaces made here: a control namespace ``<name>-ctl``
-holds the bridge and the salt master; each host (``host1``, ``host2``, ``nfs1``) is a network
+holds the bridge and the salt master; each host (``host1``, ``host2``..., ``nfs1``) is a network
 namespace joined to the bridge by a veth, plus a mount and UTS namespace of its own kept alive by
 a holder process, with its own hostname, a private ``/run`` and a private copy of ``/etc``
 (libvirt config, hosts, fstab, exports), ``/var/lib/libvirt``, ``/var/log/libvirt``,
@@ -36,13 +37,32 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 CACHE = REPO / "lab" / "cache"
 GUEST_SRC = REPO / "lab" / "guest"
-HYPERVISORS = ("host1", "host2")
+HYPERVISORS = ("host1", "host2")  # the default lab (make demo, make test)
+MAX_HYPERVISORS = 8
 NFS_HOST = "nfs1"
-HOST_OCTET = {"host1": 11, "host2": 12, "nfs1": 20}
+NFS_OCTET = 20
+
+
+def hypervisor_names(count):
+    """host1..host<count>."""
+    return tuple(f"host{i}" for i in range(1, count + 1))
+
+
+def host_octet(host):
+    """The last octet of ``host``'s lab address: host<i> is .1<i>, nfs1 .20."""
+    if host == NFS_HOST:
+        return NFS_OCTET
+    match = re.fullmatch(r"host([1-8])", host)
+    if not match:
+        raise ValueError(f"not a lab host: {host!r}")
+    return 10 + int(match[1])
 LAB_BASE = pathlib.Path("/var/lib/vmigrate-lab")
 # Per-host libvirt state under the lab directory (wiped on every lab-up), and the one cache that
 # survives: QEMU capabilities (~4 s per emulator probe), kept under lab/cache per lab and host.
 LIBVIRT_DIRS = ("var/lib/libvirt", "var/log/libvirt")
+# The fleet's small guests: six to eight fit beside vdisk on this 2-core machine (96 MiB is
+# the least the guest kernel and its initramfs boot in here; 80 MiB hangs at boot).
+SMALL_GUEST = {"memory_mib": 96, "workset_mib": 1, "rate": 64}
 LIBVIRT_CACHE_DIR = "var/cache/libvirt"
 QEMU_PKI = labcreds.QEMU_PKI
 
@@ -88,13 +108,17 @@ def wait_for(what, predicate, timeout=60.0, interval=0.1):
 class Lab:
     """One lab instance. ``name`` prefixes every namespace; ``net`` is the /24 inside them."""
 
-    def __init__(self, name="vmlab", net="10.77.0", root=None):
+    def __init__(self, name="vmlab", net="10.77.0", root=None, hosts=2):
         if not re.fullmatch(r"[a-z][a-z0-9]{1,9}", name):
             raise LabError(f"lab name {name!r}: 2-10 lowercase letters/digits")
+        if isinstance(hosts, bool) or not isinstance(hosts, int) \
+                or not 2 <= hosts <= MAX_HYPERVISORS:
+            raise LabError(f"lab hosts {hosts!r}: 2..{MAX_HYPERVISORS} hypervisors")
         self.name = name
         self.net = net
         self.root = pathlib.Path(root or LAB_BASE / name)
-        self.hypervisors = HYPERVISORS
+        self.hypervisors = hypervisor_names(hosts)
+        self.hosts = (*self.hypervisors, NFS_HOST)
         self.ctl_ns = f"{name}-ctl"
         self.ctl_addr = f"{net}.1"
         # Shared storage: nfs1 exports EXPORT_DIR; every hypervisor mounts it at MOUNTPOINT.
@@ -103,8 +127,13 @@ class Lab:
         self.salt_dir = self.root / "salt"
 
     # ---- addressing and entering hosts -------------------------------------------------------
+    @staticmethod
+    def any_hosts():
+        """Every host a lab of this name may have (down and wipe clean a bigger lab too)."""
+        return (*hypervisor_names(MAX_HYPERVISORS), NFS_HOST)
+
     def addr(self, host):
-        return f"{self.net}.{HOST_OCTET[host]}"
+        return f"{self.net}.{host_octet(host)}"
 
     def host_dir(self, host):
         return self.root / "hosts" / host
@@ -179,7 +208,7 @@ class Lab:
             run([*ipc, "link", "add", "br0", "type", "bridge"])
             run([*ipc, "addr", "add", f"{self.ctl_addr}/24", "dev", "br0"])
             run([*ipc, "link", "set", "br0", "up"])
-        for host in HOST_OCTET:
+        for host in self.hosts:
             ns = f"{self.name}-{host}"
             if self._netns_exists(ns):
                 continue
@@ -205,7 +234,7 @@ class Lab:
             tmp.rename(etc)
         (etc / "hostname").write_text(f"{host}\n")
         hosts = ["127.0.0.1\tlocalhost\n", f"{self.ctl_addr}\tsalt {self.name}-master\n"]
-        hosts += [f"{self.addr(h)}\t{h}\n" for h in HOST_OCTET]
+        hosts += [f"{self.addr(h)}\t{h}\n" for h in self.hosts]
         (etc / "hosts").write_text("".join(hosts))
         # A host starts with no NFS mounts or exports of ours: states under test create them.
         (etc / "fstab").write_text("# lab host fstab\n")
@@ -226,7 +255,7 @@ class Lab:
         for d in LIBVIRT_DIRS:
             (hdir / d).mkdir(parents=True, exist_ok=True)
         self.libvirt_cache(host).mkdir(parents=True, exist_ok=True)
-        if host in HYPERVISORS:
+        if host in self.hypervisors:
             self._configure_libvirt(host)
 
     def _configure_libvirt(self, host):
@@ -242,7 +271,7 @@ class Lab:
             # from the lab's CA; only the hypervisors' client certificates get in.
             "listen_tls = 1\n"
             "tls_allowed_dn_list = [ "
-            + ", ".join(f'"{labcreds.client_dn(self, h)}"' for h in HYPERVISORS) + " ]\n"
+            + ", ".join(f'"{labcreds.client_dn(self, h)}"' for h in self.hypervisors) + " ]\n"
             "# lab only: unauthenticated TCP inside the lab's namespaces\n"
             "listen_tcp = 1\n"
             f'listen_addr = "{self.addr(host)}"\n'
@@ -360,14 +389,14 @@ class Lab:
                 self.libvirtd_restart(host)
 
     def hosts_up(self):
-        for host in HOST_OCTET:
+        for host in self.hosts:
             self._prepare_host_dirs(host)
         # ssh keys and the TLS PKI go into the hosts' /etc copies before any daemon reads them.
         try:
             labcreds.make(self)
         except (OSError, RuntimeError) as err:
             raise LabError(f"ssh keys / TLS certificates: {err}") from err
-        for host in HOST_OCTET:
+        for host in self.hosts:
             self._start_holder(host)
         # libvirtd resolves each qemu.conf `shared_filesystems` entry with realpath() once, when
         # it starts (libvirt 11.3 src/qemu/qemu_conf.c); a path that does not exist then is
@@ -375,7 +404,7 @@ class Lab:
         # point exists before any libvirtd starts, as a real host's mount points do at boot;
         # nfs.client mounts onto it later.
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        for host in HYPERVISORS:
+        for host in self.hypervisors:
             self.libvirtd_up(host)
             self.sshd_up(host)
 
@@ -399,11 +428,11 @@ class Lab:
 
         wait_for(f"sshd on {host}", listening, 10, 0.05)
 
-    def wait_hypervisors_ready(self, hosts=HYPERVISORS, timeout=120):
+    def wait_hypervisors_ready(self, hosts=None, timeout=120):
         """Wait until each libvirtd answers capabilities (the first QEMU probe takes seconds)."""
         libvirt = _quiet_libvirt()
 
-        for host in hosts:
+        for host in hosts or self.hypervisors:
             def ready(host=host):
                 try:
                     conn = libvirt.open(self.libvirt_uri(host))
@@ -425,9 +454,9 @@ class Lab:
             raise LabError(str(err)) from err
 
     def guest_xml(self, name="vdisk", directory=None, workset_mib=vmguest.GUEST_WORKSET_MIB,
-                  memory_mib=vmguest.GUEST_MEMORY_MIB, power_button=True, disk_dir=None):
+                  memory_mib=vmguest.GUEST_MEMORY_MIB, power_button=True, disk_dir=None, rate=0):
         return vmguest.domain_xml(name, directory or self.mountpoint, workset_mib, memory_mib,
-                                  power_button, disk_dir)
+                                  power_button, disk_dir, rate)
 
     def console_log(self, name="vdisk"):
         """The guest's console log on the shared storage (read through the NFS host's export)."""
@@ -435,7 +464,7 @@ class Lab:
 
     def create_guest(self, host="host1", name="vdisk", start=True, directory=None,
                      workset_mib=vmguest.GUEST_WORKSET_MIB, memory_mib=vmguest.GUEST_MEMORY_MIB,
-                     power_button=True, disk_dir=None):
+                     power_button=True, disk_dir=None, rate=0):
         """Put the guest's files in ``directory`` as ``host`` sees it (default: the shared
         mount, which must be mounted), its disk in ``disk_dir`` when given (made if missing),
         and define the guest there."""
@@ -460,7 +489,7 @@ class Lab:
         conn = libvirt.open(self.libvirt_uri(host))
         try:
             dom = conn.defineXML(self.guest_xml(name, directory, workset_mib, memory_mib,
-                                                power_button, disk_dir))
+                                                power_button, disk_dir, rate))
             if start:
                 dom.create()
         finally:
@@ -470,7 +499,7 @@ class Lab:
         """Destroy and undefine ``name`` on every hypervisor (lab reset, never used by vmigrate)."""
         libvirt = _quiet_libvirt()
 
-        for host in HYPERVISORS:
+        for host in self.hypervisors:
             if not self.holder_pid(host):
                 continue
             conn = libvirt.open(self.libvirt_uri(host))
@@ -501,7 +530,7 @@ class Lab:
         socket, not through salt or vmigrate."""
         libvirt = _quiet_libvirt()
         found = {}
-        for host in HYPERVISORS:
+        for host in self.hypervisors:
             conn = libvirt.open(self.libvirt_uri(host))
             try:
                 dom = conn.lookupByName(name)
@@ -596,13 +625,13 @@ class Lab:
             self, self.salt_dir / "master", pillar_dir, file_root), indent=2))
         if not self._pid_alive(self.salt_dir / "master" / "var" / "run" / "salt-master.pid"):
             run(self.ctl_argv([VENV_BIN / "salt-master", "-c", etc, "-d"]))
-        for host in (*HYPERVISORS, NFS_HOST):
+        for host in self.hosts:
             mdir = self.salt_dir / host
             mdir.mkdir(parents=True, exist_ok=True)
             (mdir / "minion").write_text(json.dumps(saltconf.minion_config(self, host, mdir), indent=2))
             if not self._pid_alive(mdir / "var" / "run" / "salt-minion.pid"):
                 self.host_run(host, [VENV_BIN / "salt-minion", "-c", mdir, "-d"])
-        want = {*HYPERVISORS, NFS_HOST}
+        want = set(self.hosts)
 
         def answered():
             out = run(self.salt_cli("salt", "*", "test.ping", "--out=json", "--static",
@@ -637,7 +666,7 @@ class Lab:
         ``ctl=False`` keeps the control namespace (a test session runs inside it)."""
         self.down(ctl=ctl)
         self.wipe()
-        for host in HYPERVISORS:
+        for host in self.hypervisors:
             _restore_doctored(self.libvirt_cache(host))
         self.root.mkdir(parents=True)
         self.network_up()
@@ -652,7 +681,7 @@ class Lab:
         ``ctl=False`` leaves the control namespace and what runs in it (a test session that
         lives there removes it itself when it ends).
         """
-        for host in HOST_OCTET:
+        for host in self.any_hosts():
             pid = self.holder_pid(host)
             if pid is None:
                 continue
@@ -671,8 +700,10 @@ class Lab:
                 os.kill(pid, signal.SIGKILL)
             wait_for(f"{host} holder to exit", lambda pid=pid: not _alive(pid), 10)
             (self.host_dir(host) / "holder.pid").unlink(missing_ok=True)
-        for host in HOST_OCTET:
-            run(["ip", "netns", "delete", f"{self.name}-{host}"], check=False, capture=True)
+        present = set(run(["ip", "netns", "list"], capture=True).stdout.split())
+        for host in self.any_hosts():
+            if f"{self.name}-{host}" in present:
+                run(["ip", "netns", "delete", f"{self.name}-{host}"], check=False, capture=True)
         if not ctl:
             return
         # Everything inside the control namespace: the salt master, a test session's leftovers.
@@ -688,7 +719,7 @@ class Lab:
     def wipe(self):
         """Remove the lab directory. Only after :meth:`down`: no host namespace may hold a
         mount below it (they are private to the hosts' mount namespaces, gone with them)."""
-        if any(self.holder_pid(h) for h in HOST_OCTET):
+        if any(self.holder_pid(h) for h in self.any_hosts()):
             raise LabError(f"lab {self.name} is still up: run down before wiping {self.root}")
         if self.root.parent != LAB_BASE:
             raise LabError(f"refusing to wipe {self.root}: not a lab directory under {LAB_BASE}")
@@ -746,8 +777,17 @@ def _mntns(pid):
 
 
 # ---- CLI ------------------------------------------------------------------------------------
+def hosts_from_env():
+    """VMLAB_HOSTS (make lab-up HOSTS=4): how many hypervisors, 2 by default."""
+    value = os.environ.get("VMLAB_HOSTS") or "2"
+    if not value.isdigit():
+        raise LabError(f"VMLAB_HOSTS {value!r}: a number of hypervisors, 2..{MAX_HYPERVISORS}")
+    return int(value)
+
+
 def _lab_from_env():
-    return Lab(os.environ.get("VMLAB_NAME", "vmlab"), os.environ.get("VMLAB_NET", "10.77.0"))
+    return Lab(os.environ.get("VMLAB_NAME", "vmlab"), os.environ.get("VMLAB_NET", "10.77.0"),
+               hosts=hosts_from_env())
 
 
 def cmd_up(lab, _args):
@@ -766,6 +806,15 @@ def setup_storage_and_guest(lab):
     lab.remove_guest_everywhere()
     lab.create_guest("host1")
     lab.wait_counter(timeout=60)
+
+
+def cmd_guest(lab, args):
+    """A small guest (make lab-guest NAME=g1 HOST=host3): 96 MiB, rewriting 1 MiB slowly."""
+    lab.create_guest(args.host, args.name, workset_mib=args.workset_mib,
+                     memory_mib=args.memory_mib, rate=args.rate)
+    lab.wait_counter(args.name, timeout=90)
+    print(f"{args.name} runs on {args.host} ({args.memory_mib} MiB, rewriting "
+          f"{args.workset_mib} MiB at {args.rate or 'full'} pages/s)")
 
 
 def cmd_down(lab, _args):
@@ -795,10 +844,17 @@ def main(argv=None):
     p = sub.add_parser("salt", help="run a salt CLI against the lab master")
     p.add_argument("cli", choices=["salt", "salt-run", "salt-key", "salt-call"])
     p.add_argument("argv", nargs=argparse.REMAINDER)
+    p = sub.add_parser("guest", help="add a small guest on a hypervisor of a running lab")
+    p.add_argument("name")
+    p.add_argument("host")
+    p.add_argument("--memory-mib", type=int, default=SMALL_GUEST["memory_mib"])
+    p.add_argument("--workset-mib", type=int, default=SMALL_GUEST["workset_mib"])
+    p.add_argument("--rate", type=int, default=SMALL_GUEST["rate"],
+                   help="pages the guest rewrites per second (0: as fast as it can)")
     args = parser.parse_args(argv)
-    lab = _lab_from_env()
     try:
-        {"up": cmd_up, "down": cmd_down, "exec": cmd_exec, "salt": cmd_salt,
+        lab = _lab_from_env()
+        {"up": cmd_up, "down": cmd_down, "exec": cmd_exec, "salt": cmd_salt, "guest": cmd_guest,
          "net-up": lambda lab, _a: lab.network_up()}[args.cmd](lab, args)
     except LabError as err:
         print(f"lab: {err}", file=sys.stderr)

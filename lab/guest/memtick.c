@@ -7,6 +7,9 @@
  * pattern derived from (page index, pass), checking before each rewrite that the page still
  * holds what the previous pass wrote. A migration that loses or corrupts guest memory shows
  * up as bad>0; one that stalls the guest shows up as a gap in n.
+ *
+ * A second argument RATE > 0 limits the rewriting to about RATE pages a second (a fleet's
+ * small, mostly idle guests); 0, the default, rewrites as fast as the vCPU runs.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -33,6 +36,9 @@ static double now(void)
 int main(int argc, char **argv)
 {
     long mib = argc > 1 ? atol(argv[1]) : 16;
+    long rate = argc > 2 ? atol(argv[2]) : 0;
+    long chunk = rate > 100 ? rate / 100 : 1, written = 0;
+    struct timespec pause = {0, rate > 0 ? (rate >= 100 ? 10000000L : 1000000000L / rate) : 0};
     size_t pages = (size_t)mib * 1024 * 1024 / PAGE;
     uint64_t *mem = calloc(pages, PAGE);
     uint64_t *pass_of = calloc(pages, sizeof(uint64_t));
@@ -60,7 +66,11 @@ int main(int argc, char **argv)
         for (int i = 0; i < PAGE / 8; i++)
             w[i] = v + (uint64_t)i;
         p = (p + 1) % pages;
-        if ((p & 63) == 0 && now() >= next) {
+        if (rate > 0 && ++written >= chunk) {
+            written = 0;
+            nanosleep(&pause, NULL);
+        }
+        if ((rate > 0 || (p & 63) == 0) && now() >= next) {
             printf("memtick n=%lu bad=%lu mib=%ld\n", ++n, bad, mib);
             next += 1.0;
             if (next < now())

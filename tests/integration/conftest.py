@@ -21,6 +21,8 @@ import vmlab  # noqa: E402  pylint: disable=wrong-import-position
 RUNNING = vmlab._quiet_libvirt().VIR_DOMAIN_RUNNING  # pylint: disable=protected-access
 LAB_NAME = os.environ.get("VMLAB_NAME", "vmtest")
 LAB_NET = os.environ.get("VMLAB_NET", "10.78.0")
+# tests/integration/fleet runs in a session of its own on four hypervisors (lab/test.sh).
+LAB_HOSTS = vmlab.hosts_from_env()
 
 
 def _prerequisites(lab):
@@ -46,7 +48,7 @@ def _prerequisites(lab):
 
 @pytest.fixture(scope="session")
 def lab():
-    lab = vmlab.Lab(LAB_NAME, LAB_NET)
+    lab = vmlab.Lab(LAB_NAME, LAB_NET, hosts=LAB_HOSTS)
     missing = _prerequisites(lab)
     if missing:
         pytest.fail("integration prerequisites missing: " + "; ".join(missing), pytrace=False)
@@ -81,9 +83,10 @@ def _minion(salt_master, lab, host):
 
 @pytest.fixture(scope="session")
 def minions(salt_master, lab):
-    """The three minions, started and stopped side by side (one after another, each waiting
-    for its key and its start event, took ~5 s apiece at both ends of the session)."""
-    factories = [_minion(salt_master, lab, h) for h in (*vmlab.HYPERVISORS, vmlab.NFS_HOST)]
+    """The minions (the hypervisors and nfs1), started and stopped side by side (one after
+    another, each waiting for its key and its start event, took ~5 s apiece at both ends of
+    the session)."""
+    factories = [_minion(salt_master, lab, h) for h in lab.hosts]
     started = []
 
     def start(factory):
@@ -126,7 +129,7 @@ def storage(synced, salt_cli, lab):
     server = salt_cli.run("state.apply", "vmigrate.nfs.server", minion_tgt=vmlab.NFS_HOST)
     assert server.returncode == 0, server
     clients = {h: salt_cli.run("state.apply", "vmigrate.nfs.client", minion_tgt=h)
-               for h in vmlab.HYPERVISORS}
+               for h in lab.hypervisors}
     for host, ret in clients.items():
         assert ret.returncode == 0, (host, ret)
     return {"server": server.data, "clients": {h: r.data for h, r in clients.items()}}

@@ -61,7 +61,7 @@ def test_evacuation_dry_run_moves_nothing_and_caps_bound_concurrency(env, monkey
     hosts = {"host1": {"a": dict(RUNNING)}, "host2": {}}
     client = _evac_env(env, monkeypatch, hosts)
     ret = evacuate_.evacuate(OPTS, "host1", concurrency=4, dry_run=True)
-    assert ret["result"] is None and ret["moves"] == [["a", "live"]]
+    assert ret["result"] is None and ret["moves"] == [["a", "live", "host2"]]
     assert ret["concurrency"] == 1  # max_outgoing defaults to 1
     assert not published(client, "vmigrate.migrate")
 

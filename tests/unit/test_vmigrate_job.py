@@ -187,6 +187,9 @@ class SteadyDomain:
     def isPersistent(self):  # noqa: N802
         return 1
 
+    def info(self):
+        return [3, 131072, 131072, 1, 0]
+
 
 def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
     class Conn:
@@ -200,6 +203,9 @@ def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
             return "<capabilities><host><uuid>6f1e4b9a-0000-4000-8000-000000000002</uuid>" \
                    "</host></capabilities>"
 
+        def getInfo(self):  # noqa: N802
+            return ["x86_64", 4096, 2, 2400, 1, 1, 2, 1]
+
         def close(self):
             pass
 
@@ -210,8 +216,11 @@ def test_listing_skips_a_domain_that_vanishes_while_read(monkeypatch):
     monkeypatch.setattr(mod.libvirt, "open", lambda uri: Conn())
     out = mod.domains()
     assert out["domains"] == {"vdisk": {"uuid": "u-1", "state": "paused", "reason": "migration",
-                                        "persistent": True}}
+                                        "persistent": True, "memory_mib": 128, "vcpus": 1}}
     assert out["host_uuid"] == "6f1e4b9a-0000-4000-8000-000000000002"
+    # What the host offers its guests: its memory less memory_reserve_mib, 4 vCPUs per CPU.
+    assert out["capacity"] == {"memory_mib": 4096 - 256, "vcpus": 8.0, "host_memory_mib": 4096,
+                               "cpus": 2, "cpu_allocation_ratio": 4.0}
 
 
 def test_an_abort_from_elsewhere_is_reported_as_such(mod):

@@ -91,7 +91,8 @@ def test_not_found_fails(testmode):
 def _evac_state(testmode, out):
     calls = []
 
-    def evacuate(opts, host, targets, concurrency, bandwidth, timeout, trigger, dry_run):
+    def evacuate(opts, host, targets, concurrency, bandwidth, timeout, trigger, dry_run,
+                 force=False):
         calls.append((host, concurrency, trigger, dry_run))
         return out(dry_run)
 
@@ -108,7 +109,8 @@ def _evac_state(testmode, out):
 def test_evacuated_moves_everything_or_lists_the_moves(testmode):
     def out(dry_run):
         if dry_run:
-            return {"result": None, "host": "host1", "moves": [["a", "live"], ["c", "offline"]],
+            return {"result": None, "host": "host1",
+                    "moves": [["a", "live", "host2"], ["c", "offline", "host3"]],
                     "comment": "host1: would move 2 domain(s) to host2, 2 at a time"}
         return {"result": True, "host": "host1", "comment": "host1: 2 of 2 domain(s) moved",
                 "vms": {"a": {"result": True, "dest": "host2"},
@@ -118,8 +120,8 @@ def test_evacuated_moves_everything_or_lists_the_moves(testmode):
     ret = mod.evacuated("host1")
     assert calls == [("host1", 2, "state", testmode)]
     if testmode:
-        assert ret["result"] is None and ret["changes"] == {"moves": {"a": "live",
-                                                                      "c": "offline"}}
+        assert ret["result"] is None and ret["changes"] == {"moves": {
+            "a": {"mode": "live", "dest": "host2"}, "c": {"mode": "offline", "dest": "host3"}}}
     else:
         assert ret["result"] is True
         assert ret["changes"] == {"a": {"old": "host1", "new": "host2"},
