@@ -5,3 +5,4 @@ cd "$(dirname "$0")/.."
 .venv/bin/python bench/exports.py
 .venv/bin/python bench/migrate.py
 .venv/bin/python bench/locate.py
+.venv/bin/python bench/planner.py

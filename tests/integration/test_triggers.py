@@ -189,15 +189,23 @@ def test_evacuation_drains_a_host_concurrently_and_the_reactor_brings_them_back(
     # Two at a time (master config vmigrate:max_outgoing 2 in the lab): migrations overlapped.
     spans = sorted((e.stamp.timestamp() - e.data["wall"], e.stamp.timestamp()) for e in events)
     assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1)), spans
+    # The evacuation left host1 in maintenance: nothing comes back until the operator ends it.
+    listed = salt_run_cli.run("vmigrate.maintenance")
+    assert list(listed.data["maintenance"]) == ["host1"], listed
+    assert salt_run_cli.run("vmigrate.maintenance", "host1", "off").returncode == 0
     # Back through the reactor: an evacuation fired on the master.
     since = time.time()
     ret = salt_run_cli.run("vmigrate.request_evacuate", "host2")
     assert ret.returncode == 0, ret
-    done = _wait_event(salt_master, ["vmigrate/evacuate/host2/result"], since, timeout=180)
-    assert done[0].data["result"] is True, done[0].data
-    assert done[0].data["trigger"] == "reactor:master"
-    for name in ("vdisk", *GUESTS):
-        assert _where(lab, name) == {"host1": (True, True)}, name
+    try:
+        done = _wait_event(salt_master, ["vmigrate/evacuate/host2/result"], since, timeout=180)
+        assert done[0].data["result"] is True, done[0].data
+        assert done[0].data["trigger"] == "reactor:master"
+        for name in ("vdisk", *GUESTS):
+            assert _where(lab, name) == {"host1": (True, True)}, name
+    finally:
+        for host in ("host1", "host2"):
+            salt_run_cli.run("vmigrate.maintenance", host, "off")
 
 
 
