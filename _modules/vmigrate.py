@@ -182,7 +182,7 @@ def domain(name):
             raise conn_.error(err, f"reading vm {name!r}") from err
 
 
-def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
+def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None, bandwidth=None):
     """
     What this source hypervisor can check before a migration moves anything.
 
@@ -208,9 +208,13 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
     :param options: the migration's options (over pillar ``vmigrate:options``), validated;
         with ``copy_storage`` the disks to copy are checked as such (``copy_storage:<disk>``,
         ``dest_disk:<disk>``) instead of as shared storage
+    :param bandwidth: the migration's cap (MiB/s): a live one is then forecast (option
+        ``policy: auto``): the guest's dirty rate measured by libvirt for a second, check
+        ``convergence`` saying whether it converges and which steps it would run under
 
     Returns a dict: ``name``, ``host``, ``mode``, ``checks`` (each with ``name``, ``ok``,
-    ``detail`` and ``fix``) and ``blockers`` (the names of the checks that failed).
+    ``detail`` and ``fix``), ``blockers`` (the names of the checks that failed) and
+    ``forecast`` (None unless forecast).
 
     CLI Example:
 
@@ -223,6 +227,7 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
     if dest is not None:
         _check("minion_id", dest)
     _check("host_uuid", dest_host_uuid)
+    _check("mib_per_s", bandwidth)
     conf = _config()
     opts = options_.merge(conf["options"], options, mode)
     uris = conf_.dest_uris(conf, dest, mode) if dest is not None else None
@@ -244,8 +249,12 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None):
                                                     __opts__["id"])
                 identity = precheck_.identity_check(link, uris, dest, dest_host_uuid)
                 checks += [identity] if identity else []
+        forecast = None
+        if mode == "live" and dom.isActive():
+            _opts, forecast, check = precheck_.convergence(conn, dom, opts, bandwidth)
+            checks += [check] if check else []
     return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,
-            "blockers": [c["name"] for c in checks if not c["ok"]]}
+            "blockers": [c["name"] for c in checks if not c["ok"]], "forecast": forecast}
 
 
 REPAIRS = ("resume", "start", "destroy", "undefine", "persist")

@@ -122,10 +122,13 @@ def version():
     return install_.describe(__file__, __opts__.get("extension_modules"))
 
 
-def plan(vm, dest, mode="live", force=False, options=None):
+def plan(vm, dest, mode="live", force=False, options=None, bandwidth=None):
     """
-    What ``migrate`` would do, changing nothing: where ``vm`` is, the decision, and the
-    source hypervisor's prechecks (each with ``name``, ``ok``, ``detail``, ``fix``).
+    What ``migrate`` would do, changing nothing: where ``vm`` is, the decision, the
+    destination's maintenance and the placement rules, and the source hypervisor's prechecks
+    (each with ``name``, ``ok``, ``detail``, ``fix``); with ``bandwidth``, the convergence
+    forecast of a live migration (``forecast``: the dirty rate libvirt measured, whether and
+    how soon it converges, the steps policy auto would choose).
 
     :param vm: the domain name
     :param dest: the destination minion id
@@ -133,16 +136,18 @@ def plan(vm, dest, mode="live", force=False, options=None):
     :param force: decide even if a hypervisor does not answer
     :param options: the migration's options, validated as ``migrate`` does; with
         ``copy_storage`` the disks to copy are checked as such
+    :param bandwidth: the cap (MiB/s) the migration would run under: forecast it
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-run vmigrate.plan vdisk host2
+        salt-run vmigrate.plan vdisk host2 bandwidth=20
         salt-run vmigrate.plan vlocal host2 options='{copy_storage: all}'
     """
     try:
-        out = move_.plan(__opts__, vm, dest, mode, force, options=options)
+        out = move_.plan(__opts__, vm, dest, mode, force, options=options, bandwidth=bandwidth)
     except (SaltException, OSError) as err:
         out = {"name": vm, "dest": dest, "result": False, "comment": str(err), "checks": [],
                "blockers": ["input"]}

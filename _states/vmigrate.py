@@ -87,7 +87,7 @@ def migrated(name, host, mode="live", bandwidth=None, timeout=None, force=False,
     if __opts__.get("test"):
         try:
             plan = move_.plan(__opts__, name, host, mode, force, already_ok=not require_move,
-                              options=options)
+                              options=options, bandwidth=bandwidth)
         except Exception as err:  # pylint: disable=broad-except
             return dict(ret, result=False, comment=str(err))
         if plan["result"] is None:

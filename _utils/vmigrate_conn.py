@@ -14,6 +14,7 @@ import logging
 import os
 import runpy
 import threading
+import time
 
 from salt.exceptions import CommandExecutionError
 
@@ -161,6 +162,32 @@ def sizes(dom):
     """``memory_mib`` (the domain's maximum memory) and ``vcpus``, what it takes of a host."""
     info = dom.info()  # [state, maxMem KiB, memory KiB, nrVirtCpu, cpuTime]
     return {"memory_mib": int(info[1]) // 1024, "vcpus": int(info[3])}
+
+
+def dirty_rate(conn, dom, seconds=1, wait=5.0):
+    """The MiB/s ``dom`` dirties, as libvirt measures it over ``seconds``
+    (``virDomainStartDirtyRateCalc``, QEMU's page sampling; then the ``dirtyrate``
+    statistics), or None when it cannot be had (an older QEMU, a measurement that does not
+    end within ``wait`` more seconds). Read-only: it changes nothing of the guest."""
+    try:
+        dom.startDirtyRateCalc(seconds, 0)
+    except libvirt.libvirtError as err:
+        log.info("vmigrate: dirty rate of %s: %s", dom.name(), err)
+        return None
+    time.sleep(seconds)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            got = conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)
+        except libvirt.libvirtError as err:
+            log.info("vmigrate: dirty rate of %s: %s", dom.name(), err)
+            return None
+        stats = got[0][1] if got else {}
+        if stats.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+            return float(stats.get("dirtyrate.megabytes_per_second", 0))
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.05)
 
 
 def node_info(conn):

@@ -8,6 +8,7 @@ Plain Python, no Salt dunders: the module passes its configuration, its minion i
 event.send.
 """
 
+import logging
 import os
 import runpy
 
@@ -20,6 +21,7 @@ from salt.exceptions import CommandExecutionError, SaltInvocationError
     "vmigrate_options", "vmigrate_outcome", "vmigrate_precheck", "vmigrate_static",
     "vmigrate_validate")
 libvirt = conn_.libvirt
+log = logging.getLogger(__name__)
 REFUSED = outcome_.REFUSED  # words for a person: the status decides
 
 
@@ -75,6 +77,14 @@ def run(conf, source, send, name, dest, mode, bandwidth, timeout, unsafe, option
         except libvirt.libvirtError as err:
             raise conn_.error(err, f"reading vm {name!r}") from err
         options_.check(opts, mode, name, uuid, uris["data_stream"])
+        forecast = convergence = None
+        if mode == "live" and active:
+            # Policy auto: measured and forecast before the job, the steps chosen from it.
+            opts, forecast, convergence = precheck_.convergence(conn, dom, opts, bandwidth)
+            if convergence is not None:
+                log.info("vmigrate: %s: %s; applied %s", name, convergence["detail"],
+                         forecast.get("applied"))
+                options_.check(opts, mode, name, uuid, uris["data_stream"])
         more_flags, more_params = options_.to_libvirt(
             libvirt, opts, mode, uris["data_stream"])
         flags |= more_flags
@@ -105,6 +115,7 @@ def run(conf, source, send, name, dest, mode, bandwidth, timeout, unsafe, option
                                                    opts, source))
             identity = precheck_.identity_check(link, uris, dest, dest_host_uuid)
             checks += [identity] if identity else []
+            checks += [convergence] if convergence else []
             if any(not c["ok"] for c in checks):
                 raise precheck_.blocked(name, checks)
             job = monitor_.Job(source, dest, uris, conf, opts, send)
@@ -146,6 +157,7 @@ def run(conf, source, send, name, dest, mode, bandwidth, timeout, unsafe, option
         "final": outcome["final"],
         "options": opts,
         "policy": outcome.get("policy", {}),
+        "forecast": forecast,
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
         "copies": outcome["copies"],
         "warnings": outcome.get("warnings", []),

@@ -309,13 +309,17 @@ def _settle(opts, ret, vm, source, dest, mode, after, was_paused=False, dname=No
     ret["comment"] += f"; reconciled: {fixed['comment']}"
 
 
-def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=None):
-    """What a migration would do, changing nothing: where the domain is, the decision, and the
-    source's prechecks. Returns ``result`` (True: it would go ahead; None: nothing to do;
-    False: refused), ``comment``, ``source``, ``checks`` and ``blockers``."""
+def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=None,
+         bandwidth=None):
+    """What a migration would do, changing nothing: where the domain is, the decision, the
+    destination's maintenance and the placement rules, and the source's prechecks (with a
+    ``bandwidth`` cap, a live one's convergence forecast). Returns ``result`` (True: it would
+    go ahead; None: nothing to do; False: refused), ``comment``, ``source``, ``checks``,
+    ``blockers`` and ``forecast``."""
     validate_.vm_name(vm)
     validate_.minion_id(dest)
     validate_.mode(mode)
+    validate_.mib_per_s(bandwidth)
     dname = options_.check(options_.merge(None, options), mode, vm).get("dname")
     if dname is not None:
         validate_.vm_name(dname, "option dname")
@@ -327,7 +331,13 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=Non
     out["source"] = source
     if why:
         return dict(out, result=False, comment=why, blockers=["placement"])
+    for blocker, why in (("maintenance", fleet_.maintenance_refusal(opts, dest)),
+                         ("rules", fleet_.rules_refusal(opts, where, vm, dest))):
+        if why:
+            return dict(out, result=False, comment=why, blockers=[blocker])
     kwarg = {"mode": mode}
+    if bandwidth:
+        kwarg["bandwidth"] = bandwidth
     if where["host_uuids"].get(dest) and validate_.valid(validate_.host_uuid,
                                                           where["host_uuids"][dest]):
         kwarg["dest_host_uuid"] = where["host_uuids"][dest]
@@ -341,10 +351,13 @@ def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=Non
     if data.get("retcode", 1) != 0 or not isinstance(value, dict):
         return dict(out, result=False, blockers=["precheck"],
                     comment=f"precheck on {source} did not complete: {value or 'no answer'}")
-    out.update(checks=value["checks"], blockers=value["blockers"])
+    out.update(checks=value["checks"], blockers=value["blockers"],
+               forecast=value.get("forecast"))
     if value["blockers"]:
         failed = [c for c in value["checks"] if not c["ok"]]
         return dict(out, result=False, comment="; ".join(
             f"{c['detail']}. Fix: {c['fix']}" for c in failed))
+    said = next((c["detail"] for c in value["checks"] if c["name"] == "convergence"), None)
     return dict(out, result=True,
-                comment=f"would migrate {vm} {mode} from {source} to {dest}")
+                comment=f"would migrate {vm} {mode} from {source} to {dest}"
+                        + (f"; {said}" if said else ""))

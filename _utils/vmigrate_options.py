@@ -62,6 +62,9 @@ TABLE = (
     ("--timeout-postcopy", "option timeout_action: postcopy (needs postcopy: true)"),
     ("--bandwidth", "bandwidth (MiB/s)"),
     ("migrate-setmaxdowntime", "option max_downtime (ms), raised in downtime_steps"),
+    ("(convergence forecast)", "option policy: auto (default; with a bandwidth cap and no "
+                               "step given: max_downtime 500 ms in 10 steps, auto_converge "
+                               "when the forecast says downtime alone cannot) / manual"),
     ("--compressed", "option compressed: true"),
     ("--comp-methods", "option compression_methods: [xbzrle] alone, or [zlib] or [zstd] with "
                        "parallel_connections (mt: refused, QEMU 9.1 removed it)"),
@@ -169,6 +172,9 @@ SCHEMA = {
     "postcopy_after_precopy": _bool,
     "postcopy_bandwidth": lambda v, n: _int(v, n, 1, 1 << 20, " MiB/s"),
     "timeout_action": _one_of(TIMEOUT_ACTIONS),
+    # auto (default): a capped live migration that names no convergence step gets them from
+    # the forecast (vmigrate_forecast.py); manual: only the steps given.
+    "policy": _one_of(("auto", "manual")),
     "max_downtime": lambda v, n: _int(v, n, 1, 600000, " ms"),
     "downtime_steps": lambda v, n: _int(v, n, 1, 100),
     "downtime_step_delay": _seconds,

@@ -26,7 +26,8 @@ FAILURES = ("refused", "failed", "aborted", "unknown")
 REASONS = {
     "invalid": "an argument or pillar value was refused before anything was touched",
     "error": "a lookup, connection or precheck failed before any job began",
-    "precheck": "a precheck found the migration unsafe or impossible (its checks say why)",
+    "precheck": "a precheck found the migration unsafe or impossible (its checks say why; "
+                "the convergence forecast is one)",
     "libvirt": "libvirt failed the job (its error code is in the comment)",
     "timeout": "the job outlived its timeout and was aborted",
     "aborted": "stopped on request",

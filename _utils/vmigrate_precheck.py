@@ -17,10 +17,11 @@ import runpy
 import secrets
 from xml.sax.saxutils import escape as xml_escape
 
-checks_, conn_, copy_, disks_, outcome_, storage_, xmlguard_ = runpy.run_path(os.path.join(
-    os.path.dirname(os.path.abspath(__file__)), "vmigrate_imports.py"))["siblings"](
+(checks_, conn_, copy_, disks_, forecast_, outcome_, storage_,
+ xmlguard_) = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                          "vmigrate_imports.py"))["siblings"](
     __file__, "vmigrate_checks", "vmigrate_conn", "vmigrate_copy", "vmigrate_disks",
-    "vmigrate_outcome", "vmigrate_storage", "vmigrate_xmlguard")
+    "vmigrate_forecast", "vmigrate_outcome", "vmigrate_storage", "vmigrate_xmlguard")
 libvirt = conn_.libvirt
 REFUSED = outcome_.REFUSED  # words for a person: the status decides
 
@@ -374,3 +375,25 @@ def blocked(name, checks):
     return outcome_.Outcome(
         f"precheck refused the migration of {name!r}, {REFUSED}: "
         + "; ".join(f"{c['detail']}. Fix: {c['fix']}" for c in failed), "refused", "precheck")
+
+
+def convergence(conn, dom, opts, bandwidth):
+    """Policy auto for a live migration capped at ``bandwidth`` MiB/s whose options choose no
+    convergence step (``vmigrate_forecast.applies``): the guest's dirty rate measured (1 s),
+    the forecast, and the options it runs under. Returns (options, forecast, check): the
+    forecast and the check are None when policy auto does not apply (no cap: nothing is
+    measured); the check fails when nothing can make it converge."""
+    if not bandwidth or not forecast_.applies(opts):
+        return opts, None, None
+    try:
+        memory_mib = int(dom.maxMemory()) // 1024
+    except libvirt.libvirtError as err:
+        raise conn_.error(err, "reading the guest's memory size") from err
+    fc = forecast_.forecast(memory_mib, conn_.dirty_rate(conn, dom), bandwidth,
+                            opts.get("max_downtime", forecast_.MAX_DOWNTIME_MS))
+    steered, why = forecast_.steer(opts, fc)
+    fc["applied"] = {k: v for k, v in steered.items() if k not in opts}
+    check = {"name": "convergence", "ok": why is None, "detail": why or forecast_.describe(fc),
+             "fix": None if why is None else "raise bandwidth, or options postcopy: true, or "
+                                               "options policy: manual with your own steps"}
+    return steered, fc, check

@@ -17,7 +17,8 @@ def _state(testmode, where, migrate_result=None):
     (vmigrate_move.migrate) returns."""
     calls = []
 
-    def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=None):
+    def plan(opts, vm, dest, mode="live", force=False, already_ok=False, options=None,
+             bandwidth=None):
         if where == dest:
             if already_ok:
                 return {"result": None, "comment": "already", "checks": []}
