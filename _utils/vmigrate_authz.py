@@ -42,17 +42,21 @@ Master config:
 Plain functions; no Salt dunders.
 """
 
-import fcntl
 import fnmatch
 import hashlib
 import hmac
 import json
 import os
 import re
+import runpy
 import secrets
 import time
 
 from salt.exceptions import SaltInvocationError
+
+(store_,) = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                        "vmigrate_imports.py"))["siblings"](__file__,
+                                                                            "vmigrate_store")
 
 KINDS = {"vmigrate/request": "migrate", "vmigrate/evacuate": "evacuate"}
 FIELDS = {"migrate": {"vm", "dest", "mode"}, "evacuate": {"host"}}
@@ -142,23 +146,16 @@ def _check_fields(kind, payload):
 
 def _fresh_nonce(opts, requester, nonce, max_age, now):
     """Remember ``nonce`` for ``max_age``; False if it was seen (a replay)."""
-    path = os.path.join(opts["cachedir"], "vmigrate", "nonces.json")
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    with open(path, "a+", encoding="utf-8") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        fh.seek(0)
-        try:
-            seen = json.loads(fh.read() or "{}")
-        except ValueError:
-            seen = {}
-        seen = {k: t for k, t in seen.items() if now - t <= 2 * max_age}
-        key = f"{requester}:{nonce}"
+    key = f"{requester}:{nonce}"
+
+    def remember(seen):
+        for old in [k for k, t in seen.items() if now - t > 2 * max_age]:
+            del seen[old]
         fresh = key not in seen
         seen[key] = now
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps(seen))
-    return fresh
+        return fresh
+
+    return store_.update(store_.path(opts, "nonces.json"), remember)[1]
 
 
 def authorize(opts, tag, data, validate, now=None):

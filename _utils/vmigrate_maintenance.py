@@ -9,46 +9,23 @@ One file under the master's cachedir (``vmigrate/maintenance.json``), read and w
 sees the same set. Plain functions over the master's ``opts``; no Salt dunders.
 """
 
-import fcntl
-import json
 import os
 import runpy
 import time
 
 from salt.exceptions import SaltInvocationError
 
-(validate_,) = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                           "vmigrate_imports.py"))["siblings"](
-    __file__, "vmigrate_validate")
+store_, validate_ = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                   "vmigrate_imports.py"))["siblings"](
+    __file__, "vmigrate_store", "vmigrate_validate")
 
 # What the CLI may say for on and off (salt-run's YAML reads a bare on/off as a boolean).
 _ON = {True: True, False: False, "on": True, "off": False, "true": True, "false": False,
        "yes": True, "no": False}
 
 
-def _path(opts):
-    path = os.path.join(opts["cachedir"], "vmigrate", "maintenance.json")
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    return path
-
-
 def _update(opts, change=None):
-    with open(_path(opts), "a+", encoding="utf-8") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        fh.seek(0)
-        try:
-            hosts = json.loads(fh.read() or "{}")
-        except ValueError:
-            hosts = {}
-        if not isinstance(hosts, dict):
-            hosts = {}
-        if change is not None:
-            out = change(hosts)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(json.dumps(hosts, sort_keys=True))
-            return hosts, out
-    return hosts, None
+    return store_.update(store_.path(opts, "maintenance.json"), change)
 
 
 def hosts(opts):

@@ -13,15 +13,14 @@ vmigrate.placement``), and an event that disagrees with its own tag is dropped.
 Plain functions; no Salt dunders.
 """
 
-import fcntl
-import json
 import os
 import re
 import runpy
 import time
 
-(names_,) = runpy.run_path(os.path.join(os.path.dirname(
-    os.path.abspath(__file__)), "vmigrate_imports.py"))["siblings"](__file__, "vmigrate_names")
+names_, store_ = runpy.run_path(os.path.join(os.path.dirname(
+    os.path.abspath(__file__)), "vmigrate_imports.py"))["siblings"](__file__, "vmigrate_names",
+                                                                    "vmigrate_store")
 
 # The state a lifecycle event leaves the domain in on that host (None: not there any more).
 AFTER = {"started": "running", "resumed": "running", "suspended": "paused",
@@ -30,27 +29,13 @@ AFTER = {"started": "running", "resumed": "running", "suspended": "paused",
 _TAG_RE = re.compile(r"salt/beacon/([A-Za-z0-9_.-]+)/vmigrate/(domain/[a-z]+|resync|connection/lost)")
 
 
-def _path(opts):
-    path = os.path.join(opts["cachedir"], "vmigrate", "placement.json")
-    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-    return path
-
-
 def _update(opts, change):
-    with open(_path(opts), "a+", encoding="utf-8") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        fh.seek(0)
-        try:
-            rec = json.loads(fh.read() or "{}")
-        except ValueError:
-            rec = {}
+    def both(rec):
         rec.setdefault("vms", {})
         rec.setdefault("hosts", {})
         change(rec)
-        fh.seek(0)
-        fh.truncate()
-        fh.write(json.dumps(rec, sort_keys=True))
-    return rec
+
+    return store_.update(store_.path(opts, "placement.json"), both)[0]
 
 
 def record(opts, tag, data):

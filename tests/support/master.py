@@ -119,6 +119,32 @@ class FakeClient:
         return {"jid": jid, "minions": targets}
 
 
+class MovingClient(FakeClient):
+    """vmigrate.migrate moves the domain from its host to the destination and succeeds;
+    ``appear``: {host: {vm: info}} defined there (by hand, behind vmigrate's back) during the
+    first move."""
+
+    appear = {}
+
+    def run_job(self, tgt, fun, arg, tgt_type, kwarg, listen, timeout):
+        if fun != "vmigrate.migrate":
+            return super().run_job(tgt, fun, arg, tgt_type, kwarg, listen, timeout)
+        jid = f"j{len(self.calls)}"
+        self.calls.append((fun, tgt, list(arg), dict(kwarg)))
+        (host,), (vm, dest) = tgt, arg
+        info = self.hosts[host].pop(vm)
+        if kwarg["mode"] == "live" or info["state"] == "shutoff":
+            self.hosts[dest][vm] = dict(info, reason="migrated")
+        for where, domains in self.appear.items():
+            self.hosts[where].update(domains)
+        self.appear = {}
+        self.pending.append((self.clock.now, {
+            "tag": f"salt/job/{jid}/ret/{host}",
+            "data": {"id": host, "fun": fun, "retcode": 0,
+                     "return": {"elapsed": 1.0, "downtime_ms": 5, "stats": {}}}}))
+        return {"jid": jid, "minions": [host]}
+
+
 def shared(name):
     """The shared module ``name`` (``vmigrate_move``...) as every plugin loads it: patch it
     here, and the runner, the states and the other shared files see the patch."""

@@ -2,30 +2,11 @@
 migration to the least busy destination that takes it."""
 import pytest
 
-from tests.support.master import OPTS, RUNNING, FakeClient, published, shared
+from tests.support.master import OPTS, RUNNING, MovingClient, published, shared
 
 bus_ = shared("vmigrate_bus")
 evacuate_ = shared("vmigrate_evacuate")
 locks_ = shared("vmigrate_locks")
-
-
-class MovingClient(FakeClient):
-    """vmigrate.migrate moves the domain from its host to the destination and succeeds."""
-
-    def run_job(self, tgt, fun, arg, tgt_type, kwarg, listen, timeout):
-        if fun != "vmigrate.migrate":
-            return super().run_job(tgt, fun, arg, tgt_type, kwarg, listen, timeout)
-        jid = f"j{len(self.calls)}"
-        self.calls.append((fun, tgt, list(arg), dict(kwarg)))
-        (host,), (vm, dest) = tgt, arg
-        info = self.hosts[host].pop(vm)
-        if kwarg["mode"] == "live" or info["state"] == "shutoff":
-            self.hosts[dest][vm] = dict(info, reason="migrated")
-        self.pending.append((self.clock.now, {
-            "tag": f"salt/job/{jid}/ret/{host}",
-            "data": {"id": host, "fun": fun, "retcode": 0,
-                     "return": {"elapsed": 1.0, "downtime_ms": 5, "stats": {}}}}))
-        return {"jid": jid, "minions": [host]}
 
 
 SHUTOFF = dict(RUNNING, state="shutoff", reason="shutdown")

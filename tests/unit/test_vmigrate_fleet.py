@@ -7,7 +7,7 @@ import json
 import pytest
 from salt.exceptions import SaltInvocationError
 
-from tests.support.master import OPTS, RUNNING, FakeClient, published, shared
+from tests.support.master import OPTS, RUNNING, MovingClient, published, shared
 from tests.support.modload import load
 
 balance_ = shared("vmigrate_balance")
@@ -22,29 +22,6 @@ def small(name, memory=256):
 
 
 CAPACITY = {"capacity": {"memory_mib": 1024, "vcpus": 8}}
-
-
-class MovingClient(FakeClient):
-    """vmigrate.migrate moves the domain to the destination and succeeds; ``appear``:
-    {host: {vm: info}} defined there (by hand, behind vmigrate's back) during the first move."""
-
-    appear = {}
-
-    def run_job(self, tgt, fun, arg, tgt_type, kwarg, listen, timeout):
-        if fun != "vmigrate.migrate":
-            return super().run_job(tgt, fun, arg, tgt_type, kwarg, listen, timeout)
-        jid = f"j{len(self.calls)}"
-        self.calls.append((fun, tgt, list(arg), dict(kwarg)))
-        (host,), (vm, dest) = tgt, arg
-        self.hosts[dest][vm] = dict(self.hosts[host].pop(vm), reason="migrated")
-        for where, domains in self.appear.items():
-            self.hosts[where].update(domains)
-        self.appear = {}
-        self.pending.append((self.clock.now, {
-            "tag": f"salt/job/{jid}/ret/{host}",
-            "data": {"id": host, "fun": fun, "retcode": 0,
-                     "return": {"elapsed": 1.0, "downtime_ms": 5, "stats": {}}}}))
-        return {"jid": jid, "minions": [host]}
 
 
 def fleet_env(env, monkeypatch, hosts, placement=None, dead=()):
