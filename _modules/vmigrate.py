@@ -250,7 +250,11 @@ def precheck(name, dest=None, mode="live", dest_host_uuid=None, options=None, ba
                 identity = precheck_.identity_check(link, uris, dest, dest_host_uuid)
                 checks += [identity] if identity else []
         forecast = None
-        if mode == "live" and dom.isActive():
+        try:
+            active = bool(dom.isActive())
+        except libvirt.libvirtError as err:
+            raise conn_.error(err, f"reading vm {name!r}") from err
+        if mode == "live" and active:
             _opts, forecast, check = precheck_.convergence(conn, dom, opts, bandwidth)
             checks += [check] if check else []
     return {"name": name, "host": __opts__["id"], "mode": mode, "checks": checks,

@@ -100,10 +100,9 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
         validate_.vm_name(options["dname"], "option dname")
     conf = settings_.settings(opts)
     rules = settings_.placement(opts)
-    # A host in maintenance receives nothing, whoever asks (checked before any lock).
-    why = fleet_.maintenance_refusal(opts, dest)
-    if why:
-        ret.update(reason="maintenance", comment=f"{why}: {REFUSED}")
+    # A host in maintenance receives nothing, whoever asks: checked before any lock, unless
+    # a VM already there is fine (the declarative state), which only locating can tell.
+    if not already_ok and _in_maintenance(opts, ret, dest):
         return
     # One request per VM at a time (and per name it is given), held from before it is
     # located (Busy names the other); one client for every publish it makes.
@@ -111,6 +110,14 @@ def _migrate(opts, ret, vm, dest, mode, bandwidth, timeout, force, already_ok, t
             bus_.local_client(opts) as client:
         _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout,
                         force, already_ok, owner, options, report, rules)
+
+
+def _in_maintenance(opts, ret, dest):
+    """Refuse (in ``ret``) a destination in maintenance; True when it is."""
+    why = fleet_.maintenance_refusal(opts, dest)
+    if why:
+        ret.update(reason="maintenance", comment=f"{why}: {REFUSED}")
+    return bool(why)
 
 
 def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, timeout, force,
@@ -134,6 +141,8 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
         ret["source"] = source
     if why:
         ret["comment"] = why
+        return
+    if already_ok and _in_maintenance(opts, ret, dest):
         return
     if owner is not None and source != owner:
         ret["comment"] = (f"only VMs running on {owner} may move here (a requester's own, or "

@@ -174,3 +174,13 @@ def test_the_runner_lists_switches_and_refuses(env):
     assert list(mod.maintenance()["maintenance"]) == ["host2"]
     assert mod.maintenance("host2", "off")["comment"] == "host2 is now out of maintenance"
     assert mod.maintenance("host2", "sideways")["retcode"] == 1
+
+
+def test_a_vm_already_on_a_host_in_maintenance_is_unchanged_for_the_declarative_state(
+        env, monkeypatch):
+    client, opts = fleet_env(env, monkeypatch, {"host1": {}, "host2": {"a": small("a")}})
+    maintenance_.switch(opts, "host2", True)
+    ret = move_.migrate(opts, "a", "host2", already_ok=True)
+    assert ret["status"] == "unchanged" and ret["result"] is True, ret
+    ret = move_.migrate(opts, "a", "host2")  # a request to move it: refused, nothing asked
+    assert ret["status"] == "refused" and ret["reason"] == "maintenance"
