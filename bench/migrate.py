@@ -287,7 +287,7 @@ def main():
         "p2_module_over_saltext_virt": round(paths["module"]["wall_s"]
                                              / paths["saltext_virt"]["wall_s"], 3),
         **three,
-        "p4_parallel_over_sequential": round(p4["parallel"] / p4["sequential"], 3),
+        "p4_two_hosts_parallel_over_sequential": round(p4["parallel"] / p4["sequential"], 3),
         "paths": paths,
         "evacuation_s": {k: round(v, 2) for k, v in p4.items()},
         "guest": {"memory_mib": GUEST_MIB, "workset_mib": WORKSET_MIB, "intact": intact,
@@ -315,7 +315,7 @@ def main():
                 "p1_overhead_beyond_floor_s", "p1_switchover_s",
                 "p2_module_over_saltext_virt", "p3_downtime_ms", "p3_max_downtime_ms",
                 "p3_policy_converged", "p3_plain_virsh_converged",
-                "p4_parallel_over_sequential"):
+                "p4_two_hosts_parallel_over_sequential"):
         print(f"  {key:32s} {results[key]}")
     print(f"  guest intact (bad=0 on {len(lines)} counter lines): {intact}")
     return 0 if intact else 1
