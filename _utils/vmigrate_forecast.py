@@ -33,9 +33,13 @@ _PASSES = 60
 
 
 def applies(options):
-    """Whether policy auto picks the convergence steps: a live migration whose options name
-    no convergence option and do not say ``policy: manual``."""
-    return options.get("policy", "auto") == "auto" and not any(k in options for k in CONVERGENCE)
+    """Whether policy auto picks the convergence steps: ``policy: auto`` given (the options
+    given beside it are kept: ``max_downtime`` is then the target), or no policy and no
+    convergence option named; never with ``policy: manual``."""
+    policy = options.get("policy")
+    if policy is not None:
+        return policy == "auto"
+    return not any(k in options for k in CONVERGENCE)
 
 
 def forecast(memory_mib, dirty_mib_s, bandwidth_mib_s, max_downtime_ms=MAX_DOWNTIME_MS):

@@ -48,3 +48,17 @@ def test_with_no_option_a_capped_migration_converges_by_the_forecast(vdisk_on_ho
     assert numbers["downtime_ms"] is not None and numbers["elapsed"] < 240, numbers
     assert lab.placement() == (["host2"], ["host2"])
     assert_guest_went_on(lab, "host2", before)
+
+
+def test_a_migration_no_throttle_can_converge_is_refused_with_the_numbers(vdisk_on_host1, lab,
+                                                                         salt_run_cli):
+    # 1 MiB/s and 50 ms allow 0.05 MiB in the last pass: even a 99 % throttle of a guest
+    # dirtying more than 5 MiB/s leaves more, and post-copy is not allowed.
+    args = ("vdisk", "host2", "bandwidth=1", "options={policy: auto, max_downtime: 50}")
+    plan = salt_run_cli.run("vmigrate.plan", *args)
+    assert plan.returncode != 0 and plan.data["blockers"] == ["convergence"], plan
+    assert plan.data["forecast"]["needs"] == "postcopy", plan.data["forecast"]
+    ret = salt_run_cli.run("vmigrate.migrate", *args)
+    assert ret.returncode != 0 and ret.data["status"] == "refused", ret
+    assert ret.data["reason"] == "precheck" and "cannot converge" in ret.data["comment"], ret
+    assert lab.placement() == (["host1"], ["host1"])  # nothing moved

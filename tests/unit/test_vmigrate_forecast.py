@@ -52,6 +52,10 @@ def test_policy_auto_chooses_steps_and_keeps_out_when_the_caller_chose():
     assert not forecast_.applies({"policy": "manual"})
     assert not forecast_.applies({"max_downtime": 300})
     assert not forecast_.applies({"auto_converge": True})
+    # Asked for by name, it applies beside the caller's own target downtime.
+    assert forecast_.applies({"policy": "auto", "max_downtime": 50})
+    opts, why = forecast_.steer({"max_downtime": 50}, forecast_.forecast(128, 18, 1, 50))
+    assert opts["max_downtime"] == 50 and why and "cannot converge" in why
 
 
 def test_a_guest_no_throttle_can_converge_is_refused_unless_postcopy_is_allowed():
