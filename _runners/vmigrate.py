@@ -213,7 +213,7 @@ def jobs():
     try:
         out = jobs_.jobs(__opts__)
         out["maintenance"] = maintenance_.hosts(__opts__)
-    except SaltException as err:
+    except (SaltException, OSError) as err:
         return _finish({"result": False, "comment": str(err)}, False)
     if out["maintenance"]:
         out["comment"] = "\n".join(x for x in (out.get("comment"), "in maintenance: " + ", ".join(
@@ -353,7 +353,7 @@ def maintenance(host=None, state=None, reason=None):
                             **(info or {}), "comment": f"{host} is "
                             f"{'in' if info else 'not in'} maintenance"}, True)
         out = maintenance_.switch(__opts__, host, state, reason, by="runner")
-    except SaltException as err:
+    except (SaltException, OSError) as err:
         return _finish({"result": False, "comment": str(err)}, False)
     out["comment"] = (f"{host} {'is now' if out['changed'] else 'already was'} "
                       f"{'in' if out['maintenance'] else 'out of'} maintenance")

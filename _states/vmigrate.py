@@ -160,6 +160,7 @@ def maintenance(name, enabled=True, reason=None):
     """
     ret = {"name": name, "changes": {}, "result": True, "comment": ""}
     try:
+        maintenance_.check_host(name)
         want = maintenance_.state_of(enabled)
         was = name in maintenance_.hosts(__opts__)
         if was == want:

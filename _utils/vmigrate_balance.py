@@ -64,8 +64,8 @@ def _balance(opts, ret, dry_run, max_moves, threshold, bandwidth, timeout, trigg
             f"{', '.join(f'{h} ({why})' for h, why in sorted(silent.items()))} did not answer: "
             "its guests' memory is unknown, so no balance can be planned; nothing was moved")
     plan = planner_.balance(fleet, rules, max_moves, threshold)
-    ret.update(moves=[{"vm": m["vm"], "source": m["source"], "dest": m["dest"]}
-                      for m in plan["moves"]],
+    ret.update(moves=[{"vm": m["vm"], "mode": m["mode"], "source": m["source"],
+                       "dest": m["dest"]} for m in plan["moves"]],
                spread_before=plan["spread_before"], spread_planned=plan["spread_after"],
                loads={"before": plan["loads_before"], "planned": plan["loads_after"]},
                stopped=plan["stopped"], left=fleet.left)
@@ -77,8 +77,8 @@ def _balance(opts, ret, dry_run, max_moves, threshold, bandwidth, timeout, trigg
         ret.update(result=None if plan["moves"] else True, comment=f"would move: {summary}")
         return
     for index, move in enumerate(plan["moves"]):
-        result = move_.migrate(opts, move["vm"], move["dest"], "live", bandwidth, timeout,
-                               trigger=f"balance:{trigger}", owner=move["source"])
+        result = move_.migrate(opts, move["vm"], move["dest"], move["mode"], bandwidth,
+                               timeout, trigger=f"balance:{trigger}", owner=move["source"])
         ret["vms"][move["vm"]] = result
         if not result["result"]:
             # The fleet is no longer what the rest of the plan was made for.

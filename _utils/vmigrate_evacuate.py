@@ -28,6 +28,11 @@ from salt.exceptions import CommandExecutionError, SaltException, SaltInvocation
     "vmigrate_move", "vmigrate_planner", "vmigrate_settings", "vmigrate_validate")
 
 
+# Refusals about the destination: the planner's next choice may take the VM. Any other (its
+# lock, its owner, a precheck of the guest itself) would refuse it everywhere.
+ELSEWHERE = ("maintenance", "rules", "precheck", "error")
+
+
 def evacuate(opts, host, targets=None, concurrency=2, bandwidth=None, timeout=None,
              trigger="cli", dry_run=False, allowed=None, force=False):
     """Every domain off hypervisor ``host``: running ones live, shut-off ones offline, each to
@@ -134,14 +139,18 @@ def _run_moves(opts, ret, host, fleet, rules, plan, candidates, workers, bandwid
     """Each planned move (an affinity group's members in one worker, one after another);
     a destination that refuses is replaced by the planner's next choice for that VM."""
     guard = threading.Lock()
+    # The fleet as the plan leaves it: a fallback never takes what a later move was given.
     state = fleet.copy()
     checker = planner_.Rules(rules, state)
     units = {}
     for move in plan["moves"]:
         units.setdefault((move["dest"], checker.affine.get(move["vm"]) or move["vm"]),
                          []).append(move)
+        src = state.vms[move["vm"]]["host"]
+        state.move(move["vm"], move["dest"])
+        checker.moved(state, move["vm"], src, move["dest"])
 
-    def one(vm, mode, dest):
+    def one(vm, mode, dest, alone):
         tried = set()
         deadline = time.monotonic() + 600
         result = None
@@ -149,24 +158,39 @@ def _run_moves(opts, ret, host, fleet, rules, plan, candidates, workers, bandwid
             result = move_.migrate(opts, vm, dest, mode, bandwidth, timeout, force=force,
                                    trigger=f"evacuate:{trigger}", owner=host)
             if result["result"] or result["status"] != "refused":
-                if result["result"]:
-                    with guard:
-                        state.move(vm, dest)
-                        checker.moved(state, vm, host, dest)
                 return result
             if result.get("reason") == "slots":
                 time.sleep(1)  # a cap: wait for a slot, same destination again
                 continue
+            if result.get("reason") not in ELSEWHERE or not alone:
+                return result  # not about this destination (or a group): another won't do
             tried.add(dest)
             with guard:
+                state.move(vm, host)  # give back what the plan took on ``dest``
+                checker.moved(state, vm, dest, host)
                 found = [c for c in planner_.candidates(state, checker, [vm], candidates)
                          if c["ok"] and c["host"] not in tried]
-            dest = found[0]["host"] if found else None
+                dest = found[0]["host"] if found else None
+                if dest is not None:
+                    state.move(vm, dest)
+                    checker.moved(state, vm, host, dest)
         return result or {"result": False, "status": "refused", "reason": "no_destination",
                           "name": vm, "comment": "no destination took it"}
 
     def unit(moves):
-        return [(m["vm"], one(m["vm"], m["mode"], m["dest"])) for m in moves]
+        done = []
+        for index, m in enumerate(moves):
+            result = one(m["vm"], m["mode"], m["dest"], alone=len(moves) == 1)
+            done.append((m["vm"], result))
+            if not result["result"]:
+                # An affinity group moves whole or stops: the rest stays with what is left.
+                done += [(r["vm"], {"result": False, "status": "refused", "reason": "group",
+                                    "name": r["vm"], "comment": (
+                                        f"not begun: {m['vm']} of its affinity group did not "
+                                        f"move to {m['dest']}")})
+                         for r in moves[index + 1:]]
+                break
+        return done
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     futures = [pool.submit(unit, moves) for moves in units.values()]

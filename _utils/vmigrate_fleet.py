@@ -81,8 +81,10 @@ def rules_refusal(opts, where, vm, dest, rules=None):
     answers = {h: {"domains": {n: {"state": "running", "persistent": True} for n in vms}}
                for h, vms in names.items()}
     source = next(iter(where["hosts"]), None)
-    if source is None or dest not in answers:
+    if source is None:
         return None
+    # A destination that did not answer (force): its domains are unknown, its name is not.
+    answers.setdefault(dest, {"domains": {}})
     fleet = planner_.facts(answers)
     if vm not in fleet.vms:
         return None

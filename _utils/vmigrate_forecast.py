@@ -94,7 +94,7 @@ def steer(options, fc):
         out["auto_converge"] = True
         # From the throttle the forecast needs, not QEMU's 20 % + 10 %: those stalled here
         # (a pass kept dirtying its working set faster than the throttle rose).
-        out["auto_converge_initial"] = min(90, max(20, -(-int(fc["throttle"] * 100) // 10) * 10
+        out["auto_converge_initial"] = min(99, max(20, -(-int(fc["throttle"] * 100) // 10) * 10
                                                    + 10))
         out["auto_converge_increment"] = AUTO_CONVERGE_INCREMENT
     elif fc["needs"] == "postcopy":

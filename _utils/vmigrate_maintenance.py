@@ -33,6 +33,12 @@ def hosts(opts):
     return _update(opts)[0]
 
 
+def check_host(host):
+    """``host`` if it is a valid minion id, else refused."""
+    validate_.minion_id(host, "host")
+    return host
+
+
 def state_of(value):
     """True or False from ``on``/``off`` (or a boolean), else refused."""
     key = value.lower() if isinstance(value, str) else value
@@ -44,7 +50,7 @@ def state_of(value):
 def switch(opts, host, on, reason=None, by="cli"):
     """Put ``host`` in maintenance (``on`` True) or take it out. Returns ``host``,
     ``maintenance`` (now), ``changed`` and, when on, ``since``, ``reason`` and ``by``."""
-    validate_.minion_id(host, "host")
+    check_host(host)
     on = state_of(on)
     if reason is not None and (not isinstance(reason, str) or len(reason) > 200
                                or any(ord(c) < 32 for c in reason)):

@@ -145,12 +145,16 @@ def _migrate_locked(opts, client, ret, conf, held, vm, dest, mode, bandwidth, ti
     if already_ok and _in_maintenance(opts, ret, dest):
         return
     if owner is not None and source != owner:
+        ret["reason"] = "owner"
         ret["comment"] = (f"only VMs running on {owner} may move here (a requester's own, or "
                           f"the host being evacuated); {vm} runs on {source}: {REFUSED}")
         return
     why = fleet_.rules_refusal(opts, where, vm, dest, rules)
     if why:
         ret.update(reason="rules", comment=f"{why}: {REFUSED}")
+        return
+    # Again, last before anything is reserved: an evacuation may have begun meanwhile.
+    if _in_maintenance(opts, ret, dest):
         return
     held.take_slots(source, dest)
     if held.recovered:

@@ -42,6 +42,8 @@ REASONS = {
     "maintenance": "the destination is in maintenance (salt-run vmigrate.maintenance)",
     "rules": "the placement rules forbid the destination (master config vmigrate:placement)",
     "no_destination": "no hypervisor takes it within capacity, rules and maintenance",
+    "group": "not begun: another VM of its affinity group did not move",
+    "owner": "it does not run on the requester's (or the evacuated) host",
 }
 # Words for a person, in comments; outcomes are decided on the codes above, never on these.
 REFUSED = "nothing was moved"

@@ -112,6 +112,10 @@ class Fleet:
         self.hosts, self.vms, self.left = hosts, vms, dict(left or {})
         self.split = split or {}  # {vm: [hosts]} of a VM found on several hosts
         self.on = {h: set() for h in hosts}
+        for host in hosts.values():
+            # What a VM found on several hosts takes there: it is planned for by no one.
+            host["used_mib"] += host.get("reserved_mib", 0)
+            host["used_vcpus"] += host.get("reserved_vcpus", 0)
         for vm, info in vms.items():
             self.on.setdefault(info["host"], set()).add(vm)
             if info["active"]:
@@ -166,6 +170,7 @@ def facts(listings, maintenance=(), incoming=None, max_incoming=2):
         hosts[host] = {"answered": ret is not None, "maintenance": host in maintenance,
                        "memory_mib": int(cap.get("memory_mib") or 0),
                        "vcpus": float(cap.get("vcpus") or 0), "used_mib": 0, "used_vcpus": 0,
+                       "reserved_mib": 0, "reserved_vcpus": 0, "planned": 0,
                        "incoming": int(incoming.get(host, 0)), "max_incoming": max_incoming}
         for name, info in ((ret or {}).get("domains") or {}).items():
             seen.setdefault(name, []).append(host)
@@ -181,6 +186,11 @@ def facts(listings, maintenance=(), incoming=None, max_incoming=2):
         left[name] = (f"on several hypervisors ({', '.join(where)}): salt-run "
                       f"vmigrate.reconcile {name} first")
         vms.pop(name, None)
+        for host in where:
+            info = listings[host]["domains"][name]
+            if info["state"] in names_.ACTIVE:
+                hosts[host]["reserved_mib"] += int(info.get("memory_mib") or 0)
+                hosts[host]["reserved_vcpus"] += int(info.get("vcpus") or 0)
     return Fleet(hosts, vms, left, split)
 
 
@@ -273,12 +283,13 @@ class Rules:
 
 
 def _score(fleet, unit, dest):
-    """Lower is better: a host whose incoming slots are free, then the least used after the
-    move, then the fewest incoming migrations."""
+    """Lower is better: a host whose incoming slots are free now (migrations in flight), then
+    the least used after the move, then the fewest moves to it, in flight or planned."""
     host = fleet.hosts[dest]
     memory = sum(fleet.vms[vm]["memory_mib"] for vm in unit if fleet.vms[vm]["active"])
     after = (host["used_mib"] + memory) / host["memory_mib"] if host["memory_mib"] else 1.0
-    return (host["incoming"] >= host["max_incoming"], round(after, 6), host["incoming"], dest)
+    return (host["incoming"] >= host["max_incoming"], round(after, 6),
+            host["incoming"] + host["planned"], dest)
 
 
 def candidates(fleet, checker, unit, hosts=None):
@@ -313,7 +324,7 @@ def _apply(fleet, checker, unit, dest):
         src = fleet.vms[vm]["host"]
         fleet.move(vm, dest)
         checker.moved(fleet, vm, src, dest)
-    fleet.hosts[dest]["incoming"] += len(unit)
+    fleet.hosts[dest]["planned"] += len(unit)
 
 
 def evacuation(fleet, rules_, host, targets=None, explain=True):
@@ -390,14 +401,17 @@ def balance(fleet, rules_, max_moves=None, threshold=None, width=8):
             break
         src = max(loads, key=lambda h: (loads[h], h))
         lightest = sorted((h for h in loads if h != src), key=lambda h: (loads[h], h))
-        best = None
+        best, tried_units = None, set()
+        budget = None if max_moves is None else max_moves - len(moves)
         for vm in sorted(fleet.on.get(src, ())):
             info = fleet.vms[vm]
             if vm in fleet.left or not info["active"] or info["mode"] != "live":
                 continue
             unit = checker.unit(fleet, vm)
-            if unit[0] != vm:
-                continue  # the group is tried once, from its first member
+            if tuple(unit) in tried_units or (budget is not None and len(unit) > budget) \
+                    or any(fleet.vms[m]["mode"] is None for m in unit):
+                continue  # a group is tried once; never past max_moves; all of it movable
+            tried_units.add(tuple(unit))
             memory = sum(fleet.vms[m]["memory_mib"] for m in unit if fleet.vms[m]["active"])
             tried = 0
             for dest in lightest:
@@ -416,7 +430,7 @@ def balance(fleet, rules_, max_moves=None, threshold=None, width=8):
             break
         _gain, unit, dest = best
         for vm in unit:
-            moves.append({"vm": vm, "mode": "live", "dest": dest, "source": src})
+            moves.append({"vm": vm, "mode": fleet.vms[vm]["mode"], "dest": dest, "source": src})
         _apply(fleet, checker, unit, dest)
     after, loads_after = spread(fleet)
     return {"moves": moves, "spread_before": before, "spread_after": after,

@@ -184,3 +184,52 @@ def test_a_vm_already_on_a_host_in_maintenance_is_unchanged_for_the_declarative_
     assert ret["status"] == "unchanged" and ret["result"] is True, ret
     ret = move_.migrate(opts, "a", "host2")  # a request to move it: refused, nothing asked
     assert ret["status"] == "refused" and ret["reason"] == "maintenance"
+
+
+def test_the_masters_store_refuses_a_document_it_cannot_read_and_writes_whole(env, tmp_path):
+    store_ = shared("vmigrate_store")
+    path = store_.path(OPTS, "maintenance.json")
+    maintenance_.switch(OPTS, "host2", True)
+    with open(path, encoding="utf-8") as fh:
+        assert set(json.load(fh)) == {"host2"}
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write('{"host2": {"since"')  # a torn write by something else
+    # Not read as "no host in maintenance": that would let migrations onto host2.
+    ret = move_.migrate(OPTS, "a", "host2")
+    assert ret["result"] is False and "does not hold a vmigrate document" in ret["comment"]
+    with pytest.raises(Exception, match="move it aside"):
+        maintenance_.hosts(OPTS)
+
+
+class FailingClient(MovingClient):
+    """As MovingClient, but the source's vmigrate.migrate of a VM in ``fail`` fails there."""
+
+    fail = ()
+
+    def run_job(self, tgt, fun, arg, tgt_type, kwarg, listen, timeout):
+        if fun == "vmigrate.migrate" and arg[0] in self.fail:
+            jid = f"j{len(self.calls)}"
+            self.calls.append((fun, tgt, list(arg), dict(kwarg)))
+            self.pending.append((self.clock.now, {
+                "tag": f"salt/job/{jid}/ret/{tgt[0]}",
+                "data": {"id": tgt[0], "fun": fun, "retcode": 1, "return": {
+                    "result": False, "status": "failed", "reason": "libvirt",
+                    "comment": "libvirt failed the job"}}}))
+            return {"jid": jid, "minions": list(tgt)}
+        return super().run_job(tgt, fun, arg, tgt_type, kwarg, listen, timeout)
+
+
+def test_an_affinity_group_stops_at_its_first_failure_and_the_rest_is_not_begun(env,
+                                                                               monkeypatch):
+    hosts = {"host1": {"a1": small("a1"), "a2": small("a2")}, "host2": {}, "host3": {}}
+    client = FailingClient(env["clock"], hosts=hosts, reported={h: CAPACITY for h in hosts})
+    client.fail = ("a1",)
+    monkeypatch.setattr(bus_, "local_client", lambda opts: client)
+    opts = dict(OPTS, vmigrate={"hypervisors_target": sorted(hosts), "max_outgoing": 2,
+                                "placement": {"affinity": {"g": ["a1", "a2"]}}})
+    ret = evacuate_.evacuate(opts, "host1")
+    assert ret["result"] is False and ret["vms"]["a1"]["status"] == "failed", ret
+    assert ret["vms"]["a2"]["reason"] == "group" and "not begun" in ret["vms"]["a2"]["comment"]
+    migrated = [c[2][0] for c in published(client, "vmigrate.migrate")]
+    assert migrated == ["a1"]  # a2 was never sent, and a1 was not retried elsewhere
+    assert set(client.hosts["host1"]) == {"a1", "a2"}  # the group stays together

@@ -201,3 +201,33 @@ def test_a_migration_by_name_is_refused_by_the_rules_only():
     # Capacity is the destination's own precheck, not a rule.
     free = planner_.facts({"host1": host(web1=vm()), "host2": host(memory=1)})
     assert planner_.violations(rules, free, "web1", "host2") is None
+
+
+def test_a_rebalanced_affinity_group_keeps_each_members_mode_and_max_moves():
+    # The group's first member by name is shut off: the group is still tried, and moves whole,
+    # the shut-off member offline (a live move of a shut-off guest is refused).
+    listings = {"host1": host(a_off=vm(300, state="shutoff"), b_run=vm(400), c=vm(100)),
+                "host2": host(memory=2048)}
+    _fleet, plan = _balanced(listings, {"affinity": {"g": ["a_off", "b_run"]}})
+    assert {m["vm"]: m["mode"] for m in plan["moves"]} == {"a_off": "offline", "b_run": "live"}
+    # max_moves 1 never moves a group of two.
+    _fleet, plan = _balanced({"host1": host(a=vm(400), b=vm(400)), "host2": host()},
+                             {"affinity": {"g": ["a", "b"]}}, max_moves=1)
+    assert plan["moves"] == [] and "no move" in plan["stopped"]
+
+
+def test_a_vm_on_two_hosts_still_takes_memory_on_both():
+    listings = {"host1": host(dup=vm(900)), "host2": host(dup=vm(900)), "host3": host(),
+                "host4": host(memory=4096, big=vm(500))}
+    plan = plan_evacuation(listings, from_host="host4")
+    skips = {c["host"]: c["skip"] for c in plan["candidates"]["big"]}
+    assert skips == {"host3": None, "host1": "memory", "host2": "memory"}, skips
+
+
+def test_planned_moves_spread_by_memory_not_by_slots():
+    # A nearly empty large host takes the whole evacuation; moves only planned are not
+    # migrations in flight (the caps make a move wait for a slot when it runs).
+    listings = {"host1": host(memory=8192, **{f"v{i}": vm(256) for i in range(4)}),
+                "big": host(memory=10240), "full": host(memory=1024, x=vm(400))}
+    plan = plan_evacuation(listings)
+    assert set(dests(plan).values()) == {"big"}, dests(plan)
