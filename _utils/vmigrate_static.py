@@ -256,34 +256,44 @@ def restore_here(conn, path, source):
 def read_dest(uris, conf, uuid, within):
     """Where the destination's libvirtd has domain ``uuid`` now, asked on a new connection for
     up to ``within`` seconds: ``absent``, ``defined`` (shut off, no job), ``running``, or
-    ``unclear`` (active but not running, a job on it, or no answer)."""
+    ``unclear`` (active but not running, a job on it, or no answer, all that time). A reading
+    that is not definite is asked again until it is: a libvirtd restarted mid-restore first
+    reports the restore's QEMU, active and paused, then the domain shut off once it is gone."""
     give_up = time.monotonic() + within
     while True:
         try:
             with conn_.dest_connection(uris["uri"], conf) as dconn:
-                try:
-                    ddom = dconn.lookupByUUIDString(uuid)
-                except libvirt.libvirtError as err:
-                    if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
-                        return "absent"
-                    raise
-                if ddom.isActive():
-                    return ("running" if ddom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-                            else "unclear")
-                try:
-                    busy = conn_.job_of(ddom)
-                except libvirt.libvirtError as err:
-                    # libvirt's answer for a domain that is not running: no job it reports
-                    # (a restore makes the domain active as soon as its QEMU starts).
-                    if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
-                        raise
-                    busy = None
-                return "unclear" if busy else "defined"
+                seen = _dest_state(dconn, uuid)
+            if seen != "unclear":
+                return seen
+            why = "the domain there is active but not running, or has a job"
         except (libvirt.libvirtError, CommandExecutionError) as err:
-            if time.monotonic() >= give_up:
-                log.warning("vmigrate: cannot read the destination again: %s", err)
-                return "unclear"
-            time.sleep(1.0)
+            why = str(err)
+        if time.monotonic() >= give_up:
+            log.warning("vmigrate: cannot read the destination again: %s", why)
+            return "unclear"
+        time.sleep(1.0)
+
+
+def _dest_state(dconn, uuid):
+    """``absent``, ``defined``, ``running`` or ``unclear``: one reading of domain ``uuid``."""
+    try:
+        ddom = dconn.lookupByUUIDString(uuid)
+    except libvirt.libvirtError as err:
+        if err.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return "absent"
+        raise
+    if ddom.isActive():
+        return "running" if ddom.state()[0] == libvirt.VIR_DOMAIN_RUNNING else "unclear"
+    try:
+        busy = conn_.job_of(ddom)
+    except libvirt.libvirtError as err:
+        # libvirt's answer for a domain that is not running: no job it reports
+        # (a restore makes the domain active as soon as its QEMU starts).
+        if err.get_error_code() != libvirt.VIR_ERR_OPERATION_INVALID:
+            raise
+        busy = None
+    return "unclear" if busy else "defined"
 
 
 def undefine_dest(uris, conf, uuid):

@@ -59,11 +59,11 @@ class DestDomain:
         self.undefined = False
 
     def isActive(self):  # noqa: N802
-        return self.state_ == "running"
+        return self.state_ in ("running", "paused")
 
     def state(self):
-        return [libvirt.VIR_DOMAIN_RUNNING if self.state_ == "running" else
-                libvirt.VIR_DOMAIN_SHUTOFF, 0]
+        return [{"running": libvirt.VIR_DOMAIN_RUNNING, "paused": libvirt.VIR_DOMAIN_PAUSED}.get(
+            self.state_, libvirt.VIR_DOMAIN_SHUTOFF), 0]
 
     def jobStats(self):  # noqa: N802
         raise _error(libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_FROM_QEMU,
@@ -98,6 +98,10 @@ class Dest:
     def lookupByUUIDString(self, uuid):  # noqa: N802
         if self.world.get("domain") is None:
             raise _error(libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_FROM_QEMU, "no domain")
+        settling = self.world.get("settling")
+        if settling:  # readings of the restore's QEMU, still there after libvirtd restarted
+            self.world["settling"] -= 1
+            self.world["domain"].state_ = "paused" if self.world["settling"] else "defined"
         return self.world["domain"]
 
 
@@ -128,7 +132,7 @@ def env(mod, tmp_path, monkeypatch):
 
     monkeypatch.setattr(mod.conn_, "dest_connection", dest_connection)
     source = Source(tmp_path)
-    conf = {"progress_events": False, "abort_deadline": 0.3}
+    conf = {"progress_events": False, "abort_deadline": 1.5}
     job = mod.monitor_.Job("host1", "host2", {"uri": "qemu+tcp://h2/system"}, conf, {},
                            mod._send_event)
 
@@ -181,3 +185,14 @@ def test_lost_contact_that_no_reading_settles_starts_nothing_and_keeps_the_file(
     kept = _files(env)
     assert len(kept) == 1 and kept[0].startswith(".vmigrate-save-vdisk-"), kept
     assert os.path.join(str(env["dir"]), kept[0]) in str(out["error"])  # named for the person
+
+
+def test_lost_contact_reads_again_until_a_paused_restore_settles(env):
+    # host2's libvirtd killed mid-restore and restarted: its first reading shows the restore's
+    # QEMU (active, paused), the next the domain shut off once that QEMU is gone. Read until
+    # it says more, then fence the file and go on here (the first reading alone gave up).
+    env["world"].update(restore_error=LOST, after="defined", settling=2)
+    out = env["run"]()
+    assert out["error"].status == "failed" and "after fencing: defined" in str(out["error"])
+    assert env["source"].restored_from.endswith(".sav.source")
+    assert _files(env) == []
