@@ -142,8 +142,8 @@ def save(conn, dom, name, timeout, job):
                                  max(grace, start + timeout - time.monotonic()))
     if there == "unclear":
         return fail(
-            f"lost contact with {dest} during the restore ({text}) and could not read it again "
-            f"within {grace:g}s: the guest may run there, so nothing was started; it is saved "
+            f"lost contact with {dest} during the restore ({text}) and no reading settled "
+            f"what it holds: the guest may run there, so nothing was started; it is saved "
             f"on {source} (shut off, defined) and its memory kept in {path}. Check with "
             f"salt-run vmigrate.locate {name}: if it runs on {dest}, salt {source} vmigrate."
             f"repair {name} undefine; if not, virsh restore {path} on {source}",
@@ -206,7 +206,11 @@ def restore_there(uris, conf, definition, path, uuid, wait):
     """Define the saved guest on the destination and restore it there, for at most ``wait``
     seconds. Returns (where it is there, words): ``running`` (restored), ``failed`` (libvirt
     refused: nothing is there but maybe the definition, dropped here), ``defined`` or
-    ``absent`` (lost contact, and a fresh reading shows it did not restore), ``unclear``."""
+    ``absent`` (lost contact, and a fresh reading shows it did not restore), ``unclear``.
+    After lost contact it reads the destination again until the reading is definite, for what
+    is left of ``wait`` (at least one abort deadline): a restore the destination's libvirtd
+    took up again after a restart goes on there, paused, until it ends."""
+    until = time.monotonic() + wait
     try:
         with conn_.dest_connection(uris["uri"], conf) as dconn:
             step = "defining it there"
@@ -233,8 +237,9 @@ def restore_there(uris, conf, definition, path, uuid, wait):
     except CommandExecutionError as err:  # no connection: nothing reached the destination
         return "failed", str(err)
     # Lost contact: the destination may have done it all the same. Read it again.
-    seen = read_dest(uris, conf, uuid, conf["abort_deadline"])
-    return seen, f"{words} (lost contact; read again: {seen})"
+    within = max(float(conf["abort_deadline"]), until - time.monotonic())
+    seen = read_dest(uris, conf, uuid, within)
+    return seen, f"{words} (lost contact; read again for up to {within:.0f}s: {seen})"
 
 
 def restore_here(conn, path, source):
