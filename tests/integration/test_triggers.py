@@ -128,7 +128,9 @@ def test_forged_or_malformed_requests_do_nothing_and_are_logged(vdisk_on_host1, 
     assert ret.returncode == 0, ret
 
     def refused(event):
-        text = event.data.get("reason") or event.data.get("comment") or ""
+        # The intake's refusals carry their words in "reason"; a migration's in "comment"
+        # beside its reason code (e.g. "owner").
+        text = " ".join(str(event.data.get(k) or "") for k in ("reason", "comment"))
         return why in text and event.data.get("status", "refused") == "refused"
 
     if why is None:
